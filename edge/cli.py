@@ -1,0 +1,96 @@
+"""`gridtrace edge ...`: set up and run the gateway agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+from gridtrace.clihelp import add_command
+from gridtrace.tomlconfig import ConfigError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    edge = add_command(sub, "edge", "the gateway agent", "gridtrace edge run --config gw1/agent.toml")
+    edge_sub = edge.add_subparsers(dest="edge_command", metavar="COMMAND", required=True)
+
+    init = add_command(
+        edge_sub, "init", "create a gateway key (mode 0600) and an agent config",
+        "gridtrace edge init --dir gw1 --gateway-id gw1 --hub 127.0.0.1:7700 \\\n"
+        "    --hub-ca hub/tls/ca.pem --hub-key hub/hub.pub.pem \\\n"
+        "    --meter MTR-1=modbus-tcp://10.0.0.5:502?unit=1 --meter MTR-2=modbus-tcp://10.0.0.5:502?unit=2",
+    )
+    init.add_argument("--dir", type=Path, required=True, help="directory for key, config and queue")
+    init.add_argument("--gateway-id", required=True, help="this gateway's id, as registered on the hub")
+    init.add_argument("--hub", required=True, help="hub address host:port")
+    init.add_argument("--hub-ca", type=Path, help="CA certificate of the hub's TLS (copied into --dir)")
+    init.add_argument("--hub-key", type=Path, help="the hub's public signing key (copied into --dir)")
+    init.add_argument("--meter", action="append", default=[], metavar="ID=URL", help="a meter; repeatable")
+    init.add_argument("--register-map", default="eastron_sdm630", help="register map of the meters")
+    init.add_argument("--interval", type=float, default=1.0, help="poll interval in seconds")
+    init.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
+    init.set_defaults(func=cmd_init)
+
+    run = add_command(edge_sub, "run", "run the agent until SIGTERM/SIGINT", "gridtrace edge run --config gw1/agent.toml")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to wait for receipts on stop")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from edge.config import render_agent_config
+    from protos.signing import KeyFileError, write_private_key, write_public_key
+
+    meters = []
+    for item in args.meter:
+        meter_id, sep, url = item.partition("=")
+        if not sep or not meter_id or not url:
+            raise ConfigError(f"--meter {item!r}: expected ID=URL, e.g. MTR-1=modbus-tcp://10.0.0.5:502?unit=1")
+        meters.append((meter_id, url))
+    if not meters:
+        raise ConfigError("give at least one --meter ID=URL")
+    if not args.insecure and args.hub_ca is None:
+        raise ConfigError("--hub-ca is required unless --insecure (TLS is on by default)")
+    if args.hub_key is None:
+        raise ConfigError("--hub-key is required: receipts are checked against the hub's public key")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    config_path = args.dir / "agent.toml"
+    if config_path.exists():
+        raise ConfigError(f"{config_path} exists; refusing to overwrite")
+    try:
+        key = write_private_key(args.dir / "gateway.key")
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from exc
+    write_public_key(args.dir / "gateway.pub.pem", key.public_key())
+    if args.hub_ca:
+        shutil.copyfile(args.hub_ca, args.dir / "hub-ca.pem")
+    shutil.copyfile(args.hub_key, args.dir / "hub.pub.pem")
+    config_path.write_text(
+        render_agent_config(
+            args.gateway_id, args.hub, meters, insecure_plaintext=args.insecure,
+            register_map=args.register_map, interval_s=args.interval,
+        ),
+        encoding="utf-8",
+    )
+    from protos.signing import key_id
+
+    print(f"created {config_path} and gateway key {key_id(key.public_key())} ({args.dir / 'gateway.key'}, mode 0600)")
+    print(f"next, on the hub: gridtrace hub gateway add {args.gateway_id} --public-key {args.dir / 'gateway.pub.pem'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.agent import run_agent
+    from edge.config import load_agent_config
+    from edge.queue import QueueError
+    from edge.sources.modbus import MeterConfigError
+    from protos.signing import KeyFileError
+
+    try:
+        cfg = load_agent_config(args.config)
+        return asyncio.run(run_agent(cfg, drain_timeout_s=args.drain_timeout))
+    except (KeyFileError, QueueError, MeterConfigError) as exc:
+        print(f"gridtrace edge: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,5 @@
+import sys
+
+from gridtrace.cli import main
+
+sys.exit(main())

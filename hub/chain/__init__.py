@@ -1,0 +1,1 @@
+"""The slave chain: block construction (pure) and the block producer (I/O)."""

@@ -1,0 +1,1 @@
+"""Batch ingest: checks (pure) and the gRPC stream with group commit (I/O)."""

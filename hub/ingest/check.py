@@ -1,0 +1,124 @@
+"""What makes a batch acceptable: signature, structure, and its place in the gateway's chain.
+
+Pure functions over wire messages and known keys; they raise `Rejection` with
+the gRPC status that fits and a message naming gateway, batch and problem.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from hub.storage.schema import ENTRY_GAP, ENTRY_READING
+from hub.storage.store import EntryRow, NewBatch
+from protos import readings_pb2 as pb
+from protos.batch import BatchError, check_batch
+from protos.canonical import encode_batch_header, encode_gap, encode_reading
+from protos.records import ZERO_HASH, BatchHeader, Reading
+from protos.wire import WireError, entry_from_pb, header_from_pb
+
+
+class Reason(enum.Enum):
+    """Why a batch was rejected; each maps to one gRPC status code."""
+
+    MALFORMED = "INVALID_ARGUMENT"
+    UNKNOWN_GATEWAY = "UNAUTHENTICATED"
+    BAD_SIGNATURE = "UNAUTHENTICATED"
+    GAP = "FAILED_PRECONDITION"
+    FORK = "ALREADY_EXISTS"
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+class Rejection(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    header: BatchHeader
+    batch: NewBatch
+
+
+def check_signed_batch(
+    msg: pb.SignedBatch, keys: dict[str, dict[str, Ed25519PublicKey]]
+) -> CheckedBatch:
+    """Structure and signature; not yet the chain position."""
+    try:
+        header = header_from_pb(msg.header)
+        records = [entry_from_pb(e, i) for i, e in enumerate(msg.entries)]
+    except WireError as exc:
+        gw = msg.header.gateway_id or "?"
+        raise Rejection(Reason.MALFORMED, f"gateway {gw} batch {msg.header.seq}: {exc}") from exc
+    where = f"gateway {header.gateway_id} batch {header.seq}"
+    gw_keys = keys.get(header.gateway_id)
+    if gw_keys is None:
+        raise Rejection(
+            Reason.UNKNOWN_GATEWAY,
+            f"{where}: gateway is not registered with this hub (gridtrace hub gateway add)",
+        )
+    key = gw_keys.get(header.key_id)
+    if key is None:
+        raise Rejection(Reason.UNKNOWN_GATEWAY, f"{where}: key {header.key_id} is not registered for this gateway")
+
+    rows = []
+    bodies = []
+    timestamps = []
+    for i, r in enumerate(records):
+        if isinstance(r, Reading):
+            body = encode_reading(r)
+            rows.append(EntryRow(i, r.meter_id, ENTRY_READING, r.seq, r.timestamp_ns, body))
+        else:
+            body = encode_gap(r)
+            rows.append(EntryRow(i, r.meter_id, ENTRY_GAP, None, r.timestamp_ns, body))
+        bodies.append(body)
+        timestamps.append(r.timestamp_ns)
+    if not bodies:
+        raise Rejection(Reason.MALFORMED, f"{where}: batch has no entries")
+    try:
+        digest = check_batch(header, bytes(msg.signature), bodies, timestamps, key)
+    except BatchError as exc:
+        reason = Reason.BAD_SIGNATURE if "signature" in str(exc) else Reason.MALFORMED
+        raise Rejection(reason, str(exc)) from exc
+    return CheckedBatch(
+        header,
+        NewBatch(
+            gateway_id=header.gateway_id,
+            seq=header.seq,
+            hash=digest,
+            header=encode_batch_header(header),
+            signature=bytes(msg.signature),
+            entries=tuple(rows),
+        ),
+    )
+
+
+class Placement(enum.Enum):
+    NEXT = "next"  # extends the gateway's chain
+    SEEN = "seen"  # at or below the head: a re-send, or a fork if its hash differs
+
+
+def place_in_chain(header: BatchHeader, head: tuple[int, bytes] | None) -> Placement:
+    """Where a checked batch falls relative to the gateway's last accepted batch."""
+    last_seq, last_hash = head if head is not None else (0, ZERO_HASH)
+    where = f"gateway {header.gateway_id} batch {header.seq}"
+    if header.seq <= last_seq:
+        return Placement.SEEN
+    if header.seq > last_seq + 1:
+        raise Rejection(
+            Reason.GAP,
+            f"{where}: out of order; this hub holds batches up to {last_seq}, expected {last_seq + 1}",
+        )
+    if header.prev_hash != last_hash:
+        raise Rejection(
+            Reason.FORK,
+            f"{where}: prev_hash does not match batch {last_seq} held by this hub (a fork of the gateway's chain)",
+        )
+    return Placement.NEXT

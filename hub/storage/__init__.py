@@ -1,0 +1,1 @@
+"""The hub's database, through SQLAlchemy Core: SQLite by default, PostgreSQL to follow."""

@@ -1,0 +1,85 @@
+"""The rules of a signed batch, shared by the gateway that seals it and the hub that checks it.
+
+A batch commits to its entries through the RFC 6962 root over their canonical
+bytes, to its place in the gateway's history through `seq` and `prev_hash`, and
+to its time range. The gateway signs the canonical header bytes with Ed25519.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protos import merkle
+from protos.canonical import batch_hash, encode_batch_header
+from protos.records import BatchHeader
+from protos.signing import Signer, verify_signature
+
+
+class BatchError(ValueError):
+    """A batch whose header does not match its entries or whose signature fails."""
+
+
+@dataclass(frozen=True)
+class SealedBatch:
+    header: BatchHeader
+    signature: bytes
+    hash: bytes
+
+
+def entry_time_range(timestamps: Sequence[int]) -> tuple[int, int]:
+    return min(timestamps), max(timestamps)
+
+
+def seal_batch(
+    signer: Signer,
+    gateway_id: str,
+    seq: int,
+    prev_hash: bytes,
+    entry_bytes: Sequence[bytes],
+    timestamps: Sequence[int],
+    created_ns: int,
+) -> SealedBatch:
+    """Build and sign the header over canonical entries (gateway side)."""
+    if not entry_bytes:
+        raise BatchError("a batch needs at least one entry")
+    first_ns, last_ns = entry_time_range(timestamps)
+    header = BatchHeader(
+        gateway_id=gateway_id,
+        key_id=signer.key_id,
+        seq=seq,
+        prev_hash=prev_hash,
+        entries_root=merkle.root(entry_bytes),
+        entry_count=len(entry_bytes),
+        first_ns=first_ns,
+        last_ns=last_ns,
+        created_ns=created_ns,
+    )
+    return SealedBatch(header, signer.sign(encode_batch_header(header)), batch_hash(header))
+
+
+def check_batch(
+    header: BatchHeader,
+    signature: bytes,
+    entry_bytes: Sequence[bytes],
+    timestamps: Sequence[int],
+    public_key: Ed25519PublicKey,
+) -> bytes:
+    """Check a batch against its header and signature (hub side); return its hash.
+
+    The order matters for cost only: the cheap structural checks run before the
+    ~130 µs signature verification.
+    """
+    where = f"batch {header.seq} of gateway {header.gateway_id}"
+    if len(entry_bytes) != header.entry_count:
+        raise BatchError(f"{where}: header says {header.entry_count} entries, got {len(entry_bytes)}")
+    first_ns, last_ns = entry_time_range(timestamps)
+    if (first_ns, last_ns) != (header.first_ns, header.last_ns):
+        raise BatchError(f"{where}: time range in header does not match its entries")
+    if merkle.root(entry_bytes) != header.entries_root:
+        raise BatchError(f"{where}: entries_root does not match the entries")
+    if not verify_signature(public_key, signature, encode_batch_header(header)):
+        raise BatchError(f"{where}: signature does not verify with key {header.key_id}")
+    return batch_hash(header)

@@ -1,0 +1,343 @@
+"""Canonical bytes of every hashed or signed structure, and their exact inverse.
+
+One function produces the bytes of each structure and its twin parses them back;
+nothing else in gridtrace builds signed bytes. The layout is defined in
+docs/formats.md so that anyone can rebuild it without our software:
+
+* every structure starts with its domain tag (u8 length + ASCII), so bytes of
+  one kind can never be taken for another;
+* integers are fixed-width big-endian (u8, u16, u32, u64, i64);
+* strings are u16 length + UTF-8; hashes are 32 raw bytes;
+* floats are IEEE-754 binary64 big-endian, finite only;
+* a reading's quantities are sorted by name, names unique.
+
+Protobuf encodings are deliberately not used here: protobuf does not promise one
+byte sequence for one message across library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from protos.records import (
+    HASH_SIZE,
+    BatchHeader,
+    BlockHeader,
+    ClockStatus,
+    CommitStatement,
+    Entry,
+    Gap,
+    IssueStatement,
+    Quality,
+    Quantity,
+    Reading,
+    ReceiptStatement,
+    RecordError,
+)
+
+TAG_READING = b"gridtrace/reading/v1"
+TAG_GAP = b"gridtrace/gap/v1"
+TAG_BATCH_HEADER = b"gridtrace/batch-header/v1"
+TAG_BLOCK_HEADER = b"gridtrace/block-header/v1"
+TAG_COMMIT = b"gridtrace/block-commit/v1"
+TAG_RECEIPT = b"gridtrace/receipt/v1"
+TAG_ISSUE = b"gridtrace/certificate-issue/v1"
+
+
+class CanonicalError(ValueError):
+    """Bytes that are not the canonical encoding of the expected structure."""
+
+
+def _tag(tag: bytes) -> bytes:
+    return bytes([len(tag)]) + tag
+
+
+def _str(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise RecordError(f"string too long for canonical encoding: {len(raw)} bytes")
+    return struct.pack(">H", len(raw)) + raw
+
+
+class _Reader:
+    """Cursor over canonical bytes; every read checks the bounds."""
+
+    __slots__ = ("data", "pos", "what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise CanonicalError(f"{self.what}: truncated at byte {self.pos}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple:
+        size = struct.calcsize(fmt)
+        return struct.unpack(fmt, self.take(size))
+
+    def tag(self, expected: bytes) -> None:
+        (n,) = self.unpack(">B")
+        got = self.take(n)
+        if got != expected:
+            raise CanonicalError(f"{self.what}: domain tag is {got!r}, expected {expected!r}")
+
+    def string(self) -> str:
+        (n,) = self.unpack(">H")
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CanonicalError(f"{self.what}: string at byte {self.pos - n} is not UTF-8") from exc
+
+    def hash(self) -> bytes:
+        return self.take(HASH_SIZE)
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise CanonicalError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _build(what: str, factory, *args):
+    try:
+        return factory(*args)
+    except RecordError as exc:
+        raise CanonicalError(f"{what}: {exc}") from exc
+
+
+# -- readings and gaps (the leaves of a batch's Merkle tree) -------------------
+
+
+def encode_reading(r: Reading) -> bytes:
+    parts = [
+        _tag(TAG_READING),
+        _str(r.meter_id),
+        struct.pack(">QqBIH", r.seq, r.timestamp_ns, int(r.clock), int(r.quality), len(r.quantities)),
+    ]
+    for q in r.quantities:
+        parts.append(_str(q.name))
+        parts.append(_str(q.unit))
+        parts.append(struct.pack(">d", q.value))
+    return b"".join(parts)
+
+
+def decode_reading(data: bytes) -> Reading:
+    rd = _Reader(data, "reading")
+    rd.tag(TAG_READING)
+    meter_id = rd.string()
+    seq, ts, clock, quality, n = rd.unpack(">QqBIH")
+    quantities = []
+    for _ in range(n):
+        name = rd.string()
+        unit = rd.string()
+        (value,) = rd.unpack(">d")
+        quantities.append(_build("reading quantity", Quantity, name, unit, value))
+    rd.end()
+    try:
+        clock_status = ClockStatus(clock)
+    except ValueError as exc:
+        raise CanonicalError(f"reading: unknown clock status {clock}") from exc
+    return _build(
+        "reading", Reading, meter_id, seq, ts, clock_status, Quality(quality), tuple(quantities)
+    )
+
+
+def encode_gap(g: Gap) -> bytes:
+    return b"".join(
+        [
+            _tag(TAG_GAP),
+            _str(g.meter_id),
+            struct.pack(">qq", g.from_ns, g.to_ns),
+            _str(g.reason),
+            struct.pack(">I", g.missed_polls),
+        ]
+    )
+
+
+def decode_gap(data: bytes) -> Gap:
+    rd = _Reader(data, "gap")
+    rd.tag(TAG_GAP)
+    meter_id = rd.string()
+    from_ns, to_ns = rd.unpack(">qq")
+    reason = rd.string()
+    (missed,) = rd.unpack(">I")
+    rd.end()
+    return _build("gap", Gap, meter_id, from_ns, to_ns, reason, missed)
+
+
+def encode_entry(e: Entry) -> bytes:
+    if isinstance(e, Reading):
+        return encode_reading(e)
+    if isinstance(e, Gap):
+        return encode_gap(e)
+    raise TypeError(f"not an entry: {type(e).__name__}")
+
+
+def decode_entry(data: bytes) -> Entry:
+    if data[1 : 1 + len(TAG_READING)] == TAG_READING:
+        return decode_reading(data)
+    if data[1 : 1 + len(TAG_GAP)] == TAG_GAP:
+        return decode_gap(data)
+    raise CanonicalError("entry: neither a reading nor a gap (unknown domain tag)")
+
+
+# -- batch headers (signed by the gateway) ------------------------------------
+
+
+def encode_batch_header(h: BatchHeader) -> bytes:
+    return b"".join(
+        [
+            _tag(TAG_BATCH_HEADER),
+            _str(h.gateway_id),
+            _str(h.key_id),
+            struct.pack(">Q", h.seq),
+            h.prev_hash,
+            h.entries_root,
+            struct.pack(">Iqqq", h.entry_count, h.first_ns, h.last_ns, h.created_ns),
+        ]
+    )
+
+
+def decode_batch_header(data: bytes) -> BatchHeader:
+    rd = _Reader(data, "batch header")
+    rd.tag(TAG_BATCH_HEADER)
+    gateway_id = rd.string()
+    key_id = rd.string()
+    (seq,) = rd.unpack(">Q")
+    prev_hash = rd.hash()
+    entries_root = rd.hash()
+    count, first_ns, last_ns, created_ns = rd.unpack(">Iqqq")
+    rd.end()
+    return _build(
+        "batch header",
+        BatchHeader,
+        gateway_id,
+        key_id,
+        seq,
+        prev_hash,
+        entries_root,
+        count,
+        first_ns,
+        last_ns,
+        created_ns,
+    )
+
+
+def batch_hash(h: BatchHeader) -> bytes:
+    """The identity of a batch: SHA-256 of its canonical header bytes."""
+    return hashlib.sha256(encode_batch_header(h)).digest()
+
+
+# -- block headers and what seals sign ----------------------------------------
+
+
+def encode_block_header(h: BlockHeader) -> bytes:
+    return b"".join(
+        [
+            _tag(TAG_BLOCK_HEADER),
+            _str(h.chain_id),
+            struct.pack(">Q", h.height),
+            h.prev_hash,
+            struct.pack(">q", h.time_ns),
+            h.batches_root,
+            struct.pack(">IQQ", h.batch_count, h.entry_count, h.log_size),
+            h.log_root,
+        ]
+    )
+
+
+def decode_block_header(data: bytes) -> BlockHeader:
+    rd = _Reader(data, "block header")
+    rd.tag(TAG_BLOCK_HEADER)
+    chain_id = rd.string()
+    (height,) = rd.unpack(">Q")
+    prev_hash = rd.hash()
+    (time_ns,) = rd.unpack(">q")
+    batches_root = rd.hash()
+    batch_count, entry_count, log_size = rd.unpack(">IQQ")
+    log_root = rd.hash()
+    rd.end()
+    return _build(
+        "block header",
+        BlockHeader,
+        chain_id,
+        height,
+        prev_hash,
+        time_ns,
+        batches_root,
+        batch_count,
+        entry_count,
+        log_size,
+        log_root,
+    )
+
+
+def block_hash(h: BlockHeader) -> bytes:
+    return hashlib.sha256(encode_block_header(h)).digest()
+
+
+def encode_commit(c: CommitStatement) -> bytes:
+    return _tag(TAG_COMMIT) + _str(c.chain_id) + struct.pack(">Q", c.height) + c.block_hash
+
+
+def decode_commit(data: bytes) -> CommitStatement:
+    rd = _Reader(data, "commit statement")
+    rd.tag(TAG_COMMIT)
+    chain_id = rd.string()
+    (height,) = rd.unpack(">Q")
+    digest = rd.hash()
+    rd.end()
+    return _build("commit statement", CommitStatement, chain_id, height, digest)
+
+
+def encode_receipt(r: ReceiptStatement) -> bytes:
+    return b"".join(
+        [
+            _tag(TAG_RECEIPT),
+            _str(r.chain_id),
+            _str(r.gateway_id),
+            struct.pack(">Q", r.batch_seq),
+            r.batch_hash,
+            struct.pack(">q", r.stored_ns),
+        ]
+    )
+
+
+def decode_receipt(data: bytes) -> ReceiptStatement:
+    rd = _Reader(data, "receipt")
+    rd.tag(TAG_RECEIPT)
+    chain_id = rd.string()
+    gateway_id = rd.string()
+    (seq,) = rd.unpack(">Q")
+    digest = rd.hash()
+    (stored_ns,) = rd.unpack(">q")
+    rd.end()
+    return _build("receipt", ReceiptStatement, chain_id, gateway_id, seq, digest, stored_ns)
+
+
+def encode_issue(s: IssueStatement) -> bytes:
+    return b"".join(
+        [
+            _tag(TAG_ISSUE),
+            _str(s.chain_id),
+            _str(s.meter_id),
+            struct.pack(">qqq", s.from_ns, s.to_ns, s.issued_ns),
+            s.entries_root,
+        ]
+    )
+
+
+def decode_issue(data: bytes) -> IssueStatement:
+    rd = _Reader(data, "certificate issue statement")
+    rd.tag(TAG_ISSUE)
+    chain_id = rd.string()
+    meter_id = rd.string()
+    from_ns, to_ns, issued_ns = rd.unpack(">qqq")
+    root = rd.hash()
+    rd.end()
+    return _build("issue statement", IssueStatement, chain_id, meter_id, from_ns, to_ns, issued_ns, root)

@@ -1,0 +1,252 @@
+"""The evidence records as plain data: readings, gaps, batch and block headers.
+
+These are what the canonical encoder (`protos.canonical`) turns into hashed and
+signed bytes. They carry no behaviour beyond validation, so that the agent, the
+hub and the offline verifier share one definition of each record.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import dataclass
+
+HASH_SIZE = 32
+ZERO_HASH = bytes(HASH_SIZE)
+
+# Identifiers end up in file names, log lines and certificates: keep them plain.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class RecordError(ValueError):
+    """A record field is out of its allowed range; the message names the field."""
+
+
+class ClockStatus(enum.IntEnum):
+    """How far a timestamp can be trusted (OCMF time status)."""
+
+    UNKNOWN = 0
+    INFORMATIVE = 1
+    SYNCHRONIZED = 2
+
+
+class Quality(enum.IntFlag):
+    """Quality flags of a reading; 0 means the value is good."""
+
+    OK = 0
+    STALE = 1 << 0  # the meter returned the same frame as last time
+    OUT_OF_RANGE = 1 << 1  # a value outside the plausible range of its quantity
+    COUNTER_BACKWARDS = 1 << 2  # an energy counter decreased
+    COUNTER_RESET = 1 << 3  # an energy counter restarted near zero
+    PARTIAL = 1 << 4  # some registers of the map could not be read
+
+
+def check_id(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise RecordError(
+            f"{field} {value!r} is not a valid identifier "
+            "(1-128 characters: letters, digits and . _ : / -, starting with a letter or digit)"
+        )
+    return value
+
+
+def _check_u64(field: str, value: int, minimum: int = 0) -> None:
+    if not isinstance(value, int) or not minimum <= value < 1 << 64:
+        raise RecordError(f"{field} must be an integer in [{minimum}, 2^64), got {value!r}")
+
+
+def _check_i64(field: str, value: int) -> None:
+    if not isinstance(value, int) or not -(1 << 63) <= value < 1 << 63:
+        raise RecordError(f"{field} must be a 64-bit signed integer, got {value!r}")
+
+
+def _check_hash(field: str, value: bytes) -> None:
+    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+        raise RecordError(f"{field} must be {HASH_SIZE} bytes, got {value!r:.80}")
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    name: str
+    unit: str
+    value: float
+
+    def __post_init__(self) -> None:
+        check_id("quantity name", self.name)
+        if not isinstance(self.unit, str) or len(self.unit.encode()) > 32:
+            raise RecordError(f"unit of {self.name} must be a string of at most 32 bytes")
+        if not isinstance(self.value, float) or not math.isfinite(self.value):
+            raise RecordError(f"value of {self.name} must be a finite float, got {self.value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    meter_id: str
+    seq: int
+    timestamp_ns: int
+    clock: ClockStatus
+    quality: Quality
+    quantities: tuple[Quantity, ...]
+
+    def __post_init__(self) -> None:
+        check_id("meter_id", self.meter_id)
+        _check_u64("seq", self.seq, minimum=1)
+        _check_i64("timestamp_ns", self.timestamp_ns)
+        names = [q.name for q in self.quantities]
+        if names != sorted(set(names)):
+            raise RecordError(
+                f"quantities of meter {self.meter_id} seq {self.seq} must be sorted by name "
+                f"and unique, got {names}"
+            )
+
+    def value(self, name: str) -> float | None:
+        for q in self.quantities:
+            if q.name == name:
+                return q.value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A span in which a meter could not be read, with the reason."""
+
+    meter_id: str
+    from_ns: int
+    to_ns: int
+    reason: str
+    missed_polls: int
+
+    def __post_init__(self) -> None:
+        check_id("meter_id", self.meter_id)
+        _check_i64("from_ns", self.from_ns)
+        _check_i64("to_ns", self.to_ns)
+        if self.to_ns < self.from_ns:
+            raise RecordError(f"gap of meter {self.meter_id} ends before it starts")
+        if not self.reason or len(self.reason.encode()) > 256:
+            raise RecordError("gap reason must be 1-256 bytes")
+        if not 0 <= self.missed_polls < 1 << 32:
+            raise RecordError(f"missed_polls out of range: {self.missed_polls}")
+
+    @property
+    def timestamp_ns(self) -> int:
+        return self.to_ns
+
+
+Entry = Reading | Gap
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    gateway_id: str
+    key_id: str
+    seq: int
+    prev_hash: bytes
+    entries_root: bytes
+    entry_count: int
+    first_ns: int
+    last_ns: int
+    created_ns: int
+
+    def __post_init__(self) -> None:
+        check_id("gateway_id", self.gateway_id)
+        check_id("key_id", self.key_id)
+        _check_u64("batch seq", self.seq, minimum=1)
+        _check_hash("prev_hash", self.prev_hash)
+        _check_hash("entries_root", self.entries_root)
+        if not 1 <= self.entry_count < 1 << 32:
+            raise RecordError(f"entry_count must be in [1, 2^32), got {self.entry_count}")
+        for f in ("first_ns", "last_ns", "created_ns"):
+            _check_i64(f, getattr(self, f))
+        if self.last_ns < self.first_ns:
+            raise RecordError("batch last_ns is before first_ns")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    """A sealed block of the slave chain.
+
+    Who vouches for the block (a hub's signature today, a PBFT commit
+    certificate of 2f+1 replicas later, a master-chain anchor after that) is not
+    part of the header: those seals sign `CommitStatement`, which names the
+    header's hash. Adding seals therefore never changes the header or what a
+    certificate proves about the batches under it.
+    """
+
+    chain_id: str
+    height: int
+    prev_hash: bytes
+    time_ns: int
+    batches_root: bytes  # RFC 6962 root over this block's batch hashes
+    batch_count: int
+    entry_count: int
+    log_size: int  # batches in the whole chain up to and including this block
+    log_root: bytes  # RFC 6962 root over all batch hashes of the chain so far
+
+    def __post_init__(self) -> None:
+        check_id("chain_id", self.chain_id)
+        _check_u64("height", self.height, minimum=1)
+        _check_hash("prev_hash", self.prev_hash)
+        _check_i64("time_ns", self.time_ns)
+        _check_hash("batches_root", self.batches_root)
+        _check_u64("batch_count", self.batch_count)
+        _check_u64("entry_count", self.entry_count)
+        _check_u64("log_size", self.log_size)
+        _check_hash("log_root", self.log_root)
+        if self.batch_count > self.log_size:
+            raise RecordError("block batch_count exceeds log_size")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStatement:
+    """What a seal signs: this chain's block at this height has this hash."""
+
+    chain_id: str
+    height: int
+    block_hash: bytes
+
+    def __post_init__(self) -> None:
+        check_id("chain_id", self.chain_id)
+        _check_u64("height", self.height, minimum=1)
+        _check_hash("block_hash", self.block_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptStatement:
+    """What a hub signs when it has durably stored a batch."""
+
+    chain_id: str
+    gateway_id: str
+    batch_seq: int
+    batch_hash: bytes
+    stored_ns: int
+
+    def __post_init__(self) -> None:
+        check_id("chain_id", self.chain_id)
+        check_id("gateway_id", self.gateway_id)
+        _check_u64("batch_seq", self.batch_seq, minimum=1)
+        _check_hash("batch_hash", self.batch_hash)
+        _check_i64("stored_ns", self.stored_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class IssueStatement:
+    """What a hub signs when it issues a measurement certificate: for this meter and
+    period, these entries (in this order) are what its chain holds. It binds the
+    period and the selection, which the chain's own proofs cannot."""
+
+    chain_id: str
+    meter_id: str
+    from_ns: int
+    to_ns: int
+    issued_ns: int
+    entries_root: bytes  # RFC 6962 root over the certificate's entries, in order
+
+    def __post_init__(self) -> None:
+        check_id("chain_id", self.chain_id)
+        check_id("meter_id", self.meter_id)
+        for f in ("from_ns", "to_ns", "issued_ns"):
+            _check_i64(f, getattr(self, f))
+        if self.to_ns <= self.from_ns:
+            raise RecordError("certificate period must end after it starts")
+        _check_hash("entries_root", self.entries_root)
