@@ -67,9 +67,12 @@ async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: async
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests drive `stop` themselves)
 
+    # pymodbus logs every timeout as an ERROR with raw frame dumps; our own
+    # MeterReadError messages say what to check, once per change of state.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     signer = Signer.from_file(cfg.key)
     queue = DurableQueue(cfg.queue, cfg.gateway_id)
     # Gaps left open by a crash are closed first: their outage ended with the process.

@@ -110,7 +110,7 @@ class ConnectionPoller:
             except MeterReadError as exc:
                 m.failures += 1
                 if m.last_error != exc.reason:
-                    log.warning("meter %s (unit %d): %s", m.config.id, m.unit, exc)
+                    log.warning("meter %s (unit %d) %s: %s", m.config.id, m.unit, exc.reason, exc)
                 m.last_error = exc.reason
                 await asyncio.to_thread(
                     self.queue.record_failure, m.config.id, now_ns(), exc.reason, self.gap_report_ns

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -126,6 +127,52 @@ def hub_status(hub: str, ca: Path):
         return ingest_pb2_grpc.QueryStub(ch).GetStatus(ingest_pb2.StatusRequest(), timeout=5)
 
 
+@dataclass(frozen=True)
+class Site:
+    """A loopback substation: hub and gateway directories, ports and meter ids."""
+
+    state: Path
+    hub_dir: Path
+    gw_dir: Path
+    sim_port: int
+    hub_port: int
+    meters: tuple[str, ...]
+
+    @property
+    def hub_addr(self) -> str:
+        return f"127.0.0.1:{self.hub_port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.hub_dir / "tls" / "ca.pem"
+
+
+def prepare_site(state: Path, n_meters: int, batch_age_s: float = 1.0, block_interval_s: float = 1.0) -> Site:
+    """Initialise a hub and a gateway through the real CLI, register the gateway."""
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    site = Site(
+        state, state / "hub", state / GATEWAY_ID, free_port(), free_port(),
+        tuple(f"MTR-{i:04d}" for i in range(1, n_meters + 1)),
+    )
+    run_cli("hub", "init", "--dir", str(site.hub_dir), "--chain-id", CHAIN_ID, "--listen", site.hub_addr)
+    meter_args = [
+        x for i, m in enumerate(site.meters, 1)
+        for x in ("--meter", f"{m}=modbus-tcp://127.0.0.1:{site.sim_port}?unit={i}")
+    ]
+    run_cli(
+        "edge", "init", "--dir", str(site.gw_dir), "--gateway-id", GATEWAY_ID, "--hub", site.hub_addr,
+        "--hub-ca", str(site.ca), "--hub-key", str(site.hub_dir / "hub.pub.pem"), *meter_args,
+    )
+    # Shorter batches and blocks than production, so a short run shows several of each.
+    agent_toml = site.gw_dir / "agent.toml"
+    agent_toml.write_text(agent_toml.read_text().replace("max_age_s = 2.0", f"max_age_s = {batch_age_s}"))
+    hub_toml = site.hub_dir / "hub.toml"
+    hub_toml.write_text(hub_toml.read_text().replace("block_interval_s = 2.0", f"block_interval_s = {block_interval_s}"))
+    run_cli("hub", "gateway", "add", GATEWAY_ID, "--public-key", str(site.gw_dir / "gateway.pub.pem"),
+            "--config", str(hub_toml))
+    return site
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hub.certificates.cli import pull_certificate
     from hub.certificates.summary import print_summary
@@ -140,30 +187,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state = out / "state"
     if state.exists():
         shutil.rmtree(state)  # our own previous run; keys and databases of a demo are throwaway
-    (state / "logs").mkdir(parents=True)
-    hub_dir, gw_dir = state / "hub", state / GATEWAY_ID
-    sim_port, hub_port = free_port(), free_port()
-    hub_addr = f"127.0.0.1:{hub_port}"
-    meters = [f"MTR-{i:04d}" for i in range(1, args.meters + 1)]
-
-    run_cli("hub", "init", "--dir", str(hub_dir), "--chain-id", CHAIN_ID, "--listen", hub_addr)
-    meter_args = [
-        x for i, m in enumerate(meters, 1) for x in ("--meter", f"{m}=modbus-tcp://127.0.0.1:{sim_port}?unit={i}")
-    ]
-    run_cli(
-        "edge", "init", "--dir", str(gw_dir), "--gateway-id", GATEWAY_ID, "--hub", hub_addr,
-        "--hub-ca", str(hub_dir / "tls" / "ca.pem"), "--hub-key", str(hub_dir / "hub.pub.pem"), *meter_args,
-    )
-    # Shorter batches and blocks than production, so 20 s show several of each.
-    cfg = (gw_dir / "agent.toml").read_text()
-    (gw_dir / "agent.toml").write_text(cfg.replace("max_age_s = 2.0", "max_age_s = 1.0"))
-    hub_cfg = (hub_dir / "hub.toml").read_text()
-    (hub_dir / "hub.toml").write_text(hub_cfg.replace("block_interval_s = 2.0", "block_interval_s = 1.0"))
-    run_cli("hub", "gateway", "add", GATEWAY_ID, "--public-key", str(gw_dir / "gateway.pub.pem"),
-            "--config", str(hub_dir / "hub.toml"))
+    site = prepare_site(state, args.meters)
+    hub_dir, gw_dir, hub_addr, meters = site.hub_dir, site.gw_dir, site.hub_addr, site.meters
+    sim_port, hub_port = site.sim_port, site.hub_port
 
     procs = Processes(state / "logs")
-    ca = hub_dir / "tls" / "ca.pem"
+    ca = site.ca
     try:
         with sigterm_as_interrupt():
             console.print(f"[bold]gridtrace demo[/]: {args.meters} simulated SDM630 meters, hub {CHAIN_ID}, gateway {GATEWAY_ID}")

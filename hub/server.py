@@ -44,7 +44,7 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError, ValueError):
             pass
 
     signer = Signer.from_file(cfg.key)

@@ -1,0 +1,243 @@
+"""The hub's ingest over real gRPC: receipts only for durable batches, rejections with fitting
+status codes, nothing stored from a rejected batch, and the hub keeps serving."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, select
+
+from edge.uplink import ReceiptError, check_receipt
+from hub.storage.schema import batches, entries
+from protos import ingest_pb2, ingest_pb2_grpc
+from protos.canonical import decode_batch_header, batch_hash
+from protos.wire import header_from_pb
+
+from hubharness import GatewaySim, RunningHub, init_hub, register_gateway
+
+
+@pytest.fixture()
+def hub(tmp_path):
+    cfg = init_hub(tmp_path / "hub")
+    gw = GatewaySim.new()
+    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+    with RunningHub(cfg) as running:
+        running.gw = gw
+        yield running
+
+
+def stream(hub: RunningHub, messages, timeout: float = 10.0):
+    with grpc.insecure_channel(hub.address) as ch:
+        return list(ingest_pb2_grpc.IngestStub(ch).Stream(iter(messages), timeout=timeout))
+
+
+def rejected(hub: RunningHub, messages) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        stream(hub, messages)
+    return info.value
+
+
+def counts(hub: RunningHub) -> tuple[int, int]:
+    with hub.store().engine.connect() as c:
+        return (
+            c.execute(select(func.count()).select_from(batches)).scalar_one(),
+            c.execute(select(func.count()).select_from(entries)).scalar_one(),
+        )
+
+
+def test_receipts_are_signed_and_name_the_stored_batch(hub):
+    msgs = [hub.gw.batch(5), hub.gw.batch(7)]
+    receipts = stream(hub, msgs)
+    assert [r.batch_seq for r in receipts] == [1, 2]
+    for msg, r in zip(msgs, receipts):
+        digest = batch_hash(header_from_pb(msg.header))
+        check_receipt(r, hub.gw.gateway_id, msg.header.seq, digest, hub.public_key())
+        assert not r.duplicate
+    assert counts(hub) == (2, 12)
+    stored = hub.store().find_batch(hub.gw.gateway_id, 2)
+    assert decode_batch_header(stored.header).entry_count == 7
+
+
+def test_a_receipt_with_a_changed_field_is_refused_by_the_agent(hub):
+    msg = hub.gw.batch(3)
+    (r,) = stream(hub, [msg])
+    digest = batch_hash(header_from_pb(msg.header))
+    r.stored_ns += 1
+    with pytest.raises(ReceiptError, match="signature"):
+        check_receipt(r, hub.gw.gateway_id, 1, digest, hub.public_key())
+    with pytest.raises(ReceiptError, match="hash"):
+        check_receipt(r, hub.gw.gateway_id, 1, bytes(32), hub.public_key())
+
+
+def test_resent_batch_is_acknowledged_again_and_stored_once(hub):
+    first = hub.gw.batch(4)
+    second = hub.gw.batch(4)
+    assert [r.duplicate for r in stream(hub, [first])] == [False]
+    # The agent lost the receipt and sends both again, then a new one, on a new stream.
+    receipts = stream(hub, [first, second, hub.gw.batch(2)])
+    assert [(r.batch_seq, r.duplicate) for r in receipts] == [(1, True), (2, False), (3, False)]
+    assert receipts[0].batch_hash == batch_hash(header_from_pb(first.header))
+    assert counts(hub) == (3, 10)
+
+
+def test_resend_within_one_stream_before_commit(hub):
+    msg = hub.gw.batch(3)
+    receipts = stream(hub, [msg, msg])
+    assert [(r.batch_seq, r.duplicate) for r in receipts] == [(1, False), (1, True)]
+    assert counts(hub) == (1, 3)
+
+
+def test_bad_signature_is_unauthenticated_and_nothing_is_stored(hub):
+    good = hub.gw.batch(3)
+    bad = hub.gw.batch(3, advance=False)
+    bad.signature = bytes([bad.signature[0] ^ 1]) + bad.signature[1:]
+    err = rejected(hub, [good, bad])
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "signature" in err.details() and "batch 2" in err.details()
+    assert counts(hub) == (1, 3)  # the good batch before it stays stored
+    # the hub keeps serving: the correctly signed batch 2 is accepted afterwards
+    assert [r.batch_seq for r in stream(hub, [hub.gw.batch(2)])] == [2]
+
+
+def test_changed_reading_breaks_the_root(hub):
+    msg = hub.gw.batch(3)
+    msg.entries[1].reading.quantities[0].value += 0.001
+    err = rejected(hub, [msg])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "entries_root" in err.details()
+    assert counts(hub) == (0, 0)
+
+
+def test_unknown_gateway_is_unauthenticated(hub):
+    stranger = GatewaySim.new("gw-stranger")
+    err = rejected(hub, [stranger.batch(2)])
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "gw-stranger" in err.details() and "not registered" in err.details()
+    assert counts(hub) == (0, 0)
+
+
+def test_unknown_key_of_a_known_gateway_is_unauthenticated(hub):
+    impostor = GatewaySim.new(hub.gw.gateway_id)
+    err = rejected(hub, [impostor.batch(2)])
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert impostor.signer.key_id in err.details()
+
+
+def test_gateway_registered_while_running_is_accepted(hub, tmp_path):
+    late = GatewaySim.new("gw-late", meter_id="MTR-9")
+    register_gateway(hub.cfg, late.gateway_id, late.signer, tmp_path)
+    time.sleep(1.1)  # key reloads are rate-limited to one a second
+    assert [r.batch_seq for r in stream(hub, [late.batch(2)])] == [1]
+
+
+def test_out_of_order_batch_is_a_failed_precondition(hub):
+    stream(hub, [hub.gw.batch(2)])
+    hub.gw.batch(2)  # batch 2 never sent
+    err = rejected(hub, [hub.gw.batch(2)])
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expected 2" in err.details()
+    assert counts(hub) == (1, 2)
+
+
+def test_first_batch_must_be_seq_1(hub):
+    hub.gw.seq = 4
+    err = rejected(hub, [hub.gw.batch(2)])
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_fork_same_seq_other_content_is_rejected(hub):
+    saved = (hub.gw.seq, hub.gw.prev_hash, hub.gw.reading_seq)
+    stream(hub, [hub.gw.batch(2)])
+    hub.gw.seq, hub.gw.prev_hash, hub.gw.reading_seq = saved
+    err = rejected(hub, [hub.gw.batch(3)])
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "fork" in err.details()
+    assert counts(hub) == (1, 2)
+
+
+def test_fork_wrong_prev_hash_is_rejected(hub):
+    stream(hub, [hub.gw.batch(2)])
+    hub.gw.prev_hash = bytes(32)
+    err = rejected(hub, [hub.gw.batch(2)])
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "prev_hash" in err.details()
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda m: setattr(m.header, "prev_hash", b"\x00" * 31), "prev_hash"),
+        (lambda m: setattr(m.header, "entry_count", 99), "entries"),
+        (lambda m: setattr(m.entries[0].reading.quantities[0], "value", float("nan")), "finite"),
+        (lambda m: setattr(m.entries[0].reading, "meter_id", "bad meter id!"), "meter_id"),
+        (lambda m: m.entries[0].ClearField("kind"), "neither a reading nor a gap"),
+        (lambda m: setattr(m.entries[0].reading, "seq", 0), "seq"),
+        (lambda m: m.ClearField("entries"), "entries"),
+    ],
+)
+def test_malformed_batch_is_invalid_argument(hub, damage, fragment):
+    msg = hub.gw.batch(3, advance=False)
+    damage(msg)
+    err = rejected(hub, [msg])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert fragment in err.details()
+    assert counts(hub) == (0, 0)
+    assert [r.batch_seq for r in stream(hub, [hub.gw.batch(1)])] == [1]
+
+
+def test_blocks_are_sealed_and_status_reports_them(hub):
+    stream(hub, [hub.gw.batch(3) for _ in range(4)])
+    deadline = time.monotonic() + 10
+    with grpc.insecure_channel(hub.address) as ch:
+        query = ingest_pb2_grpc.QueryStub(ch)
+        while time.monotonic() < deadline:
+            st = query.GetStatus(ingest_pb2.StatusRequest())
+            if st.batches_unsealed == 0 and st.height > 0:
+                break
+            time.sleep(0.1)
+        assert st.height >= 1 and st.batches_stored == 4 and st.entries_stored == 12
+        assert list(st.gateways) == [hub.gw.gateway_id]
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as bad:
+            query.GetCertificate(ingest_pb2.CertificateRequest(meter_id="MTR-1", from_ns=10, to_ns=5))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as missing:
+            query.GetCertificate(ingest_pb2.CertificateRequest(meter_id="MTR-404", from_ns=0, to_ns=2**62))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_shutdown_seals_everything_receipted(tmp_path):
+    cfg = init_hub(tmp_path / "hub", block_interval=60.0)
+    gw = GatewaySim.new()
+    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+    with RunningHub(cfg) as running:
+        receipts = stream(running, [gw.batch(2) for _ in range(3)])
+        assert len(receipts) == 3
+    store = running.store()
+    assert store.counts() == (3, 0, 6)
+    assert store.head().height == 1
+
+
+def test_tls_is_required_by_default(tmp_path):
+    cfg = init_hub(tmp_path / "hub", insecure=False)
+    gw = GatewaySim.new()
+    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+    with RunningHub(cfg) as running:
+        ca = (tmp_path / "hub" / "tls" / "ca.pem").read_bytes()
+        with grpc.secure_channel(running.address, grpc.ssl_channel_credentials(ca)) as ch:
+            receipts = list(ingest_pb2_grpc.IngestStub(ch).Stream(iter([gw.batch(2)]), timeout=10))
+        assert [r.batch_seq for r in receipts] == [1]
+        with pytest.raises(grpc.RpcError):
+            stream(running, [gw.batch(2)], timeout=3)
+        # a CA that did not sign the hub's certificate is refused
+        from hub.tls import create_tls_files
+
+        other_ca, _, _ = create_tls_files(tmp_path / "other", ["localhost"], "other")
+        with grpc.secure_channel(running.address, grpc.ssl_channel_credentials(other_ca.read_bytes())) as ch:
+            with pytest.raises(grpc.RpcError) as info:
+                list(ingest_pb2_grpc.IngestStub(ch).Stream(iter([gw.batch(2, advance=False)]), timeout=3))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
