@@ -51,6 +51,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         meters.append((meter_id, url))
     if not meters:
         raise ConfigError("give at least one --meter ID=URL")
+    from protos.records import RecordError, check_id
+
+    try:
+        check_id("--gateway-id", args.gateway_id)
+        for meter_id, _ in meters:
+            check_id("--meter id", meter_id)
+    except RecordError as exc:
+        raise ConfigError(str(exc)) from exc
     if not args.insecure and args.hub_ca is None:
         raise ConfigError("--hub-ca is required unless --insecure (TLS is on by default)")
     if args.hub_key is None:

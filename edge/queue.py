@@ -155,6 +155,9 @@ class DurableQueue:
     def record_failure(self, meter_id: str, ts_ns: int, reason: str, report_after_ns: int) -> None:
         """Extend the meter's open gap (or open one); close it into an entry when it gets old
         or the reason changes, so a long outage is reported while it lasts."""
+        # Validate as the gap entry will be, so a bad reason cannot wedge the meter later.
+        reason = reason.encode()[:256].decode(errors="ignore") or "unknown"
+        Gap(meter_id, ts_ns, ts_ns, reason, 1)
 
         def work(db: sqlite3.Connection) -> None:
             row = db.execute(
@@ -169,9 +172,11 @@ class DurableQueue:
                     (meter_id, ts_ns, ts_ns, reason),
                 )
             else:
+                # MIN/MAX: the wall clock may step back (NTP); a gap must never end before it starts.
                 db.execute(
-                    "UPDATE open_gaps SET to_ns = ?, missed = missed + 1 WHERE meter_id = ?",
-                    (ts_ns, meter_id),
+                    "UPDATE open_gaps SET from_ns = MIN(from_ns, ?), to_ns = MAX(to_ns, ?), missed = missed + 1 "
+                    "WHERE meter_id = ?",
+                    (ts_ns, ts_ns, meter_id),
                 )
 
         self._tx(work)

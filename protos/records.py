@@ -42,8 +42,13 @@ class Quality(enum.IntFlag):
     PARTIAL = 1 << 4  # some registers of the map could not be read
 
 
+# Bits without a defined flag must be 0 (docs/formats.md), so a flag added later
+# cannot be mistaken for noise in old evidence.
+QUALITY_KNOWN = int(Quality.STALE | Quality.OUT_OF_RANGE | Quality.COUNTER_BACKWARDS | Quality.COUNTER_RESET | Quality.PARTIAL)
+
+
 def check_id(field: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise RecordError(
             f"{field} {value!r} is not a valid identifier "
             "(1-128 characters: letters, digits and . _ : / -, starting with a letter or digit)"
@@ -93,6 +98,12 @@ class Reading:
         check_id("meter_id", self.meter_id)
         _check_u64("seq", self.seq, minimum=1)
         _check_i64("timestamp_ns", self.timestamp_ns)
+        if not isinstance(self.clock, ClockStatus):
+            raise RecordError(f"clock of meter {self.meter_id} seq {self.seq} must be a ClockStatus, got {self.clock!r}")
+        if not isinstance(self.quality, Quality) or int(self.quality) & ~QUALITY_KNOWN:
+            raise RecordError(
+                f"quality of meter {self.meter_id} seq {self.seq} has undefined flag bits: {int(self.quality):#x}"
+            )
         names = [q.name for q in self.quantities]
         if names != sorted(set(names)):
             raise RecordError(

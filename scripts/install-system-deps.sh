@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # System packages the test suite needs, installed when missing (CI runs as root).
-# The backbone needs only OpenSSL's command line (the docs' signature check is tested).
+# The docs' check of certificates with standard tools (openssl, jq, xxd) is run by the tests.
 set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
+command -v jq >/dev/null || need+=(jq)
+command -v xxd >/dev/null || need+=(xxd)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

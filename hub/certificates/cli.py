@@ -85,9 +85,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except TrustError as exc:
         print(f"gridtrace cert verify: {exc}", file=sys.stderr)
         return 2
+    from hub.certificates.document import DocumentError, load_json
+
     try:
-        doc = json.loads(args.file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = load_json(args.file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, DocumentError, UnicodeDecodeError) as exc:
         print(f"FAILED: {args.file} cannot be read as JSON: {exc}", file=sys.stderr)
         return 1
     try:

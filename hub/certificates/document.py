@@ -9,6 +9,7 @@ can change without the verifier noticing.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,20 @@ CERTIFICATE_FORMAT = "gridtrace/measurement-certificate/v1"
 
 class DocumentError(ValueError):
     """The certificate's JSON is not well-formed; the message gives the JSON path."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            # Parsers disagree on which duplicate wins; a reader must not see other values than we check.
+            raise DocumentError(f"key {k!r} appears twice in one object")
+    return dict(pairs)
+
+
+def load_json(text: str) -> Any:
+    """Parse certificate or trust JSON, refusing duplicate keys."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
 
 
 def iso_ns(ts_ns: int) -> str:
@@ -105,6 +120,8 @@ class Obj:
 
     def time(self, key_ns: str, key_iso: str) -> int:
         ts = self.get(key_ns, int)
+        if not -(1 << 63) <= ts < 1 << 63:
+            raise DocumentError(f"{self.path}.{key_ns}: {ts} is not a 64-bit nanosecond timestamp")
         if self.get(key_iso, str) != iso_ns(ts):
             raise DocumentError(f"{self.path}.{key_iso}: does not match {key_ns} ({iso_ns(ts)})")
         return ts

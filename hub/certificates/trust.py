@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from hub.certificates.document import DocumentError, load_json
 from protos.signing import KeyFileError, key_id, parse_public_key_pem, public_key_pem
 
 TRUST_FORMAT = "gridtrace/trust/v1"
@@ -56,6 +57,9 @@ def _key(entry: object, where: str) -> tuple[str, Ed25519PublicKey]:
 def parse_trust(doc: object, source: str = "trust file") -> Trust:
     if not isinstance(doc, dict) or doc.get("format") != TRUST_FORMAT:
         raise TrustError(f"{source}: not a gridtrace trust file (format must be {TRUST_FORMAT!r})")
+    for section in ("gateways", "chains"):
+        if not isinstance(doc.get(section, {}), dict):
+            raise TrustError(f"{source}: {section} must be an object keyed by id")
     gateways: dict[str, dict[str, Ed25519PublicKey]] = {}
     for gw, keys in (doc.get("gateways") or {}).items():
         if not isinstance(keys, list):
@@ -76,11 +80,11 @@ def parse_trust(doc: object, source: str = "trust file") -> Trust:
 
 def load_trust(path: Path) -> Trust:
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = load_json(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise TrustError(f"cannot read trust file {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise TrustError(f"trust file {path} is not JSON: {exc}") from exc
+    except (json.JSONDecodeError, DocumentError, UnicodeDecodeError) as exc:
+        raise TrustError(f"trust file {path} is not valid JSON: {exc}") from exc
     return parse_trust(doc, str(path))
 
 
