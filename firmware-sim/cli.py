@@ -8,6 +8,7 @@ import signal
 import sys
 
 from edge.registermap import available_register_maps
+from gridtrace.clihelp import add_command
 
 from .modbus_server import Fault, SimulatedModbusServer, SimulatorError
 
@@ -26,10 +27,11 @@ example:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sim` command and its subcommands to the top-level parser's subparsers."""
-    sim = subparsers.add_parser(
+    sim = add_command(
+        subparsers,
         "sim",
-        help="run simulated meters",
-        description="Run simulated meters that behave like the real ones on the wire.",
+        "run simulated meters that behave like the real ones on the wire",
+        "gridtrace sim modbus --port 5020 --meters 3",
     )
     kinds = sim.add_subparsers(dest="sim_command", metavar="SIMULATOR", required=True)
     modbus = kinds.add_parser(

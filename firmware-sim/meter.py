@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 __all__ = ["PROFILES", "SLOT_S", "SimulatedMeter", "quantity_names"]
 
@@ -43,6 +43,11 @@ _LONG_WINDOW_S = 7200.0  # washing machines, ovens, compressors: at most one per
 _SLOW_WINDOW_S = 300.0  # drift of the base load
 _CLOUD_WINDOW_S = 600.0
 
+_PHASE_NAMES = tuple(
+    tuple(f"{q}_l{n}" for q in ("voltage", "current", "power", "apparent_power",
+                                "reactive_power", "power_factor", "phase_angle"))
+    for n in (1, 2, 3)
+)
 _PHASE_SHIFT = (0.0, -2.0 * math.pi / 3.0, 2.0 * math.pi / 3.0)
 _M64 = (1 << 64) - 1
 _T = TypeVar("_T")
@@ -70,7 +75,7 @@ def _unit_noise(bits: int, index: int) -> float:
 
 
 class _Draws:
-    """Uniform/normal numbers keyed by integers, so any slot can be computed on its own.
+    """Uniform numbers keyed by integers, so any slot can be computed on its own.
 
     A sequential RNG would make slot k depend on every slot drawn before it, which would make
     values depend on how often the caller happened to sample.
@@ -85,11 +90,6 @@ class _Draws:
         self._state = _mix(self._state)
         return (self._state >> 11) * (1.0 / (1 << 53))
 
-    def normal(self) -> float:
-        u1 = 1.0 - self.uniform()  # (0, 1]: log stays finite
-        u2 = self.uniform()
-        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
 
 @dataclass(frozen=True)
 class _Appliance:
@@ -100,12 +100,13 @@ class _Appliance:
     reactive_var: float
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """Everything integrated over a slot: per-phase active and reactive power."""
+class _Slot(NamedTuple):
+    """Everything integrated over a slot: per-phase and total active and reactive power."""
 
     power: tuple[float, float, float]
     reactive: tuple[float, float, float]
+    power_total: float
+    reactive_total: float
 
 
 def quantity_names() -> tuple[str, ...]:
@@ -177,6 +178,10 @@ class SimulatedMeter:
         self._slot_cache: tuple[int, _Slot] | None = None
         self._window_cache: dict[tuple[int, int], object] = {}
         self._noise_key = _hash(seed, unit, _S_NOISE)
+        self._voltage_noise_key = _hash(seed, unit, _S_NOISE, 1)
+        # One grid: frequency depends on the seed only, so all meters of a fleet agree.
+        self._grid_key = _hash(seed, 0, _S_GRID)
+        self._grid_phase = 2.0 * math.pi * _Draws(seed, 0, _S_GRID, 1).uniform()
         self._q_per_w = tuple(math.tan(math.acos(pf)) for pf in self._pf)
 
     @classmethod
@@ -228,7 +233,7 @@ class SimulatedMeter:
 
     def power_at(self, t: float) -> float:
         """Total active power in W at time `t` (the integrand of the energy counters)."""
-        return sum(self._slot(math.floor(t / SLOT_S)).power)
+        return self._slot(math.floor(t / SLOT_S)).power_total
 
     # -- integration ----------------------------------------------------------------------
 
@@ -237,23 +242,30 @@ class SimulatedMeter:
             return
         k_a = math.floor(a / SLOT_S)
         k_b = math.floor(b / SLOT_S)
+        # W*s sums, turned into kWh once at the end
+        imp = exp = r_imp = r_exp = 0.0
         for k in range(k_a, k_b + 1):
-            lo = max(a, k * SLOT_S)
-            hi = min(b, (k + 1) * SLOT_S)
+            lo = a if k == k_a else k * SLOT_S
+            hi = b if k == k_b else (k + 1) * SLOT_S
             if hi <= lo:
                 continue
             slot = self._slot(k)
-            hours = (hi - lo) / 3600.0
-            p = sum(slot.power)
-            q = sum(slot.reactive)
+            seconds = hi - lo
+            p = slot.power_total
+            q = slot.reactive_total
             if p >= 0:
-                self._energy["import"] += p * hours / 1000.0
+                imp += p * seconds
             else:
-                self._energy["export"] -= p * hours / 1000.0
+                exp -= p * seconds
             if q >= 0:
-                self._energy["reactive_import"] += q * hours / 1000.0
+                r_imp += q * seconds
             else:
-                self._energy["reactive_export"] -= q * hours / 1000.0
+                r_exp -= q * seconds
+        e = self._energy
+        e["import"] += imp / 3.6e6
+        e["export"] += exp / 3.6e6
+        e["reactive_import"] += r_imp / 3.6e6
+        e["reactive_export"] += r_exp / 3.6e6
 
     # -- the integrand ----------------------------------------------------------------------
 
@@ -267,22 +279,27 @@ class SimulatedMeter:
         bits = _mix(self._noise_key ^ (k & _M64))
         base_total = self.base_load_w * level * drift
 
-        power = [0.0, 0.0, 0.0]
-        reactive = [0.0, 0.0, 0.0]
-        for i in range(3):
-            p = base_total * self._phase_share[i] * (1.0 + 0.03 * _unit_noise(bits, i))
-            p = max(p, 5.0)  # standby loads never quite vanish
-            power[i] = p
-            reactive[i] = p * self._q_per_w[i]
+        share, q_per_w = self._phase_share, self._q_per_w
+        # standby loads never quite vanish: at least 5 W per phase
+        p1 = max(base_total * share[0] * (1.0 + 0.03 * _unit_noise(bits, 0)), 5.0)
+        p2 = max(base_total * share[1] * (1.0 + 0.03 * _unit_noise(bits, 1)), 5.0)
+        p3 = max(base_total * share[2] * (1.0 + 0.03 * _unit_noise(bits, 2)), 5.0)
+        power = [p1, p2, p3]
+        reactive = [p1 * q_per_w[0], p2 * q_per_w[1], p3 * q_per_w[2]]
         for appliance in self._appliances_at(t, hour):
             power[appliance.phase] += appliance.power_w
             reactive[appliance.phase] += appliance.reactive_var
         pv = self._pv_at(t, hour)
         if pv > 0.0:
             # a three-phase inverter at unity power factor
-            for i in range(3):
-                power[i] -= pv / 3.0
-        slot = _Slot(tuple(power), tuple(reactive))  # type: ignore[arg-type]
+            third = pv / 3.0
+            power = [power[0] - third, power[1] - third, power[2] - third]
+        slot = _Slot(
+            (power[0], power[1], power[2]),
+            (reactive[0], reactive[1], reactive[2]),
+            power[0] + power[1] + power[2],
+            reactive[0] + reactive[1] + reactive[2],
+        )
         self._slot_cache = (k, slot)
         return slot
 
@@ -302,15 +319,15 @@ class SimulatedMeter:
         found = []
         for stream, window_s in ((_S_SHORT, _SHORT_WINDOW_S), (_S_LONG, _LONG_WINDOW_S)):
             window = math.floor(t / window_s)
-            appliance = self._windowed(
-                stream, window, lambda w, s=stream, ws=window_s: self._appliance(s, w, ws)
-            )
+            appliance = self._windowed(stream, window, self._appliance, stream, window_s)
             if appliance is not None and appliance.start <= t < appliance.end:
                 found.append(appliance)
         return found
 
-    def _windowed(self, stream: int, window: int, compute: Callable[[int], _T]) -> _T:
-        """compute(window), memoised: slots far outnumber the windows they fall in."""
+    def _windowed(
+        self, stream: int, window: int, compute: Callable[..., _T], *args: object
+    ) -> _T:
+        """compute(window, *args), memoised: slots far outnumber the windows they fall in."""
         key = (stream, window)
         try:
             return self._window_cache[key]  # type: ignore[return-value]
@@ -318,14 +335,14 @@ class SimulatedMeter:
             pass
         if len(self._window_cache) > 256:
             self._window_cache.clear()
-        value = compute(window)
+        value = compute(window, *args)
         self._window_cache[key] = value
         return value
 
     def _drift(self, window: int) -> float:
         return 1.0 + 0.08 * (2.0 * _Draws(self.seed, self.unit, _S_SLOW, window).uniform() - 1.0)
 
-    def _appliance(self, stream: int, window: int, window_s: float) -> _Appliance | None:
+    def _appliance(self, window: int, stream: int, window_s: float) -> _Appliance | None:
         d = _Draws(self.seed, self.unit, stream, window)
         start_of_window = window * window_s
         hour = self._local_hour(start_of_window)
@@ -353,13 +370,12 @@ class SimulatedMeter:
             return 0.0
         sun = math.sin(math.pi * (hour - 6.0) / 14.0) ** 1.5
         day = math.floor((t / 3600.0 + self.utc_offset_h) / 24.0)
-        clear_day = self._windowed(
-            _S_DAY, day, lambda w: 0.4 + 0.6 * _Draws(self.seed, self.unit, _S_DAY, w).uniform()
-        )
-        passing = self._windowed(
-            _S_CLOUD, math.floor(t / _CLOUD_WINDOW_S), lambda w: self._cloud(w, clear_day)
-        )
+        clear_day = self._windowed(_S_DAY, day, self._clear_day)
+        passing = self._windowed(_S_CLOUD, math.floor(t / _CLOUD_WINDOW_S), self._cloud, clear_day)
         return self.pv_peak_w * 0.85 * sun * passing
+
+    def _clear_day(self, day: int) -> float:
+        return 0.4 + 0.6 * _Draws(self.seed, self.unit, _S_DAY, day).uniform()
 
     def _cloud(self, window: int, clear_day: float) -> float:
         d = _Draws(self.seed, self.unit, _S_CLOUD, window)
@@ -371,7 +387,7 @@ class SimulatedMeter:
         k = math.floor(t / SLOT_S)
         slot = self._slot(k)
         hour = self._local_hour(t)
-        noise = _Draws(self.seed, self.unit, _S_NOISE, k, 1)
+        bits = _mix(self._voltage_noise_key ^ (k & _M64))
         # Evening peak load on the feeder pulls every voltage down a little.
         sag = 3.0 * (_interpolate(PROFILES["household"], hour) - 1.0)
 
@@ -388,27 +404,27 @@ class SimulatedMeter:
                 + self._voltage_offset
                 + self._phase_voltage_offset[i]
                 - sag
-                + 0.25 * noise.normal()
+                + 0.25 * _unit_noise(bits, i)
             )
             v = v_open - self._supply_ohm * (p / v_open)
             v = min(max(v, self.nominal_voltage - 10.0), self.nominal_voltage + 10.0)
             current = s / v
             angle = math.atan2(q, p)
-            n = i + 1
-            values[f"voltage_l{n}"] = v
-            values[f"current_l{n}"] = current
-            values[f"power_l{n}"] = p
-            values[f"apparent_power_l{n}"] = s
-            values[f"reactive_power_l{n}"] = q
-            values[f"power_factor_l{n}"] = p / s if s > 0 else 1.0
-            values[f"phase_angle_l{n}"] = math.degrees(angle)
+            names = _PHASE_NAMES[i]
+            values[names[0]] = v
+            values[names[1]] = current
+            values[names[2]] = p
+            values[names[3]] = s
+            values[names[4]] = q
+            values[names[5]] = p / s if s > 0 else 1.0
+            values[names[6]] = math.degrees(angle)
             volts.append(v)
             amps.append(current)
             angles.append(angle)
             apparent.append(s)
 
-        p_total = sum(slot.power)
-        q_total = sum(slot.reactive)
+        p_total = slot.power_total
+        q_total = slot.reactive_total
         s_total = sum(apparent)
         values["voltage_ln_avg"] = sum(volts) / 3.0
         values["current_avg"] = sum(amps) / 3.0
@@ -441,10 +457,9 @@ class SimulatedMeter:
         return values
 
     def _frequency(self, t: float) -> float:
-        # One grid: the frequency depends on the seed only, so all meters of a fleet agree.
-        grid = _Draws(self.seed, 0, _S_GRID, math.floor(t / SLOT_S))
-        phase = 2.0 * math.pi * (_Draws(self.seed, 0, _S_GRID).uniform())
-        deviation = 0.025 * math.sin(2.0 * math.pi * t / 1800.0 + phase) + 0.008 * grid.normal()
+        grid = _mix(self._grid_key ^ (math.floor(t / SLOT_S) & _M64))
+        deviation = 0.025 * math.sin(2.0 * math.pi * t / 1800.0 + self._grid_phase)
+        deviation += 0.008 * _unit_noise(grid, 0)
         deviation = min(max(deviation, -0.05), 0.05)
         return self.nominal_frequency + deviation
 

@@ -16,31 +16,25 @@ CLOCK_UNKNOWN: ClockStatus
 CLOCK_INFORMATIVE: ClockStatus
 CLOCK_SYNCHRONIZED: ClockStatus
 
-class Quantity(_message.Message):
-    __slots__ = ("name", "unit", "value")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    UNIT_FIELD_NUMBER: _ClassVar[int]
-    VALUE_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    unit: str
-    value: float
-    def __init__(self, name: _Optional[str] = ..., unit: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-
 class Reading(_message.Message):
-    __slots__ = ("meter_id", "seq", "timestamp_ns", "clock", "quality", "quantities")
+    __slots__ = ("meter_id", "seq", "timestamp_ns", "clock", "quality", "names", "units", "values")
     METER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
-    QUANTITIES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     meter_id: str
     seq: int
     timestamp_ns: int
     clock: ClockStatus
     quality: int
-    quantities: _containers.RepeatedCompositeFieldContainer[Quantity]
-    def __init__(self, meter_id: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., clock: _Optional[_Union[ClockStatus, str]] = ..., quality: _Optional[int] = ..., quantities: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    units: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, meter_id: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., clock: _Optional[_Union[ClockStatus, str]] = ..., quality: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., units: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("meter_id", "from_ns", "to_ns", "reason", "missed_polls")

@@ -8,6 +8,7 @@ hub and the offline verifier share one definition of each record.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -71,6 +72,23 @@ def _check_hash(field: str, value: bytes) -> None:
         raise RecordError(f"{field} must be {HASH_SIZE} bytes, got {value!r:.80}")
 
 
+@functools.lru_cache(maxsize=4096)
+def check_quantity_names(names: tuple[str, ...], units: tuple[str, ...]) -> None:
+    """Names valid, sorted and unique; one unit (at most 32 bytes) per name.
+
+    Cached: a gateway sends the same names for every reading of a meter model.
+    """
+    if len(units) != len(names):
+        raise RecordError(f"{len(names)} quantity names but {len(units)} units")
+    for n in names:
+        check_id("quantity name", n)
+    if list(names) != sorted(set(names)):
+        raise RecordError(f"quantities must be sorted by name and unique, got {list(names)}")
+    for n, u in zip(names, units):
+        if not isinstance(u, str) or len(u.encode()) > 32:
+            raise RecordError(f"unit of {n} must be a string of at most 32 bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class Quantity:
     name: str
@@ -78,9 +96,7 @@ class Quantity:
     value: float
 
     def __post_init__(self) -> None:
-        check_id("quantity name", self.name)
-        if not isinstance(self.unit, str) or len(self.unit.encode()) > 32:
-            raise RecordError(f"unit of {self.name} must be a string of at most 32 bytes")
+        # Names and units are checked with their reading (check_quantity_names).
         if not isinstance(self.value, float) or not math.isfinite(self.value):
             raise RecordError(f"value of {self.name} must be a finite float, got {self.value!r}")
 
@@ -104,12 +120,10 @@ class Reading:
             raise RecordError(
                 f"quality of meter {self.meter_id} seq {self.seq} has undefined flag bits: {int(self.quality):#x}"
             )
-        names = [q.name for q in self.quantities]
-        if names != sorted(set(names)):
-            raise RecordError(
-                f"quantities of meter {self.meter_id} seq {self.seq} must be sorted by name "
-                f"and unique, got {names}"
-            )
+        try:
+            check_quantity_names(tuple(q.name for q in self.quantities), tuple(q.unit for q in self.quantities))
+        except RecordError as exc:
+            raise RecordError(f"meter {self.meter_id} seq {self.seq}: {exc}") from exc
 
     def value(self, name: str) -> float | None:
         for q in self.quantities:

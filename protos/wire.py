@@ -31,7 +31,9 @@ def reading_to_pb(r: Reading) -> pb.Reading:
         timestamp_ns=r.timestamp_ns,
         clock=int(r.clock),
         quality=int(r.quality),
-        quantities=[pb.Quantity(name=q.name, unit=q.unit, value=q.value) for q in r.quantities],
+        names=[q.name for q in r.quantities],
+        units=[q.unit for q in r.quantities],
+        values=[q.value for q in r.quantities],
     )
 
 
@@ -62,7 +64,7 @@ def entry_from_pb(m: pb.Entry, index: int) -> Entry:
                 timestamp_ns=r.timestamp_ns,
                 clock=ClockStatus(r.clock),
                 quality=Quality(r.quality),
-                quantities=tuple(Quantity(q.name, q.unit, q.value) for q in r.quantities),
+                quantities=_quantities(r, index),
             )
         if kind == "gap":
             g = m.gap
@@ -70,6 +72,14 @@ def entry_from_pb(m: pb.Entry, index: int) -> Entry:
     except (RecordError, ValueError) as exc:
         raise WireError(f"entry {index}: {exc}") from exc
     raise WireError(f"entry {index}: neither a reading nor a gap")
+
+
+def _quantities(r: pb.Reading, index: int) -> tuple[Quantity, ...]:
+    if not len(r.names) == len(r.units) == len(r.values):
+        raise WireError(
+            f"entry {index}: {len(r.names)} names, {len(r.units)} units and {len(r.values)} values"
+        )
+    return tuple(Quantity(n, u, v) for n, u, v in zip(r.names, r.units, r.values))
 
 
 def header_to_pb(h: BatchHeader) -> pb.BatchHeader:

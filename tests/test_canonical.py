@@ -64,12 +64,12 @@ GOLDEN_READING_HEX = "".join([
     "02",                                               # clock u8 = SYNCHRONIZED
     "00000003",                                         # quality u32 = STALE|OUT_OF_RANGE
     "0002",                                             # quantity count u16
-    "000d", "656e657267795f696d706f7274",               # name "energy_import"
-    "0003", "6b5768",                                   # unit "kWh"
-    "40934a0000000000",                                 # 1234.5
-    "0005", "706f776572",                               # name "power"
-    "0001", "57",                                       # unit "W"
-    "bff0000000000000",                                 # -1.0
+    "000d", "656e657267795f696d706f7274",               # names: "energy_import"
+    "0005", "706f776572",                               #        "power"
+    "0003", "6b5768",                                   # units: "kWh"
+    "0001", "57",                                       #        "W"
+    "40934a0000000000",                                 # values: 1234.5
+    "bff0000000000000",                                 #         -1.0
 ])
 
 GOLDEN_GAP = Gap(meter_id="MTR-2", from_ns=-5, to_ns=T0, reason="timeout", missed_polls=3)
@@ -438,7 +438,8 @@ def test_decode_rejects_valid_layout_with_invalid_values():
     raw = bytearray(c.encode_reading(swapped))
     raw[-2:] = struct.pack(">H", 2)
     for name in ("power", "energy_import"):
-        raw += struct.pack(">H", len(name)) + name.encode() + b"\x00\x00" + struct.pack(">d", 1.0)
+        raw += struct.pack(">H", len(name)) + name.encode()
+    raw += b"\x00\x00" * 2 + struct.pack(">2d", 1.0, 1.0)
     with pytest.raises(CanonicalError, match="sorted"):
         c.decode_reading(bytes(raw))
     # a gap that ends before it starts
@@ -475,11 +476,12 @@ def test_quantity_rejects_non_finite_or_non_float(value):
 
 
 def test_quantity_unit_limit():
-    Quantity("power", "x" * 32, 1.0)
+    # Names and units are checked with their reading, once per set of names.
+    _reading(quantities=(Quantity("power", "x" * 32, 1.0),))
     with pytest.raises(RecordError, match="unit of power"):
-        Quantity("power", "x" * 33, 1.0)
+        _reading(quantities=(Quantity("power", "x" * 33, 1.0),))
     with pytest.raises(RecordError, match="unit of power"):
-        Quantity("power", "µ" * 17, 1.0)  # 34 bytes
+        _reading(quantities=(Quantity("power", "µ" * 17, 1.0),))  # 34 bytes
 
 
 def test_reading_rejects_unsorted_or_duplicate_quantities():
@@ -514,7 +516,7 @@ def test_ids_are_checked_and_named(bad):
         dataclasses.replace(GOLDEN_GAP, meter_id=bad)
     if isinstance(bad, str) and bad:
         with pytest.raises(RecordError, match="quantity name"):
-            Quantity(bad, "W", 1.0)
+            _reading(quantities=(Quantity(bad, "W", 1.0),))
 
 
 def test_id_limits_accepted():

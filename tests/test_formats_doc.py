@@ -132,8 +132,6 @@ ENCODERS = {
 def encode_as_documented(rows: list[tuple[str, str, str]], value: object) -> bytes:
     out = b""
     for num, field, enc in rows:
-        if num == "8" and "quantities" in field:
-            continue  # the heading of the per-quantity rows
         kind = re.match(r"`(\w+)", enc)
         assert kind, f"row {num}: no encoding in {enc!r}"
         kind = kind.group(1)
@@ -142,19 +140,20 @@ def encode_as_documented(rows: list[tuple[str, str, str]], value: object) -> byt
             tag = re.match(r'`tag\("([^"]+)"\)`', enc).group(1).encode()
             out += bytes([len(tag)]) + tag
             continue
+        column = re.fullmatch(r"`n` (names|units|values)", field)
+        if column:
+            # a column: one element per quantity, in the reading's order
+            attr = column.group(1)[:-1]
+            item_kind = re.match(r"`n` × `(\w+)`", enc).group(1)
+            for q in value.quantities:
+                out += pack(item_kind, getattr(q, attr))
+            continue
         if "quantity count" in field:
             v = len(value.quantities)
-        elif re.fullmatch(r"8[a-z]", num):
-            continue  # per quantity, handled below
         else:
             assert name, f"row {num}: no field name in {field!r}"
             v = getattr(value, name.group(1))
         out += pack(kind, v)
-        if "quantity count" in field:
-            per_q = [(n, f, e) for n, f, e in rows if re.fullmatch(r"8[a-z]", n)]
-            for q in value.quantities:
-                for _, f, e in per_q:
-                    out += pack(re.match(r"`(\w+)", e).group(1), getattr(q, re.match(r"`(\w+)`", f).group(1)))
     return out
 
 

@@ -104,7 +104,7 @@ def test_bad_signature_is_unauthenticated_and_nothing_is_stored(hub):
 
 def test_changed_reading_breaks_the_root(hub):
     msg = hub.gw.batch(3)
-    msg.entries[1].reading.quantities[0].value += 0.001
+    msg.entries[1].reading.values[0] += 0.001
     err = rejected(hub, [msg])
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "entries_root" in err.details()
@@ -171,7 +171,8 @@ def test_fork_wrong_prev_hash_is_rejected(hub):
     [
         (lambda m: setattr(m.header, "prev_hash", b"\x00" * 31), "prev_hash"),
         (lambda m: setattr(m.header, "entry_count", 99), "entries"),
-        (lambda m: setattr(m.entries[0].reading.quantities[0], "value", float("nan")), "finite"),
+        (lambda m: m.entries[0].reading.values.__setitem__(0, float("nan")), "finite"),
+        (lambda m: m.entries[0].reading.units.pop(), "units"),
         (lambda m: setattr(m.entries[0].reading, "meter_id", "bad meter id!"), "meter_id"),
         (lambda m: m.entries[0].ClearField("kind"), "neither a reading nor a gap"),
         (lambda m: setattr(m.entries[0].reading, "seq", 0), "seq"),

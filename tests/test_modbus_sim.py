@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import math
 import signal
 import socket
 import subprocess
@@ -62,30 +61,35 @@ def assert_plausible(v: dict[str, float], tol: float = 1e-6) -> None:
 
 
 def test_one_simulated_day_counters_are_the_integral_of_power() -> None:
-    for unit in (1, 2):  # unit 2 has PV, unit 1 has not
-        meter = SimulatedMeter.for_unit(unit, seed=3)
-        first = previous = meter.advance(T0)
-        riemann_kwh = 0.0
-        step = 10.0
-        t = T0
-        while t < T0 + DAY:
-            t += step
-            riemann_kwh += previous["power_total"] * step / 3.6e6
-            v = meter.advance(t)
-            for name in ("energy_import", "energy_export", "energy_total", "energy_reactive_import"):
-                assert v[name] >= previous[name], f"{name} went down at t={t}"
-            previous = v
-            if int(t) % 3600 == 0:
-                assert_plausible(v)
-        net = (v["energy_import"] - v["energy_export"]) - (first["energy_import"] - first["energy_export"])
-        imported = v["energy_import"] - first["energy_import"]
-        # power is sampled only every 10 s here, so the Riemann sum is close, not exact
-        assert net == pytest.approx(riemann_kwh, rel=0.01, abs=0.01)
-        assert 1.0 < imported < 100.0, imported  # a household uses a few kWh a day
-        if unit == 1:
-            assert v["energy_export"] == first["energy_export"]
-        else:
-            assert v["energy_export"] > first["energy_export"], "a sunny PV meter exports at noon"
+    meter = SimulatedMeter.for_unit(2, seed=3)  # unit 2 has PV: it both imports and exports
+    first = previous = meter.advance(T0)
+    riemann_kwh = 0.0
+    step = 10.0
+    t = T0
+    while t < T0 + DAY:
+        t += step
+        riemann_kwh += previous["power_total"] * step / 3.6e6
+        v = meter.advance(t)
+        for name in ("energy_import", "energy_export", "energy_total", "energy_reactive_import"):
+            assert v[name] >= previous[name], f"{name} went down at t={t}"
+        previous = v
+        if int(t) % 3600 == 0:
+            assert_plausible(v)
+    net = (v["energy_import"] - v["energy_export"]) - (first["energy_import"] - first["energy_export"])
+    # power is sampled only every 10 s here, so the Riemann sum is close, not exact
+    assert net == pytest.approx(riemann_kwh, rel=0.01, abs=0.01)
+    assert 1.0 < v["energy_import"] - first["energy_import"] < 100.0  # a few kWh a day
+    assert v["energy_export"] > first["energy_export"], "a PV meter exports around noon"
+
+
+def test_a_meter_without_pv_never_exports() -> None:
+    meter = SimulatedMeter.for_unit(1, seed=3)
+    first = meter.advance(T0 + 8 * 3600)
+    for minute in range(1, 8 * 60):
+        v = meter.advance(T0 + 8 * 3600 + 60 * minute)
+        assert v["power_total"] > 0
+    assert v["energy_export"] == first["energy_export"]
+    assert v["energy_import"] > first["energy_import"]
 
 
 def test_counters_are_exactly_the_integral_of_the_slotwise_power() -> None:
@@ -351,6 +355,15 @@ def test_a_closed_port_is_unreachable() -> None:
     asyncio.run(main())
 
 
+def test_a_port_in_use_is_a_clear_simulator_error() -> None:
+    async def main() -> None:
+        async with serving(1) as server:
+            with pytest.raises(SimulatorError, match="in use"):
+                await SimulatedModbusServer("127.0.0.1", server.port, 1).start()
+
+    asyncio.run(main())
+
+
 def test_set_fault_on_a_unit_without_a_meter_is_refused() -> None:
     server = SimulatedModbusServer("127.0.0.1", 0, 2)
     with pytest.raises(SimulatorError, match="unit id 5"):
@@ -367,30 +380,30 @@ def test_the_sim_command_serves_until_sigterm() -> None:
         "sys.exit(a.func(a))\n"
     )
     port = free_port()
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", code, "sim", "modbus", "--port", str(port), "--meters", "2", "--fault", "2=timeout"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-    )
-    try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert f"127.0.0.1:{port}" in line and "unit 2 timeout" in line, line
+    ) as proc:
+        try:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert f"127.0.0.1:{port}" in line and "unit 2 timeout" in line, line
 
-        async def main() -> None:
-            source = ModbusTcpSource("127.0.0.1", port)
-            try:
-                assert await source.read(1, SDM630)
-            finally:
-                await source.close()
+            async def main() -> None:
+                source = ModbusTcpSource("127.0.0.1", port)
+                try:
+                    assert await source.read(1, SDM630)
+                finally:
+                    await source.close()
 
-        asyncio.run(main())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            asyncio.run(main())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 # -- meter URLs ----------------------------------------------------------------------------
