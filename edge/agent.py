@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from edge.config import AgentConfig
 from edge.clock import now_ns
 from edge.poller import build_pollers
 from edge.queue import DurableQueue
 from edge.uplink import Uplink
+from gridtrace.signals import stop_on_signals
 from protos.batch import seal_batch
 from protos.signing import Signer
 
@@ -63,12 +63,7 @@ class Sealer:
 
 async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests drive `stop` themselves)
+    stop_on_signals(stop)
 
     # pymodbus logs every timeout as an ERROR with raw frame dumps; our own
     # MeterReadError messages say what to check, once per change of state.

@@ -41,7 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from edge.config import render_agent_config
-    from protos.signing import KeyFileError, write_private_key, write_public_key
+    from protos.signing import KeyFileError, create_key_pair
 
     meters = []
     for item in args.meter:
@@ -68,10 +68,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config_path.exists():
         raise ConfigError(f"{config_path} exists; refusing to overwrite")
     try:
-        key = write_private_key(args.dir / "gateway.key")
+        key = create_key_pair(args.dir, "gateway")
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from exc
-    write_public_key(args.dir / "gateway.pub.pem", key.public_key())
     if args.hub_ca:
         shutil.copyfile(args.hub_ca, args.dir / "hub-ca.pem")
     shutil.copyfile(args.hub_key, args.dir / "hub.pub.pem")

@@ -51,7 +51,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from hub.storage.store import Store, sqlite_url
     from hub.tls import create_tls_files
     from protos.records import RecordError, check_id
-    from protos.signing import KeyFileError, key_id, write_private_key, write_public_key
+    from protos.signing import KeyFileError, create_key_pair, key_id
 
     try:
         check_id("chain id", args.chain_id)
@@ -62,10 +62,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config_path.exists():
         raise ConfigError(f"{config_path} exists; refusing to overwrite")
     try:
-        key = write_private_key(args.dir / "hub.key")
+        key = create_key_pair(args.dir, "hub")
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from exc
-    write_public_key(args.dir / "hub.pub.pem", key.public_key())
     if not args.insecure:
         names = list(dict.fromkeys(["localhost", "127.0.0.1", *args.tls_name]))
         create_tls_files(args.dir / "tls", names, args.chain_id)

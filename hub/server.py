@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gridtrace.signals import stop_on_signals
 from hub.chain.producer import BlockProducer
 from hub.config import HubConfig
 from hub.ingest.service import IngestService, Ingestor
@@ -40,12 +40,8 @@ def server_credentials(cfg: HubConfig) -> grpc.ServerCredentials:
 
 async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
+    stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
 
     signer = Signer.from_file(cfg.key)
     store = Store(cfg.database_url)

@@ -84,6 +84,13 @@ def write_public_key(path: Path, pub: Ed25519PublicKey) -> None:
     Path(path).write_text(public_key_pem(pub), encoding="ascii")
 
 
+def create_key_pair(directory: Path, stem: str) -> Ed25519PrivateKey:
+    """Create `stem.key` (mode 0600, never overwritten) and `stem.pub.pem` in `directory`."""
+    key = write_private_key(Path(directory) / f"{stem}.key")
+    write_public_key(Path(directory) / f"{stem}.pub.pem", key.public_key())
+    return key
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
     try:
