@@ -88,8 +88,19 @@ async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: async
     tasks = [asyncio.create_task(p.run(polling_stop), name="poller") for p in pollers]
     sealer_task = asyncio.create_task(sealer.run(polling_stop, uplink.wakeup), name="sealer")
     uplink_task = asyncio.create_task(uplink.run(uplink_stop), name="uplink")
+    exit_code = 0
     try:
-        await stop.wait()
+        workers = [*tasks, sealer_task, uplink_task]
+        stop_waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_waiter, *workers], return_when=asyncio.FIRST_COMPLETED)
+        stop_waiter.cancel()
+        for t in workers:
+            if t in done:
+                # A worker that ends by itself is a defect or a broken disk: stop with an
+                # error so the service manager restarts the agent, after a best-effort drain.
+                exc = None if t.cancelled() else t.exception()
+                log.error("agent task %s stopped unexpectedly: %r; stopping the agent", t.get_name(), exc)
+                exit_code = 1
         log.info("stopping: sealing queued readings and waiting up to %.0f s for receipts", drain_timeout_s)
         polling_stop.set()
         await asyncio.gather(*tasks, sealer_task, return_exceptions=True)
@@ -107,4 +118,4 @@ async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: async
             t.cancel()
         await asyncio.gather(*tasks, sealer_task, uplink_task, return_exceptions=True)
         queue.close()
-    return 0
+    return exit_code

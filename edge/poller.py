@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -43,6 +44,10 @@ def to_reading(state: MeterState, seq: int, ts_ns: int, values: dict[str, float]
     for name in sorted(values):
         reg = state.regmap.register(name)
         value = float(values[name])
+        if not math.isfinite(value):
+            # Meters answer NaN for what they cannot measure (e.g. a phase angle
+            # at zero current): leave the quantity out and say the reading is partial.
+            continue
         if reg.kind == "counter":
             previous = state.last_counters.get(name)
             if previous is not None and value < previous:
@@ -51,7 +56,7 @@ def to_reading(state: MeterState, seq: int, ts_ns: int, values: dict[str, float]
                 quality |= Quality.COUNTER_RESET if value < 0.01 * previous else Quality.COUNTER_BACKWARDS
             state.last_counters[name] = value
         quantities.append(Quantity(name, reg.unit, value))
-    if len(values) < len(state.regmap.registers):
+    if len(quantities) < len(state.regmap.registers):
         quality |= Quality.PARTIAL
     return Reading(
         meter_id=state.config.id,
@@ -108,13 +113,11 @@ class ConnectionPoller:
             try:
                 values = await self.source.read(m.unit, m.regmap)
             except MeterReadError as exc:
-                m.failures += 1
-                if m.last_error != exc.reason:
-                    log.warning("meter %s (unit %d) %s: %s", m.config.id, m.unit, exc.reason, exc)
-                m.last_error = exc.reason
-                await asyncio.to_thread(
-                    self.queue.record_failure, m.config.id, now_ns(), exc.reason, self.gap_report_ns
-                )
+                await self._failed(m, exc.reason, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one meter must not stop the others
+                log.exception("meter %s (unit %d): unexpected error while reading", m.config.id, m.unit)
+                await self._failed(m, "read-error", f"{type(exc).__name__}: {exc}")
                 continue
             if m.last_error is not None:
                 log.info("meter %s (unit %d): reading again after %s", m.config.id, m.unit, m.last_error)
@@ -122,6 +125,13 @@ class ConnectionPoller:
             readings.append((m, now_ns(), values))
         if readings:
             await asyncio.to_thread(self._commit, readings)
+
+    async def _failed(self, m: MeterState, reason: str, message: str) -> None:
+        m.failures += 1
+        if m.last_error != reason:
+            log.warning("meter %s (unit %d) %s: %s", m.config.id, m.unit, reason, message)
+        m.last_error = reason
+        await asyncio.to_thread(self.queue.record_failure, m.config.id, now_ns(), reason, self.gap_report_ns)
 
     def _commit(self, readings: list[tuple[MeterState, int, dict[str, float]]]) -> None:
         records = [to_reading(m, self.queue.next_seq(m.config.id), ts, v) for m, ts, v in readings]

@@ -30,6 +30,9 @@ from protos.wire import entry_to_pb, header_to_pb
 
 log = logging.getLogger("gridtrace.edge.uplink")
 
+# A hub that accepted batches but sends no receipt for this long is treated as gone.
+RECEIPT_TIMEOUT_S = 60.0
+
 
 class ReceiptError(Exception):
     """A receipt that must not be acted on: wrong batch, wrong hash, or a bad signature."""
@@ -106,6 +109,10 @@ class Uplink:
                 self.stats.connected = False
                 self.stats.last_error = _describe(exc)
                 log.warning("uplink to %s: %s; retrying in %.1f s", self.cfg.hub, self.stats.last_error, backoff)
+            except Exception as exc:  # noqa: BLE001 - the uplink must never stop for good
+                self.stats.connected = False
+                self.stats.last_error = _describe(exc)
+                log.exception("uplink to %s failed unexpectedly; retrying in %.1f s", self.cfg.hub, backoff)
             if stop.is_set():
                 break
             try:
@@ -136,7 +143,10 @@ class Uplink:
                 raise ConnectionError("hub closed the stream")
 
             receiver = asyncio.create_task(receive())
+            loop = asyncio.get_running_loop()
             last_sent = 0
+            last_progress = loop.time()
+            receipts_seen = self.stats.receipts
             try:
                 while not stop.is_set() and not receiver.done():
                     room = self.cfg.max_in_flight - len(in_flight)
@@ -146,9 +156,18 @@ class Uplink:
                         await asyncio.to_thread(self.queue.pending_batches, last_sent, room) if room > 0 else []
                     )
                     for b in batches:
-                        await call.write(batch_to_pb(b))
                         in_flight.append((b.header.seq, b.hash))
                         last_sent = b.header.seq
+                        try:
+                            await call.write(batch_to_pb(b))
+                        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                            # The hub ended the stream while we wrote; its status says why.
+                            raise await _why_ended(call, receiver) from None
+                        last_progress = loop.time()
+                    if self.stats.receipts != receipts_seen:
+                        receipts_seen, last_progress = self.stats.receipts, loop.time()
+                    if in_flight and loop.time() - last_progress > RECEIPT_TIMEOUT_S:
+                        raise ConnectionError(f"no receipt from the hub for {RECEIPT_TIMEOUT_S:.0f} s")
                     if not batches:
                         window_open.clear()
                         waiters = [asyncio.create_task(e.wait()) for e in (stop, self.wakeup, window_open)]
@@ -178,6 +197,17 @@ class Uplink:
             self.wakeup.set()
             await asyncio.sleep(0.1)
         return False
+
+
+async def _why_ended(call, receiver: asyncio.Task) -> Exception:  # noqa: ANN001
+    """Why the hub ended a stream we were writing to: the call's final status, which
+    carries the hub's reason (a failed write itself only says "internal error")."""
+    try:
+        await asyncio.wait_for(asyncio.shield(receiver), 5.0)
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(exc, ReceiptError):
+            return exc
+    return ConnectionError(f"hub ended the stream: {(await call.code()).name}: {await call.details()}")
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ from protos.records import (
     Gap,
     IssueStatement,
     Quality,
+    COUNTER_LIMIT,
     QUALITY_KNOWN,
     Quantity,
     Reading,
@@ -41,6 +42,7 @@ from protos.records import (
     RecordError,
     check_id,
     check_quantity_names,
+    utf8,
 )
 
 TAG_READING = b"gridtrace/reading/v1"
@@ -61,9 +63,7 @@ def _tag(tag: bytes) -> bytes:
 
 
 def _str(value: str) -> bytes:
-    if not isinstance(value, str):
-        raise RecordError(f"expected a string, got {value!r:.40}")
-    raw = value.encode("utf-8")
+    raw = utf8("text field", value)
     if len(raw) > 0xFFFF:
         raise RecordError(f"string too long for canonical encoding: {len(raw)} bytes")
     return struct.pack(">H", len(raw)) + raw
@@ -162,8 +162,8 @@ def encode_reading_fields(
         raise RecordError(f"meter {meter_id} seq {seq}: {len(names)} quantity names but {len(values)} values")
     if not all(map(math.isfinite, values)):
         raise RecordError(f"meter {meter_id} seq {seq}: quantity values must be finite")
-    if not 1 <= seq < 1 << 64:
-        raise RecordError(f"seq must be an integer in [1, 2^64), got {seq!r}")
+    if not 1 <= seq < COUNTER_LIMIT:
+        raise RecordError(f"seq must be an integer in [1, 2^63), got {seq!r}")
     if not -(1 << 63) <= timestamp_ns < 1 << 63:
         raise RecordError(f"timestamp_ns must be a 64-bit signed integer, got {timestamp_ns!r}")
     if clock not in _CLOCK_VALUES:

@@ -48,6 +48,16 @@ class Quality(enum.IntFlag):
 QUALITY_KNOWN = int(Quality.STALE | Quality.OUT_OF_RANGE | Quality.COUNTER_BACKWARDS | Quality.COUNTER_RESET | Quality.PARTIAL)
 
 
+def utf8(field: str, value: str) -> bytes:
+    """The UTF-8 bytes of a text field; RecordError (not UnicodeEncodeError) if it has none."""
+    if not isinstance(value, str):
+        raise RecordError(f"{field} must be text, got {value!r:.40}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError(f"{field} is not valid Unicode text (position {exc.start})") from exc
+
+
 def check_id(field: str, value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise RecordError(
@@ -57,9 +67,14 @@ def check_id(field: str, value: str) -> str:
     return value
 
 
-def _check_u64(field: str, value: int, minimum: int = 0) -> None:
-    if not isinstance(value, int) or not minimum <= value < 1 << 64:
-        raise RecordError(f"{field} must be an integer in [{minimum}, 2^64), got {value!r}")
+# Counters and sequence numbers are u64 in canonical bytes but stay below 2^63,
+# so that every database stores them as a plain signed 64-bit integer.
+COUNTER_LIMIT = 1 << 63
+
+
+def _check_count(field: str, value: int, minimum: int = 0, limit: int = COUNTER_LIMIT) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < limit:
+        raise RecordError(f"{field} must be an integer in [{minimum}, 2^{limit.bit_length() - 1}), got {value!r}")
 
 
 def _check_i64(field: str, value: int) -> None:
@@ -85,7 +100,7 @@ def check_quantity_names(names: tuple[str, ...], units: tuple[str, ...]) -> None
     if list(names) != sorted(set(names)):
         raise RecordError(f"quantities must be sorted by name and unique, got {list(names)}")
     for n, u in zip(names, units):
-        if not isinstance(u, str) or len(u.encode()) > 32:
+        if len(utf8(f"unit of {n}", u)) > 32:
             raise RecordError(f"unit of {n} must be a string of at most 32 bytes")
 
 
@@ -112,7 +127,7 @@ class Reading:
 
     def __post_init__(self) -> None:
         check_id("meter_id", self.meter_id)
-        _check_u64("seq", self.seq, minimum=1)
+        _check_count("seq", self.seq, minimum=1)
         _check_i64("timestamp_ns", self.timestamp_ns)
         if not isinstance(self.clock, ClockStatus):
             raise RecordError(f"clock of meter {self.meter_id} seq {self.seq} must be a ClockStatus, got {self.clock!r}")
@@ -148,7 +163,7 @@ class Gap:
         _check_i64("to_ns", self.to_ns)
         if self.to_ns < self.from_ns:
             raise RecordError(f"gap of meter {self.meter_id} ends before it starts")
-        if not self.reason or len(self.reason.encode()) > 256:
+        if not self.reason or len(utf8("gap reason", self.reason)) > 256:
             raise RecordError("gap reason must be 1-256 bytes")
         if not 0 <= self.missed_polls < 1 << 32:
             raise RecordError(f"missed_polls out of range: {self.missed_polls}")
@@ -176,7 +191,7 @@ class BatchHeader:
     def __post_init__(self) -> None:
         check_id("gateway_id", self.gateway_id)
         check_id("key_id", self.key_id)
-        _check_u64("batch seq", self.seq, minimum=1)
+        _check_count("batch seq", self.seq, minimum=1)
         _check_hash("prev_hash", self.prev_hash)
         _check_hash("entries_root", self.entries_root)
         if not 1 <= self.entry_count < 1 << 32:
@@ -210,13 +225,13 @@ class BlockHeader:
 
     def __post_init__(self) -> None:
         check_id("chain_id", self.chain_id)
-        _check_u64("height", self.height, minimum=1)
+        _check_count("height", self.height, minimum=1)
         _check_hash("prev_hash", self.prev_hash)
         _check_i64("time_ns", self.time_ns)
         _check_hash("batches_root", self.batches_root)
-        _check_u64("batch_count", self.batch_count)
-        _check_u64("entry_count", self.entry_count)
-        _check_u64("log_size", self.log_size)
+        _check_count("batch_count", self.batch_count, limit=1 << 32)
+        _check_count("entry_count", self.entry_count)
+        _check_count("log_size", self.log_size)
         _check_hash("log_root", self.log_root)
         if self.batch_count > self.log_size:
             raise RecordError("block batch_count exceeds log_size")
@@ -232,7 +247,7 @@ class CommitStatement:
 
     def __post_init__(self) -> None:
         check_id("chain_id", self.chain_id)
-        _check_u64("height", self.height, minimum=1)
+        _check_count("height", self.height, minimum=1)
         _check_hash("block_hash", self.block_hash)
 
 
@@ -249,7 +264,7 @@ class ReceiptStatement:
     def __post_init__(self) -> None:
         check_id("chain_id", self.chain_id)
         check_id("gateway_id", self.gateway_id)
-        _check_u64("batch_seq", self.batch_seq, minimum=1)
+        _check_count("batch_seq", self.batch_seq, minimum=1)
         _check_hash("batch_hash", self.batch_hash)
         _check_i64("stored_ns", self.stored_ns)
 

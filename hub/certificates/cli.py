@@ -70,7 +70,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"gridtrace cert pull: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    args.output.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"gridtrace cert pull: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"gridtrace cert pull: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}")
     return 0
 

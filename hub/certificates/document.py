@@ -86,7 +86,10 @@ class Obj:
             raise DocumentError(f"{self.path}.{key}: missing")
         v = self.value[key]
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError as exc:
+                raise DocumentError(f"{self.path}.{key}: {v:.3g} is out of range for a float") from exc
         if not isinstance(v, kind) or (kind in (int, float) and isinstance(v, bool)):
             raise DocumentError(f"{self.path}.{key}: expected {kind.__name__}, got {v!r:.60}")
         return v

@@ -281,7 +281,8 @@ def _verify_entries(
 
 
 def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> Summary:  # noqa: ANN001
-    readings = sorted((r for _, _, r in entries if isinstance(r, Reading)), key=lambda r: (r.timestamp_ns, r.seq))
+    # By sequence number: the meter's own order, which a stepped clock cannot disturb.
+    readings = sorted((r for _, _, r in entries if isinstance(r, Reading)), key=lambda r: r.seq)
     gaps = tuple(sorted((g for _, _, g in entries if isinstance(g, Gap)), key=lambda g: g.from_ns))
     counters = []
     if readings:
@@ -297,8 +298,8 @@ def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> 
         from_ns=from_ns,
         to_ns=to_ns,
         readings=len(readings),
-        first_ts_ns=readings[0].timestamp_ns if readings else None,
-        last_ts_ns=readings[-1].timestamp_ns if readings else None,
+        first_ts_ns=min((r.timestamp_ns for r in readings), default=None),
+        last_ts_ns=max((r.timestamp_ns for r in readings), default=None),
         first_seq=min((r.seq for r in readings), default=None),
         last_seq=max((r.seq for r in readings), default=None),
         counters=tuple(counters),

@@ -28,6 +28,8 @@ class Reason(enum.Enum):
     BAD_SIGNATURE = "UNAUTHENTICATED"
     GAP = "FAILED_PRECONDITION"
     FORK = "ALREADY_EXISTS"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
 
     @property
     def label(self) -> str:

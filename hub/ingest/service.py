@@ -53,6 +53,8 @@ class Ingestor:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task | None = None
         self._keys_loaded_at = 0.0
+        # Gateways whose in-memory head may be ahead of the database (after a failed commit).
+        self._stale_heads: set[str] = set()
 
     async def _run_db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
@@ -64,7 +66,7 @@ class Ingestor:
 
     async def stop(self) -> None:
         """Commit what was accepted, then stop the writer."""
-        while self._queue:
+        while self._queue and self._writer is not None and not self._writer.done():
             self._wake.set()
             await asyncio.sleep(0.01)
         if self._writer:
@@ -91,6 +93,8 @@ class Ingestor:
                 await self._load_keys()
                 checked = check_signed_batch(msg, self.keys)
             b = checked.batch
+            if b.gateway_id in self._stale_heads:
+                await self._reload_head(b.gateway_id)
             if place_in_chain(checked.header, self.heads.get(b.gateway_id)) is Placement.SEEN:
                 return await self._resent(b)
         except Rejection as exc:
@@ -102,6 +106,17 @@ class Ingestor:
         self._queue.append((b, fut))
         self._wake.set()
         return fut
+
+    async def _reload_head(self, gateway_id: str) -> None:
+        try:
+            head = await self._run_db(self.store.gateway_head, gateway_id)
+        except Exception as exc:  # noqa: BLE001
+            raise Rejection(Reason.UNAVAILABLE, f"gateway {gateway_id}: database unavailable ({exc})") from exc
+        if head is None:
+            self.heads.pop(gateway_id, None)
+        else:
+            self.heads[gateway_id] = head
+        self._stale_heads.discard(gateway_id)
 
     async def _resent(self, b: NewBatch) -> asyncio.Future:
         fork = Rejection(
@@ -121,7 +136,10 @@ class Ingestor:
                 return self._receipt(b, first.stored_ns, duplicate=True)
 
             return asyncio.ensure_future(after_original())
-        stored = await self._run_db(self.store.find_batch, b.gateway_id, b.seq)
+        try:
+            stored = await self._run_db(self.store.find_batch, b.gateway_id, b.seq)
+        except Exception as exc:  # noqa: BLE001
+            raise Rejection(Reason.UNAVAILABLE, f"gateway {b.gateway_id} batch {b.seq}: database unavailable ({exc})") from exc
         if stored is None or stored.hash != b.hash:
             raise fork
         fut = loop.create_future()
@@ -143,33 +161,78 @@ class Ingestor:
             self._wake.clear()
             while self._queue:
                 group, self._queue = self._queue[: self.max_group], self._queue[self.max_group :]
-                stored_ns = time.time_ns()
                 try:
-                    await self._run_db(self.store.store_batches, [b for b, _ in group], stored_ns)
-                except Exception as exc:  # noqa: BLE001 - any database failure: nothing receipted
-                    log.error("commit of %d batches failed: %s", len(group), exc)
-                    for b, fut in group:
-                        self.pending.pop((b.gateway_id, b.seq), None)
-                        if not fut.done():
-                            fut.set_exception(StoreFailure(f"database commit failed: {exc}"))
-                    # Our idea of the chain heads may be ahead of the database now.
-                    self.heads = await self._run_db(self.store.gateway_heads)
-                    self._queue = [item for item in self._queue if _fail(item, exc)]
-                    continue
-                for b, fut in group:
-                    self.pending.pop((b.gateway_id, b.seq), None)
-                    self.accepted["batches"] += 1
-                    self.accepted["entries"] += len(b.entries)
-                    if not fut.done():
-                        fut.set_result(self._receipt(b, stored_ns, duplicate=False))
+                    await self._commit(group)
+                except Exception:  # noqa: BLE001 - the writer must outlive any one failure
+                    log.exception("ingest writer: unexpected failure; failing the group")
+                    self._fail_gateways(group, {b.gateway_id for b, _ in group}, "internal error while storing")
+
+    async def _commit(self, group: list[tuple[NewBatch, asyncio.Future]]) -> None:
+        stored_ns = time.time_ns()
+        try:
+            await self._run_db(self.store.store_batches, [b for b, _ in group], stored_ns)
+        except Exception as exc:  # noqa: BLE001 - any database failure: nothing of the group receipted
+            if len(group) == 1:
+                self._fail_gateways(group, {group[0][0].gateway_id}, f"database commit failed: {exc}")
+                return
+            log.warning("commit of %d batches failed (%s); committing them one by one", len(group), exc)
+            await self._commit_singly(group)
+            return
+        for b, fut in group:
+            self._stored(b, fut, stored_ns)
+
+    async def _commit_singly(self, group: list[tuple[NewBatch, asyncio.Future]]) -> None:
+        """After a failed group commit, one bad batch must not fail the others; but a batch
+        whose predecessor of the same gateway failed cannot be stored either."""
+        failed: dict[str, str] = {}
+        for b, fut in group:
+            if b.gateway_id in failed:
+                continue
+            stored_ns = time.time_ns()
+            try:
+                await self._run_db(self.store.store_batches, [b], stored_ns)
+            except Exception as exc:  # noqa: BLE001
+                failed[b.gateway_id] = f"database commit failed: {exc}"
+                continue
+            self._stored(b, fut, stored_ns)
+        for gw, why in failed.items():
+            self._fail_gateways([item for item in group if item[0].gateway_id == gw], {gw}, why)
+
+    def _stored(self, b: NewBatch, fut: asyncio.Future, stored_ns: int) -> None:
+        self.pending.pop((b.gateway_id, b.seq), None)
+        self.accepted["batches"] += 1
+        self.accepted["entries"] += len(b.entries)
+        if not fut.done():
+            fut.set_result(self._receipt(b, stored_ns, duplicate=False))
+
+    def _fail_gateways(self, items: list[tuple[NewBatch, asyncio.Future]], gateways: set[str], why: str) -> None:
+        """Nothing receipted for these batches, nor for queued later ones of the same gateways
+        (they build on what was lost); those gateways' heads are re-read from the database."""
+        later = [item for item in self._queue if item[0].gateway_id in gateways]
+        self._queue = [item for item in self._queue if item[0].gateway_id not in gateways]
+        for b, fut in [*items, *later]:
+            log.error("gateway %s batch %d not stored: %s", b.gateway_id, b.seq, why)
+            self.pending.pop((b.gateway_id, b.seq), None)
+            if not fut.done():
+                fut.set_exception(StoreFailure(why))
+        self._stale_heads |= gateways
 
 
-def _fail(item: tuple[NewBatch, asyncio.Future], exc: Exception) -> bool:
-    """Fail a queued batch behind a failed commit (it may depend on one that was lost)."""
-    b, fut = item
-    if not fut.done():
-        fut.set_exception(StoreFailure(f"an earlier commit failed: {exc}"))
-    return False
+async def _drain(requests, idle_s: float = 0.3, limit_s: float = 2.0) -> None:  # noqa: ANN001
+    """Read and drop what a gateway still has in flight before rejecting its stream.
+
+    A gateway writing while the stream ends sees only a local write error, not our
+    status; letting its window of in-flight batches arrive first means it is
+    waiting for receipts, and reads the rejection with its reason.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    iterator = aiter(requests)
+    while loop.time() < deadline:
+        try:
+            await asyncio.wait_for(anext(iterator), idle_s)
+        except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
+            return
 
 
 class IngestService(ingest_pb2_grpc.IngestServicer):
@@ -186,11 +249,16 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                     try:
                         fut = await self.ingestor.submit(msg)
                     except Rejection as exc:
+                        await _drain(request_iterator)
                         await results.put(exc)
                         return
                     await results.put(fut)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
+            except Exception as exc:  # noqa: BLE001 - reported to the gateway, not swallowed
+                log.exception("ingest stream from %s failed", peer)
+                await results.put(Rejection(Reason.INTERNAL, f"internal error: {exc}"))
+                return
             finally:
                 await results.put(None)
 
@@ -205,7 +273,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                     log.warning("rejected from %s: %s", peer, item.message)
                     await context.abort(getattr(grpc.StatusCode, item.reason.value), item.message)
                 try:
-                    receipt = await item
+                    # shield: a cancelled stream must not cancel a commit others wait on
+                    receipt = await asyncio.shield(item)
                 except StoreFailure as exc:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 yield receipt

@@ -156,6 +156,17 @@ class Store:
             out.setdefault(r.gateway_id, {})[r.key_id] = r.public_key_pem
         return out
 
+    def gateway_head(self, gateway_id: str) -> tuple[int, bytes] | None:
+        """Last stored batch (seq, hash) of one gateway."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                select(batches.c.seq, batches.c.hash)
+                .where(batches.c.gateway_id == gateway_id)
+                .order_by(batches.c.seq.desc())
+                .limit(1)
+            ).first()
+        return (row.seq, bytes(row.hash)) if row else None
+
     def gateway_heads(self) -> dict[str, tuple[int, bytes]]:
         """Last stored batch (seq, hash) of each gateway."""
         with self.engine.connect() as c:
