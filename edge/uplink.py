@@ -79,6 +79,8 @@ def open_channel(cfg: UplinkConfig) -> grpc.aio.Channel:
     options = [
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Keep pinging on a stream that is idle for hours (no batches while meters are down).
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
     if cfg.insecure_plaintext:

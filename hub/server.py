@@ -54,7 +54,17 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
     await ingestor.start()
     producer = BlockProducer(store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block)
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # Find gateways that lost power without closing their stream...
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # ...and accept the agents' own 20 s keepalive pings on idle streams.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
     ingest_pb2_grpc.add_IngestServicer_to_server(IngestService(ingestor), server)
     ingest_pb2_grpc.add_QueryServicer_to_server(QueryService(store, db, signer, cfg.chain_id, ingestor), server)
     health_servicer = health.aio.HealthServicer()
