@@ -231,7 +231,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             meter = meters[0]
             cert_path = out / f"{meter}.cert.json"
-            text = pull_certificate(hub_addr, meter, started_ns - 60 * 10**9, ended_ns + 10**9, ca)
+            # The period in whole seconds around the run, as a clerk would ask for it.
+            second = 10**9
+            text = pull_certificate(hub_addr, meter, started_ns // second * second, (ended_ns // second + 2) * second, ca)
             cert_path.write_text(text + "\n", encoding="utf-8")
             trust_path = out / "trust.json"
             run_cli("hub", "trust", "--config", str(hub_dir / "hub.toml"), "-o", str(trust_path))

@@ -570,8 +570,11 @@ def _doc_script() -> str:
 def test_docs_openssl_steps_run_as_written(files: Path, tmp_path: Path) -> None:
     """The shell steps in docs/certificate.md, run verbatim with jq and xxd, verify; and fail on a change."""
     _openssl()
-    if not (shutil.which("jq") and shutil.which("xxd") and shutil.which("bash")):
-        pytest.skip("jq, xxd or bash not installed (the openssl check itself is tested above)")
+    _need_tool(
+        "jq/xxd",
+        bool(shutil.which("jq") and shutil.which("xxd") and shutil.which("bash")),
+        "the docs' shell steps use them (scripts/install-system-deps.sh installs them)",
+    )
     script = _doc_script()
     for name in ("MTR-1.cert.json", "trust.json"):
         shutil.copy(files / name, tmp_path / name)
