@@ -61,7 +61,7 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             # ...and accept the agents' own 20 s keepalive pings on idle streams.
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )

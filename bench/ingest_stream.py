@@ -1,0 +1,68 @@
+"""Readings per second through one gRPC ingest stream into a real hub (SQLite, TLS off).
+
+The hub runs `hub.server.serve` in this process (a thread with its own event
+loop); the client streams pre-built signed batches and counts receipts. Client
+and hub share this process and its GIL, so this is a floor for one hub core, not
+the separate-process load test (bench/ingest.py with `gridtrace sim fleet`,
+which comes with the production hub).
+
+    python bench/ingest_stream.py --batches 60 --batch-size 500 --runs 3 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from hubharness import RunningHub, init_hub, register_gateway  # noqa: E402
+from ingest_core import make_batches  # noqa: E402
+from protos import ingest_pb2_grpc  # noqa: E402
+from protos.signing import Signer  # noqa: E402
+
+
+def run_once(n_batches: int, size: int) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        cfg = init_hub(Path(d) / "hub", block_interval=1.0)
+        logging.disable(logging.INFO)  # the hub's per-block log lines would drown the figures
+        signer = Signer(Ed25519PrivateKey.generate())
+        register_gateway(cfg, "gw-bench", signer, Path(d))
+        batches = make_batches(n_batches, size, signer)
+        with RunningHub(cfg) as hub, grpc.insecure_channel(hub.address) as channel:
+            t = time.perf_counter()
+            receipts = list(ingest_pb2_grpc.IngestStub(channel).Stream(iter(batches), timeout=600))
+            elapsed = time.perf_counter() - t
+        assert len(receipts) == n_batches
+    return n_batches * size / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rates = [run_once(args.batches, args.batch_size) for _ in range(args.runs)]
+    median = statistics.median(rates)
+    print(f"one stream, {args.batches} batches of {args.batch_size} SDM630 readings (41 quantities), "
+          f"verified, durably stored and receipted: median {median:,.0f} readings/s over {args.runs} runs "
+          f"({', '.join(f'{r:,.0f}' for r in rates)})")
+    if args.json:
+        print(json.dumps({"readings_per_s": round(median), "runs": [round(r) for r in rates],
+                          "batch_size": args.batch_size}))
+
+
+if __name__ == "__main__":
+    main()
