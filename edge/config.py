@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.registermap import RegisterMap, RegisterMapError, load_register_map, load_register_map_file
+from edge.sources.modbus import MeterConfigError, parse_meter_url
 from gridtrace.tomlconfig import ConfigError, Section, read_toml
 
 __all__ = ["AgentConfig", "BatchingConfig", "ConfigError", "MeterConfig", "UplinkConfig",
@@ -19,8 +21,18 @@ __all__ = ["AgentConfig", "BatchingConfig", "ConfigError", "MeterConfig", "Uplin
 class MeterConfig:
     id: str
     source: str
-    register_map: str
+    register_map: str  # as configured: a built-in name or a .toml path
     interval_s: float
+    regmap: RegisterMap
+
+
+def resolve_register_map(value: str, base: Path) -> RegisterMap:
+    """A built-in map by name, or a map file of the engineer's own (path ending in .toml,
+    relative to the config file)."""
+    if value.endswith(".toml"):
+        path = Path(value)
+        return load_register_map_file(path if path.is_absolute() else base / path)
+    return load_register_map(value)
 
 
 @dataclass(frozen=True)
@@ -96,12 +108,25 @@ def load_agent_config(path: Path) -> AgentConfig:
         if meter_id in seen:
             raise m.fail("id", f"{meter_id!r} is configured twice")
         seen.add(meter_id)
+        source = m.get("source", str)
+        register_map = m.get("register_map", str, "eastron_sdm630")
+        # Check what the poller will need now, so a typo is named at load time
+        # with its file and meter, not as a failure of a running agent.
+        try:
+            parse_meter_url(source)
+        except MeterConfigError as exc:
+            raise m.fail("source", str(exc)) from exc
+        try:
+            regmap = resolve_register_map(register_map, path.parent)
+        except RegisterMapError as exc:
+            raise m.fail("register_map", str(exc)) from exc
         meters.append(
             MeterConfig(
                 id=meter_id,
-                source=m.get("source", str),
-                register_map=m.get("register_map", str, "eastron_sdm630"),
+                source=source,
+                register_map=register_map,
                 interval_s=m.positive("interval_s", float, 1.0),
+                regmap=regmap,
             )
         )
 

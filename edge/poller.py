@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from edge.clock import clock_status, now_ns
 from edge.config import MeterConfig
 from edge.queue import DurableQueue
-from edge.registermap import RegisterMap, load_register_map
+from edge.registermap import RegisterMap
 from edge.sources.modbus import MeterReadError, ModbusTcpSource, parse_meter_url
 from protos.records import Quality, Quantity, Reading
 
@@ -146,7 +146,7 @@ def build_pollers(
     for mc in meters:
         target = parse_meter_url(mc.source)
         groups[(target.host, target.port)].append(
-            MeterState(mc, target.unit, load_register_map(mc.register_map))
+            MeterState(mc, target.unit, mc.regmap)
         )
     return [
         ConnectionPoller(ModbusTcpSource(host, port, timeout=timeout_s), group, queue, int(gap_report_s * 1e9))

@@ -47,6 +47,23 @@ def _rendered() -> str:
     return render_agent_config("gw1", "127.0.0.1:7700", METERS)
 
 
+def test_meter_source_and_register_map_are_checked_at_load(tmp_path):
+    path = _agent(tmp_path)
+    text = path.read_text()
+    bad_url = tmp_path / "bad_url.toml"
+    bad_url.write_text(text.replace("?unit=1", "?unit=300", 1))
+    with pytest.raises(ConfigError, match=r"\[meters #1\] source: .*unit 300"):
+        load_agent_config(bad_url)
+    bad_map = tmp_path / "bad_map.toml"
+    bad_map.write_text(text.replace('register_map = "eastron_sdm630"', 'register_map = "sdm999"', 1))
+    with pytest.raises(ConfigError, match=r"\[meters #1\] register_map: .*sdm999"):
+        load_agent_config(bad_map)
+    missing = tmp_path / "missing_map.toml"
+    missing.write_text(text.replace('register_map = "eastron_sdm630"', 'register_map = "maps/none.toml"', 1))
+    with pytest.raises(ConfigError, match=r"register_map: .*none.toml"):
+        load_agent_config(missing)
+
+
 def test_rendered_agent_config_loads_back(tmp_path):
     path = _agent(tmp_path)
     cfg = load_agent_config(path)
@@ -69,13 +86,20 @@ def test_rendered_agent_config_loads_back(tmp_path):
 
 @pytest.mark.parametrize("interval", [0.25, 2, 1e-3, 3600.0])
 def test_rendered_agent_config_options(tmp_path, interval):
+    # A register map of the engineer's own, next to the config file.
+    import edge
+
+    (tmp_path / "maps").mkdir()
+    builtin = Path(edge.__file__).parent / "registermaps" / "eastron_sdm630.toml"
+    (tmp_path / "maps" / "other_map.toml").write_text(builtin.read_text())
     path = _agent(tmp_path, tls_ca="/etc/gridtrace/ca.pem", hub_public_key="keys/hub.pem",
-                  insecure_plaintext=True, register_map="other_map", interval_s=interval)
+                  insecure_plaintext=True, register_map="maps/other_map.toml", interval_s=interval)
     cfg = load_agent_config(path)
     assert cfg.uplink.tls_ca == Path("/etc/gridtrace/ca.pem")
     assert cfg.uplink.hub_public_key == tmp_path / "keys" / "hub.pem"
     assert cfg.uplink.insecure_plaintext is True
-    assert all(m.register_map == "other_map" and m.interval_s == float(interval) for m in cfg.meters)
+    assert all(m.register_map == "maps/other_map.toml" and m.interval_s == float(interval) for m in cfg.meters)
+    assert all(m.regmap.model == "SDM630" for m in cfg.meters)
     assert all(isinstance(m.interval_s, float) for m in cfg.meters)
 
 

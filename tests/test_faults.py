@@ -172,7 +172,7 @@ def test_agent_started_before_enrollment_reports_why_and_delivers_once_enrolled(
 
 def test_nan_register_values_make_a_partial_reading_not_a_crash():
     regmap = load_register_map("eastron_sdm630")
-    state = MeterState(MeterConfig("MTR-1", "modbus-tcp://x:502?unit=1", regmap.name, 1.0), 1, regmap)
+    state = MeterState(MeterConfig("MTR-1", "modbus-tcp://x:502?unit=1", regmap.name, 1.0, regmap), 1, regmap)
     values = {r.name: 1.0 for r in regmap.registers}
     names = sorted(values)
     values[names[0]] = float("nan")  # what an SDM630 answers for a value it cannot measure
