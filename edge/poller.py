@@ -56,7 +56,7 @@ def to_reading(state: MeterState, seq: int, ts_ns: int, values: dict[str, float]
                 quality |= Quality.COUNTER_RESET if value < 0.01 * previous else Quality.COUNTER_BACKWARDS
             state.last_counters[name] = value
         quantities.append(Quantity(name, reg.unit, value))
-    if len(quantities) < len(state.regmap.registers):
+    if len(quantities) < len(state.regmap.quantities):
         quality |= Quality.PARTIAL
     return Reading(
         meter_id=state.config.id,

@@ -126,9 +126,9 @@ class SimulatedModbusServer:
         self._refreshed: dict[int, float] = {}
         self._server: ModbusTcpServer | None = None
         self._stopped: asyncio.Event | None = None
-        self._map_names = frozenset(reg.name for reg in self.register_map.registers)
+        self._map_names = frozenset(reg.name for reg in self.register_map.quantities)
         # Bridged spans, as the agent's block planner may read them (any max_registers).
-        self._spans = self.register_map.blocks(max_registers=0x10000)
+        self._spans = [(b.start, b.count) for b in self.register_map.plan(max_registers=0x10000)]
 
     @property
     def port(self) -> int:

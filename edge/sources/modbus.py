@@ -17,7 +17,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from edge.registermap import RegisterMap
+from edge.registermap import ReadBlock, RegisterMap
 
 __all__ = [
     "DEFAULT_PORT",
@@ -230,13 +230,12 @@ class ModbusTcpSource:
             raise MeterConfigError(
                 f"max_block {max_block} is outside 1..125, the most one Modbus read may ask for"
             )
-        values: dict[str, float] = {}
+        reads = []
         async with self._lock:
             client = await self._ensure_connected(unit)
-            for start, count in regmap.blocks(max_block):
-                words = await self._read_block(client, unit, regmap, start, count)
-                values.update(regmap.decode(start, words))
-        return values
+            for block in regmap.plan(max_block):
+                reads.append((block, await self._read_block(client, unit, regmap, block)))
+        return regmap.decode_blocks(reads)
 
     async def close(self) -> None:
         """Close the connection; a later read reconnects."""
@@ -283,11 +282,11 @@ class ModbusTcpSource:
         return client
 
     async def _read_block(
-        self, client: AsyncModbusTcpClient, unit: int, regmap: RegisterMap, start: int, count: int
+        self, client: AsyncModbusTcpClient, unit: int, regmap: RegisterMap, block: ReadBlock
     ) -> list[int]:
-        span = f"0x{start:04X}..0x{start + count - 1:04X}"
+        start, count, span = block.start, block.count, block.span
         reader = (
-            client.read_input_registers if regmap.function == 4 else client.read_holding_registers
+            client.read_input_registers if block.function == 4 else client.read_holding_registers
         )
         try:
             response: ModbusPDU = await reader(start, count=count, device_id=unit)
@@ -320,7 +319,7 @@ class ModbusTcpSource:
                 code, ("unknown exception", "see the meter's Modbus documentation")
             )
             detail = advice.format(
-                function=regmap.function,
+                function=block.function,
                 span=span,
                 map=regmap.name,
                 unit=unit,
@@ -329,7 +328,7 @@ class ModbusTcpSource:
             )
             raise MeterExceptionError(
                 f"unit {unit} at {self.endpoint} answered the read of registers {span} "
-                f"(function {regmap.function}) with Modbus exception {code} ({name}): {detail}",
+                f"(function {block.function}) with Modbus exception {code} ({name}): {detail}",
                 unit=unit,
                 code=code,
             )
