@@ -72,7 +72,9 @@ async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: async
     queue = DurableQueue(cfg.queue, cfg.gateway_id)
     # Gaps left open by a crash are closed first: their outage ended with the process.
     queue.close_all_gaps()
-    pollers = build_pollers(cfg.meters, queue, cfg.batching.gap_report_s)
+    pollers = build_pollers(
+        cfg.meters, queue, cfg.batching.gap_report_s, cfg.polling, client_id=f"gridtrace-{cfg.gateway_id}"
+    )
     sealer = Sealer(queue, signer, cfg.gateway_id, cfg.batching.max_entries, cfg.batching.max_age_s)
     uplink = Uplink(cfg.uplink, queue, cfg.gateway_id)
     stats = queue.stats()

@@ -8,22 +8,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge.registermap import RegisterMap, RegisterMapError, load_register_map, load_register_map_file
-from edge.sources.modbus import MeterConfigError, parse_meter_url
+from edge.sources import parse_source_url
+from edge.sources.modbus import MeterConfigError
 from gridtrace.tomlconfig import ConfigError, Section, read_toml
 
 __all__ = ["AgentConfig", "BatchingConfig", "ConfigError", "MeterConfig", "UplinkConfig",
            "load_agent_config", "render_agent_config"]
 
 
+# `register_map = "sunspec"`: the map is discovered from the meter's SunSpec models.
+SUNSPEC = "sunspec"
+DEFAULT_MAX_BLOCK = 64
+
+
 @dataclass(frozen=True)
 class MeterConfig:
+    """One [[meters]] entry, checked: its source URL parsed, its map or payload map loaded."""
+
     id: str
     source: str
-    register_map: str  # as configured: a built-in name or a .toml path
     interval_s: float
-    regmap: RegisterMap
+    target: Any  # ModbusTcpTarget | ModbusRtuTarget | MqttTarget (edge.sources)
+    register_map: str | None = None  # Modbus: as configured, a built-in name, "sunspec" or a .toml path
+    regmap: RegisterMap | None = None  # Modbus: None until discovered for SunSpec
+    max_block: int = DEFAULT_MAX_BLOCK  # Modbus: most registers per read request
+    payload: Any = None  # MQTT: edge.sources.mqtt.PayloadMap
+
+    @property
+    def protocol(self) -> str:
+        """"modbus" or "mqtt"."""
+        return "mqtt" if self.payload is not None else "modbus"
+
+
+@dataclass(frozen=True)
+class PollingConfig:
+    timeout_s: float
+    retries: int
 
 
 def resolve_register_map(value: str, base: Path) -> RegisterMap:
@@ -62,11 +85,12 @@ class AgentConfig:
     uplink: UplinkConfig
     batching: BatchingConfig
     meters: tuple[MeterConfig, ...]
+    polling: PollingConfig = PollingConfig(timeout_s=1.0, retries=0)
 
 
 def load_agent_config(path: Path) -> AgentConfig:
     path = Path(path)
-    doc = read_toml(path, {"gateway", "uplink", "batching", "meters"})
+    doc = read_toml(path, {"gateway", "uplink", "batching", "meters", "polling", "queue"})
     gw = Section(path, "gateway", doc.get("gateway", {}), {"id", "key", "queue"})
     up = Section(
         path,
@@ -97,38 +121,28 @@ def load_agent_config(path: Path) -> AgentConfig:
         gap_report_s=bt.positive("gap_report_s", float, 60.0),
     )
 
+    pl = Section(path, "polling", doc.get("polling", {}), {"timeout_s", "retries"})
+    polling = PollingConfig(
+        timeout_s=pl.positive("timeout_s", float, 1.0),
+        retries=pl.get("retries", int, 0),
+    )
+    if polling.retries < 0:
+        raise pl.fail("retries", f"must be 0 or more, got {polling.retries}")
+
     meters_raw = doc.get("meters", [])
     if not isinstance(meters_raw, list) or not meters_raw:
         raise ConfigError(f"{path}: no [[meters]] configured; add at least one")
     meters = []
     seen: set[str] = set()
     for i, raw in enumerate(meters_raw):
-        m = Section(path, f"meters #{i + 1}", raw, {"id", "source", "register_map", "interval_s"})
-        meter_id = m.identifier("id")
-        if meter_id in seen:
-            raise m.fail("id", f"{meter_id!r} is configured twice")
-        seen.add(meter_id)
-        source = m.get("source", str)
-        register_map = m.get("register_map", str, "eastron_sdm630")
-        # Check what the poller will need now, so a typo is named at load time
-        # with its file and meter, not as a failure of a running agent.
-        try:
-            parse_meter_url(source)
-        except MeterConfigError as exc:
-            raise m.fail("source", str(exc)) from exc
-        try:
-            regmap = resolve_register_map(register_map, path.parent)
-        except RegisterMapError as exc:
-            raise m.fail("register_map", str(exc)) from exc
-        meters.append(
-            MeterConfig(
-                id=meter_id,
-                source=source,
-                register_map=register_map,
-                interval_s=m.positive("interval_s", float, 1.0),
-                regmap=regmap,
+        meter = _parse_meter(Section(path, f"meters #{i + 1}", raw, _METER_KEYS), path.parent)
+        if meter.id in seen:
+            raise Section(path, f"meters #{i + 1}", raw, _METER_KEYS).fail(
+                "id", f"{meter.id!r} is configured twice"
             )
-        )
+        seen.add(meter.id)
+        meters.append(meter)
+    _check_buses(path, meters)
 
     return AgentConfig(
         path=path,
@@ -138,7 +152,70 @@ def load_agent_config(path: Path) -> AgentConfig:
         uplink=uplink,
         batching=batching,
         meters=tuple(meters),
+        polling=polling,
     )
+
+
+_METER_KEYS = {"id", "source", "register_map", "interval_s", "max_block", "fields", "timestamp"}
+_MODBUS_ONLY = ("register_map", "max_block")
+_MQTT_ONLY = ("fields", "timestamp")
+
+
+def _parse_meter(m: Section, base: Path) -> MeterConfig:
+    """One [[meters]] entry. Everything the poller will need is checked now, so a typo is
+    named at load time with its file, line and meter, not as a failure of a running agent."""
+    meter_id = m.identifier("id")
+    source = m.get("source", str)
+    try:
+        target = parse_source_url(source)
+    except ValueError as exc:  # MeterConfigError, MqttConfigError
+        raise m.fail("source", str(exc)) from exc
+    interval_s = m.positive("interval_s", float, 1.0)
+    if source.split(":", 1)[0].lower() in ("mqtt", "mqtts"):
+        for key in _MODBUS_ONLY:
+            if key in m.table:
+                raise m.fail(key, "is a Modbus setting; an MQTT meter is described by [meters.fields]")
+        from edge.sources.mqtt import parse_payload_map
+
+        table = {k: m.table[k] for k in _MQTT_ONLY if k in m.table}
+        if "fields" not in table:
+            raise m.fail("fields", "missing: an MQTT meter needs [meters.fields], a JSON path per quantity")
+        try:
+            payload = parse_payload_map(table, f"{m.path}: [{m.name}]")
+        except ValueError as exc:
+            raise m.fail("fields", str(exc)) from exc
+        return MeterConfig(meter_id, source, interval_s, target, payload=payload)
+    for key in _MQTT_ONLY:
+        if key in m.table:
+            raise m.fail(key, "is an MQTT setting; a Modbus meter is described by register_map")
+    register_map = m.get("register_map", str, "eastron_sdm630")
+    max_block = m.get("max_block", int, DEFAULT_MAX_BLOCK)
+    if not 1 <= max_block <= 125:
+        raise m.fail("max_block", f"is {max_block}; a Modbus read asks for 1..125 registers")
+    regmap = None
+    if register_map != SUNSPEC:
+        try:
+            regmap = resolve_register_map(register_map, base)
+        except RegisterMapError as exc:
+            raise m.fail("register_map", str(exc)) from exc
+        widest = max(r.width for r in regmap.registers)
+        if max_block < widest:
+            raise m.fail("max_block", f"is {max_block}, smaller than the widest register ({widest}) of {regmap.name}")
+    return MeterConfig(
+        meter_id, source, interval_s, target,
+        register_map=register_map, regmap=regmap, max_block=max_block,
+    )
+
+
+def _check_buses(path: Path, meters: list[MeterConfig]) -> None:
+    """Meters that share a connection must not contradict each other about it."""
+    from edge.sources.modbus import group_by_bus
+
+    modbus = [(m.id, m.target) for m in meters if m.protocol == "modbus"]
+    try:
+        group_by_bus(modbus)
+    except MeterConfigError as exc:
+        raise ConfigError(f"{path}: [[meters]]: {exc}") from exc
 
 
 def render_agent_config(

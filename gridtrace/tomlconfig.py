@@ -1,11 +1,14 @@
-"""Reading TOML config files with errors that name the file, the table and the key.
+"""Reading TOML config files with errors that name the file, the line, the table and the key.
 
 Shared by the agent's and the hub's config loaders so that both report a bad
-setting the same way.
+setting the same way: ``agent.toml:23: [meters #2] source: ...``, the form editors and
+terminals turn into a jump to the line. tomllib keeps no positions, so the line is found
+again in the text from the table's header and the key's name.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,9 @@ class Section:
             raise self.fail(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
 
     def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: [{self.name}] {key}: {problem}")
+        line = locate_key(self.path, self.name, key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(f"{where}: [{self.name}] {key}: {problem}")
 
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
         if key not in self.table:
@@ -79,3 +84,46 @@ class Section:
             return check_id(key, value)
         except RecordError as exc:
             raise self.fail(key, str(exc)) from exc
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?")
+
+
+def locate_key(path: Path, section: str, key: str) -> int | None:
+    """1-based line of `key` in the table `section` ("uplink", or "meters #2" for the second
+    [[meters]]), else the line of the table's header; None if the file cannot be read.
+
+    Keys of nested tables (`fields.power_total`) are looked for by their last part, inside
+    the table and its sub-tables.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    table, _, ordinal = section.partition(" #")
+    wanted = int(ordinal) if ordinal.isdigit() else 1
+    leaf = key.split(".")[-1].strip('"')
+    key_line = re.compile(r'^\s*"?' + re.escape(leaf) + r'"?\s*=')
+    seen = 0
+    start: int | None = None
+    for number, text in enumerate(lines, start=1):
+        header = _HEADER.match(text)
+        if header:
+            name = header.group(1).strip()
+            if start is not None and not name.startswith(table + "."):
+                break  # the table ended without the key
+            if name == table:
+                seen += 1
+                if seen == wanted:
+                    start = number
+            continue
+        if start is not None and key_line.match(text):
+            return number
+    if start is None and table and not ordinal:
+        # keys at the top level, before any header
+        for number, text in enumerate(lines, start=1):
+            if _HEADER.match(text):
+                break
+            if key_line.match(text):
+                return number
+    return start

@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import MeterConfig, UplinkConfig
-from edge.poller import MeterState, to_reading
+from edge.poller import new_meter_state, to_reading
+from edge.sources import parse_source_url
 from edge.queue import DurableQueue
 from edge.registermap import load_register_map
 from edge.uplink import Uplink
@@ -172,12 +173,13 @@ def test_agent_started_before_enrollment_reports_why_and_delivers_once_enrolled(
 
 def test_nan_register_values_make_a_partial_reading_not_a_crash():
     regmap = load_register_map("eastron_sdm630")
-    state = MeterState(MeterConfig("MTR-1", "modbus-tcp://x:502?unit=1", regmap.name, 1.0, regmap), 1, regmap)
+    url = "modbus-tcp://x:502?unit=1"
+    state = new_meter_state(MeterConfig("MTR-1", url, 1.0, parse_source_url(url), regmap.name, regmap))
     values = {r.name: 1.0 for r in regmap.registers}
     names = sorted(values)
     values[names[0]] = float("nan")  # what an SDM630 answers for a value it cannot measure
     values[names[1]] = float("inf")
-    reading = to_reading(state, 1, time.time_ns(), values)
+    reading = to_reading(state, 1, time.time_ns(), values, ClockStatus.SYNCHRONIZED)
     assert Quality.PARTIAL in reading.quality
     assert [q.name for q in reading.quantities] == names[2:]
     encode_reading(reading)  # a valid record

@@ -1,38 +1,68 @@
-"""Modbus TCP meter source: the I/O shell the agent polls meters through.
+"""Modbus meter sources: the I/O shells the agent polls meters through, over TCP or RS-485.
 
-One `ModbusTcpSource` holds one TCP connection to a Modbus TCP meter or an RS-485 gateway
-and reads any number of unit ids behind it, block by block as the register map plans.
+A meter is named by a URL (`parse_meter_url`): ``modbus-tcp://host[:port]?unit=N`` for a
+Modbus TCP meter or a TCP-to-RS-485 gateway, ``modbus-rtu:///dev/ttyUSB0?unit=N&baud=9600``
+for a meter on a serial line of this machine. Every meter on one bus (one host:port, one
+serial device) is served by one `ModbusSource` (`open_source`), which reads any number of
+unit ids, block by block as the register map plans. `group_by_bus` checks that meters
+sharing a serial device agree on its settings.
+
 Failures come out as `MeterReadError` subclasses whose messages say what to check at the
-meter cabinet. A dead unit costs one short timeout and never poisons the connection for
-the other units: if pymodbus drops the connection, the next read reconnects.
+meter cabinet. A dead unit costs one short timeout and never poisons the bus for the other
+units: on TCP, if pymodbus drops the connection, the next read reconnects; on RS-485 the
+line is left quiet and the receive buffer emptied before the next request, so a late or
+half answer cannot be taken for the next unit's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from edge.registermap import ReadBlock, RegisterMap
 
 __all__ = [
+    "BAUD_RATES",
     "DEFAULT_PORT",
+    "BusKey",
     "MeterConfigError",
     "MeterExceptionError",
+    "MeterGarbledError",
     "MeterReadError",
     "MeterTimeoutError",
     "MeterUnreachableError",
+    "ModbusRtuSource",
+    "ModbusRtuTarget",
+    "ModbusSource",
+    "ModbusTarget",
     "ModbusTcpSource",
     "ModbusTcpTarget",
+    "SerialSettings",
+    "group_by_bus",
+    "open_source",
     "parse_meter_url",
 ]
 
 DEFAULT_PORT = 502
 _UNITS = range(1, 248)  # 0 is broadcast (no answer), 248..255 are reserved
+MAX_READ = 125  # registers one read request may ask for (Modbus application protocol 6.3)
+# The rates RS-485 meters offer; anything else is almost certainly a typo.
+BAUD_RATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+_PARITIES = {"N": "none", "E": "even", "O": "odd"}
+_TCP_EXAMPLE = "e.g. modbus-tcp://192.168.1.50:502?unit=1"
+_RTU_EXAMPLE = "e.g. modbus-rtu:///dev/ttyUSB0?unit=1&baud=9600&parity=N"
+_RTU_PARAMS = ("unit", "baud", "parity", "stopbits", "bytesize")
 
 # Modbus exception code -> (name, what to check)
 _EXCEPTION_ADVICE: dict[int, tuple[str, str]] = {
@@ -69,6 +99,11 @@ _EXCEPTION_ADVICE: dict[int, tuple[str, str]] = {
         "rate and parity, and that the meter is powered",
     ),
 }
+# Exception 2 to a raw read (SunSpec discovery, `edge probe`): there is no map to blame.
+_RAW_ADDRESS_ADVICE = (
+    "the meter has no registers at {span}; check the address and the function code "
+    "(3 holding, 4 input), or unit {unit} is a different meter model than expected"
+)
 
 
 class MeterConfigError(ValueError):
@@ -91,6 +126,14 @@ class MeterTimeoutError(MeterReadError):
         super().__init__(message, unit=unit, reason="timeout")
 
 
+class MeterGarbledError(MeterReadError):
+    """No valid answer in time, but bytes did arrive: line settings, noise or a unit clash."""
+
+    def __init__(self, message: str, *, unit: int | None, received: int) -> None:
+        super().__init__(message, unit=unit, reason="garbled")
+        self.received = received
+
+
 class MeterExceptionError(MeterReadError):
     """The unit (or the gateway in front of it) answered with a Modbus exception."""
 
@@ -100,10 +143,15 @@ class MeterExceptionError(MeterReadError):
 
 
 class MeterUnreachableError(MeterReadError):
-    """No TCP connection to the meter or gateway."""
+    """No connection: the TCP endpoint or the serial device cannot be reached or opened."""
 
     def __init__(self, message: str, *, unit: int | None) -> None:
         super().__init__(message, unit=unit, reason="unreachable")
+
+
+# -- where meters are ----------------------------------------------------------------------
+
+BusKey = tuple[str, str] | tuple[str, str, int]
 
 
 @dataclass(frozen=True)
@@ -124,34 +172,121 @@ class ModbusTcpTarget:
         """The canonical meter URL for this target."""
         return f"modbus-tcp://{self.endpoint}?unit={self.unit}"
 
+    @property
+    def bus_key(self) -> BusKey:
+        """What one connection serves: every unit behind this host:port."""
+        return ("tcp", self.host, self.port)
 
-def parse_meter_url(url: str) -> ModbusTcpTarget:
-    """Parse ``modbus-tcp://host[:port]?unit=N`` (port defaults to 502, unit is 1..247)."""
-    example = "e.g. modbus-tcp://192.168.1.50:502?unit=1"
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """How bytes travel on one RS-485 line; every meter on the line must use the same."""
+
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    def __post_init__(self) -> None:
+        problem = _serial_problem(self.baudrate, self.parity, self.stopbits, self.bytesize)
+        if problem:
+            raise MeterConfigError(f"serial settings {self}: {problem}")
+
+    def __str__(self) -> str:
+        """The way meter manuals and displays write it: ``9600 8N1``."""
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the wire (start, data, parity and stop bits)."""
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def frame_gap(self) -> float:
+        """The silence that ends a frame and must precede the next request: 3.5 characters,
+        fixed at 1.75 ms above 19200 baud (Modbus over Serial Line, 2.5.1.1)."""
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time
+
+    def differences(self, other: SerialSettings) -> list[str]:
+        """What differs from `other`, for messages: ``["baud 9600 vs 19200", ...]``."""
+        pairs = [
+            ("baud", self.baudrate, other.baudrate),
+            ("parity", self.parity, other.parity),
+            ("stop bits", self.stopbits, other.stopbits),
+            ("data bits", self.bytesize, other.bytesize),
+        ]
+        return [f"{name} {a} vs {b}" for name, a, b in pairs if a != b]
+
+
+@dataclass(frozen=True)
+class ModbusRtuTarget:
+    """Where one meter is: a serial device on this machine, its line settings, the unit id."""
+
+    device: str
+    unit: int
+    serial: SerialSettings = field(default_factory=SerialSettings)
+
+    @property
+    def endpoint(self) -> str:
+        """The serial device, as messages name it."""
+        return self.device
+
+    @property
+    def url(self) -> str:
+        """The canonical meter URL for this target, every line setting spelled out."""
+        s = self.serial
+        return (
+            f"modbus-rtu://{quote(self.device, safe='/:@-._~+,=')}?unit={self.unit}"
+            f"&baud={s.baudrate}&parity={s.parity}&stopbits={s.stopbits}&bytesize={s.bytesize}"
+        )
+
+    @property
+    def bus_key(self) -> BusKey:
+        """What one connection serves: every unit on this serial device."""
+        return ("rtu", self.device)
+
+
+ModbusTarget = ModbusTcpTarget | ModbusRtuTarget
+
+
+def parse_meter_url(url: str) -> ModbusTarget:
+    """Parse a Modbus meter URL:
+
+    * ``modbus-tcp://host[:port]?unit=N`` (port defaults to 502), or
+    * ``modbus-rtu:///dev/ttyUSB0?unit=N[&baud=9600][&parity=N][&stopbits=1][&bytesize=8]``
+      (defaults 9600 8N1; parity N, E or O).
+
+    The unit id is 1..247. Errors name the URL and say what is expected.
+    """
 
     def fail(problem: str) -> MeterConfigError:
         return MeterConfigError(f"meter URL {url!r}: {problem}")
 
     if not isinstance(url, str) or "://" not in url:
-        raise fail(f"not a meter URL; expected modbus-tcp://host:port?unit=N ({example})")
+        raise fail(
+            "not a meter URL; expected modbus-tcp://host:port?unit=N "
+            f"({_TCP_EXAMPLE}) or modbus-rtu:///dev/ttyUSB0?unit=N"
+        )
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
-    if scheme == "modbus-rtu":
+    if scheme not in ("modbus-tcp", "modbus-rtu"):
         raise fail(
-            "modbus-rtu:// (RS-485 on a local serial port) is not supported yet; put a "
-            f"Modbus TCP gateway in front of the meter and use modbus-tcp:// ({example})"
+            f"unsupported scheme {parts.scheme!r}; expected modbus-tcp:// ({_TCP_EXAMPLE}) "
+            f"or modbus-rtu:// ({_RTU_EXAMPLE})"
         )
-    if scheme != "modbus-tcp":
-        raise fail(f"unsupported scheme {parts.scheme!r}; expected modbus-tcp:// ({example})")
+    if parts.fragment:
+        raise fail(f"unexpected fragment #{parts.fragment}")
+    if scheme == "modbus-rtu":
+        return _parse_rtu(parts, fail)
+
     if parts.username is not None or parts.password is not None:
         raise fail("Modbus TCP has no credentials; remove the user:password@ part")
     if parts.path not in ("", "/"):
-        raise fail(f"unexpected path {parts.path!r}; put the unit id in the query ({example})")
-    if parts.fragment:
-        raise fail(f"unexpected fragment #{parts.fragment}")
+        raise fail(f"unexpected path {parts.path!r}; put the unit id in the query ({_TCP_EXAMPLE})")
     host = parts.hostname
     if not host:
-        raise fail(f"no host; give the meter's or gateway's address ({example})")
+        raise fail(f"no host; give the meter's or gateway's address ({_TCP_EXAMPLE})")
     try:
         port = parts.port
     except ValueError:
@@ -161,42 +296,370 @@ def parse_meter_url(url: str) -> ModbusTcpTarget:
     if not 1 <= port <= 65535:
         raise fail(f"port {port} is not in 1..65535")
 
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    keys = [key for key, _ in query]
-    unknown = sorted(set(keys) - {"unit"})
+    params = _query(parts.query, ("unit",), fail, "the only parameter is unit")
+    unit = _unit(params, fail, _TCP_EXAMPLE)
+    return ModbusTcpTarget(host=host, port=port, unit=unit)
+
+
+def _parse_rtu(parts: SplitResult, fail: Callable[[str], MeterConfigError]) -> ModbusRtuTarget:
+    if parts.netloc:
+        # modbus-rtu://dev/ttyUSB0 or modbus-rtu://ttyUSB0: one slash short of a path.
+        raise fail(
+            f"{parts.netloc!r} stands where a host would; the serial device is an absolute "
+            f"path after three slashes ({_RTU_EXAMPLE})"
+        )
+    device = unquote(parts.path)
+    if device in ("", "/"):
+        raise fail(
+            "no serial device; give the RS-485 adapter's device, e.g. /dev/ttyUSB0 or a "
+            f"stable /dev/serial/by-id/... path ({_RTU_EXAMPLE})"
+        )
+    if device.endswith("/"):
+        raise fail(f"serial device {device!r} ends in '/'; name the device itself, e.g. /dev/ttyUSB0")
+    params = _query(
+        parts.query, _RTU_PARAMS, fail, f"the parameters are {', '.join(_RTU_PARAMS)}"
+    )
+    unit = _unit(params, fail, _RTU_EXAMPLE)
+
+    raw_baud = params.get("baud", "9600")
+    try:
+        baud = int(raw_baud)
+    except ValueError:
+        raise fail(
+            f"baud {raw_baud!r} is not a number; expected one of "
+            f"{', '.join(map(str, BAUD_RATES))} (as set on the meter)"
+        ) from None
+    parity = params.get("parity", "N").upper()
+    raw_stop = params.get("stopbits", "1")
+    raw_size = params.get("bytesize", "8")
+    stopbits = int(raw_stop) if raw_stop.isdigit() else -1
+    bytesize = int(raw_size) if raw_size.isdigit() else -1
+    # Report the value as written, not as converted.
+    problem = _serial_problem(
+        baud, parity, stopbits, bytesize, shown={"parity": params.get("parity"),
+                                                 "stopbits": raw_stop, "bytesize": raw_size}
+    )
+    if problem:
+        raise fail(problem)
+    return ModbusRtuTarget(device, unit, SerialSettings(baud, parity, stopbits, bytesize))
+
+
+def _serial_problem(
+    baud: int, parity: str, stopbits: int, bytesize: int, shown: dict[str, str | None] | None = None
+) -> str | None:
+    """What is wrong with these line settings, or None."""
+    shown = shown or {}
+    if baud not in BAUD_RATES:
+        return (
+            f"baud {baud} is not a standard rate; expected one of "
+            f"{', '.join(map(str, BAUD_RATES))} (as set on the meter)"
+        )
+    if parity not in _PARITIES:
+        value = shown.get("parity") or parity
+        return f"parity {value!r} is not N (none), E (even) or O (odd)"
+    if stopbits not in (1, 2):
+        value = shown.get("stopbits") or stopbits
+        return f"stopbits {value!r} is not 1 or 2"
+    if bytesize != 8:
+        value = shown.get("bytesize") or bytesize
+        return (
+            f"bytesize {value!r} cannot carry Modbus RTU, which always sends 8 data bits "
+            "(7 is Modbus ASCII); use bytesize=8 or leave it out"
+        )
+    return None
+
+
+def _query(
+    query: str, known: tuple[str, ...], fail: Callable[[str], MeterConfigError], hint: str
+) -> dict[str, str]:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    keys = [key for key, _ in pairs]
+    unknown = sorted(set(keys) - set(known))
     if unknown:
-        raise fail(f"unknown parameter(s) {', '.join(unknown)}; the only parameter is unit")
-    if keys.count("unit") > 1:
-        raise fail("unit is given more than once")
-    if not keys:
+        raise fail(f"unknown parameter(s) {', '.join(unknown)}; {hint}")
+    for key in known:
+        if keys.count(key) > 1:
+            raise fail(f"{key} is given more than once")
+    return dict(pairs)
+
+
+def _unit(params: dict[str, str], fail: Callable[[str], MeterConfigError], example: str) -> int:
+    if "unit" not in params:
         raise fail(f"no unit id; add ?unit=N with the meter's Modbus address 1..247 ({example})")
-    raw_unit = dict(query)["unit"]
+    raw_unit = params["unit"]
     try:
         unit = int(raw_unit)
     except ValueError:
         raise fail(f"unit {raw_unit!r} is not a number; expected the meter's Modbus address 1..247") from None
     if unit not in _UNITS:
         raise fail(f"unit {unit} is not a valid Modbus address; expected 1..247")
-    return ModbusTcpTarget(host=host, port=port, unit=unit)
+    return unit
 
 
-class ModbusTcpSource:
-    """One Modbus TCP connection (a meter or an RS-485 gateway) shared by many unit ids."""
+def group_by_bus(
+    meters: Iterable[tuple[str, ModbusTarget]],
+) -> dict[BusKey, list[tuple[str, ModbusTarget]]]:
+    """Meters (name, target) grouped by the connection that serves them, in the given order.
 
-    def __init__(
-        self, host: str, port: int = DEFAULT_PORT, *, timeout: float = 1.0, retries: int = 0
-    ) -> None:
+    Raises MeterConfigError naming both meters when two meters on one serial device disagree
+    on its settings (one RS-485 line has one baud rate, parity, stop bits and data bits), or
+    when two meters on one bus have the same unit id (they would read the same meter).
+    """
+    groups: dict[BusKey, list[tuple[str, ModbusTarget]]] = {}
+    for name, target in meters:
+        group = groups.setdefault(target.bus_key, [])
+        for other_name, other in group:
+            if isinstance(target, ModbusRtuTarget) and isinstance(other, ModbusRtuTarget):
+                if target.serial != other.serial:
+                    differ = ", ".join(other.serial.differences(target.serial))
+                    raise MeterConfigError(
+                        f"meters {other_name!r} and {name!r} share serial device "
+                        f"{target.device} but not its settings ({differ}: {other.url} vs "
+                        f"{target.url}); every meter on one RS-485 line talks at the same baud "
+                        "rate, parity and stop bits: set them alike on the meters and in both URLs"
+                    )
+            if other.unit == target.unit:
+                raise MeterConfigError(
+                    f"meters {other_name!r} and {name!r} are both unit {target.unit} on "
+                    f"{target.endpoint}; they would read the same meter: give each meter on a "
+                    "bus its own unit id (set on the meter) and use it in its URL"
+                )
+        group.append((name, target))
+    return groups
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+class ModbusSource(ABC):
+    """One Modbus connection (a TCP endpoint or a serial line) shared by many unit ids.
+
+    Subclasses differ only in how the pymodbus client is made and in the advice their
+    messages give; reads, pacing and error translation live here. The connection opens on
+    the first read (or `connect`) and after a loss the next read opens it again.
+    """
+
+    protocol = "Modbus"
+
+    def __init__(self, *, timeout: float = 1.0, retries: int = 0) -> None:
         if timeout <= 0:
             raise MeterConfigError(f"Modbus timeout must be positive, got {timeout}")
         if retries < 0:
             raise MeterConfigError(f"Modbus retries must be 0 or more, got {retries}")
-        self.host = host
-        self.port = port
         self.timeout = timeout
         self.retries = retries
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusBaseClient | None = None
         # Serialises whole reads so a reconnect never races and one unit's blocks stay together.
         self._lock = asyncio.Lock()
+        # Monotonic time the bus last fell quiet (an answer or a timeout), for request pacing.
+        self._quiet_since = -float("inf")
+
+    @property
+    @abstractmethod
+    def endpoint(self) -> str:
+        """Where the meters are: host:port or the serial device."""
+
+    @property
+    def where(self) -> str:
+        """``at host:port`` or ``on /dev/ttyUSB0``, for messages."""
+        return f"at {self.endpoint}"
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is currently up."""
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        """Open the connection now (reads also connect on demand)."""
+        async with self._lock:
+            await self._ensure_connected(unit=None)
+
+    async def read(self, unit: int, regmap: RegisterMap, max_block: int = 64) -> dict[str, float]:
+        """Read every register of `regmap` from `unit` in as few requests as the map allows,
+        at most `max_block` registers each; values by register name, scaled."""
+        self._check_unit(unit)
+        if not 1 <= max_block <= MAX_READ:
+            raise MeterConfigError(
+                f"max_block {max_block} is outside 1..{MAX_READ}, the most one Modbus read may ask for"
+            )
+        try:
+            plan = regmap.plan(max_block)
+        except ValueError as exc:
+            raise MeterConfigError(f"max_block {max_block}: {exc}") from None
+        reads = []
+        async with self._lock:
+            client = await self._ensure_connected(unit)
+            for block in plan:
+                reads.append((block, await self._transfer(client, unit, block, regmap.name)))
+        return regmap.decode_blocks(reads)
+
+    async def read_registers(self, unit: int, function: int, start: int, count: int) -> list[int]:
+        """The raw 16-bit words of `count` registers from `start` (function 3 holding or
+        4 input), for SunSpec discovery and `edge probe`."""
+        self._check_unit(unit)
+        if function not in (3, 4):
+            raise MeterConfigError(
+                f"function {function} does not read registers; use 3 (holding) or 4 (input)"
+            )
+        if not 1 <= count <= MAX_READ:
+            raise MeterConfigError(
+                f"count {count} is outside 1..{MAX_READ}, the most one Modbus read may ask for"
+            )
+        if not 0 <= start <= 0xFFFF - count + 1:
+            raise MeterConfigError(
+                f"registers {start}..{start + count - 1} are outside the Modbus address "
+                "space 0..65535"
+            )
+        async with self._lock:
+            client = await self._ensure_connected(unit)
+            return await self._transfer(client, unit, ReadBlock(function, start, count), None)
+
+    async def close(self) -> None:
+        """Close the connection; a later read reconnects."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> ModbusSource:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # -- what subclasses provide --
+
+    @abstractmethod
+    def _new_client(self) -> ModbusBaseClient:
+        """A pymodbus client for this connection, not yet connected (no reconnect loop)."""
+
+    @abstractmethod
+    def _unreachable(self, unit: int | None) -> MeterUnreachableError:
+        """The error for a connection that cannot be opened."""
+
+    @abstractmethod
+    def _lost(self, unit: int) -> MeterUnreachableError:
+        """The error for a connection that broke during a read."""
+
+    @abstractmethod
+    def _timeout_advice(self) -> str:
+        """What to check when a unit does not answer."""
+
+    def _frame_gap(self) -> float:
+        """Silence required before each request (none on TCP)."""
+        return 0.0
+
+    async def _after_silence(self, client: ModbusBaseClient) -> int:
+        """Called after a request went unanswered; returns the bytes that did arrive
+        meanwhile (unknown on TCP: 0)."""
+        return 0
+
+    def _before_request(self) -> None:
+        """Called just before a request is sent."""
+
+    # -- the shared machinery --
+
+    def _check_unit(self, unit: int) -> None:
+        if unit not in _UNITS:
+            raise MeterConfigError(
+                f"unit {unit} {self.where} is not a valid Modbus address; expected 1..247"
+            )
+
+    async def _ensure_connected(self, unit: int | None) -> ModbusBaseClient:
+        client = self._client
+        if client is not None and client.connected:
+            return client
+        if client is None:
+            client = self._client = self._new_client()
+        try:
+            ok = await client.connect()
+        except OSError:
+            ok = False
+        if not ok:
+            raise self._unreachable(unit)
+        return client
+
+    async def _transfer(
+        self, client: ModbusBaseClient, unit: int, block: ReadBlock, map_name: str | None
+    ) -> list[int]:
+        start, count, span = block.start, block.count, block.span
+        reader = (
+            client.read_input_registers if block.function == 4 else client.read_holding_registers
+        )
+        gap = self._frame_gap()
+        if gap:
+            wait = self._quiet_since + gap - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._before_request()
+        try:
+            response: ModbusPDU = await reader(start, count=count, device_id=unit)
+        except ModbusIOException as exc:
+            if "device id" in exc.string or "transaction id" in exc.string:
+                raise MeterReadError(
+                    f"unit {unit} {self.where}: a mismatched answer to the read of "
+                    f"registers {span} ({exc.string}); check that no two meters on the bus "
+                    "share this unit id",
+                    unit=unit,
+                    reason="bad-response",
+                ) from None
+            raise self._no_answer(unit, span, await self._after_silence(client)) from None
+        except (ConnectionException, OSError):
+            raise self._lost(unit) from None
+        finally:
+            self._quiet_since = time.monotonic()
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            name, advice = _EXCEPTION_ADVICE.get(
+                code, ("unknown exception", "see the meter's Modbus documentation")
+            )
+            if code == 2 and map_name is None:
+                advice = _RAW_ADDRESS_ADVICE
+            detail = advice.format(
+                function=block.function,
+                span=span,
+                map=map_name,
+                unit=unit,
+                count=count,
+                endpoint=self.endpoint,
+            )
+            raise MeterExceptionError(
+                f"unit {unit} {self.where} answered the read of registers {span} "
+                f"(function {block.function}) with Modbus exception {code} ({name}): {detail}",
+                unit=unit,
+                code=code,
+            )
+        registers = list(getattr(response, "registers", []))
+        if len(registers) < count:
+            raise MeterReadError(
+                f"unit {unit} {self.where} returned {len(registers)} registers for a "
+                f"read of {count} at {span}; the meter or gateway is misbehaving",
+                unit=unit,
+                reason="bad-response",
+            )
+        return registers[:count]
+
+    def _no_answer(self, unit: int, span: str, received: int) -> MeterReadError:
+        """The error for a request that got no valid answer in time; `received` is how
+        many bytes arrived meanwhile (0 if unknown)."""
+        return MeterTimeoutError(
+            f"unit {unit} {self.where} did not answer a read of registers {span} "
+            f"within {self.timeout:g} s: {self._timeout_advice()}",
+            unit=unit,
+        )
+
+
+class ModbusTcpSource(ModbusSource):
+    """One Modbus TCP connection (a meter or an RS-485 gateway) shared by many unit ids."""
+
+    protocol = "Modbus TCP"
+
+    def __init__(
+        self, host: str, port: int = DEFAULT_PORT, *, timeout: float = 1.0, retries: int = 0
+    ) -> None:
+        super().__init__(timeout=timeout, retries=retries)
+        self.host = host
+        self.port = port
 
     @classmethod
     def for_target(
@@ -210,137 +673,190 @@ class ModbusTcpSource:
         """host:port of the meter or gateway."""
         return _endpoint(self.host, self.port)
 
+    def _new_client(self) -> ModbusBaseClient:
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=f"meter {self.endpoint}",
+            timeout=self.timeout,
+            retries=self.retries,
+            # We reconnect on the next read instead: a background reconnect loop would
+            # race with it and keep retrying a gateway nobody is polling.
+            reconnect_delay=0,
+        )
+
+    def _unreachable(self, unit: int | None) -> MeterUnreachableError:
+        for_unit = f" (for unit {unit})" if unit is not None else ""
+        return MeterUnreachableError(
+            f"cannot connect to Modbus TCP {self.endpoint}{for_unit} within "
+            f"{self.timeout:g} s: check the host and port in the meter URL, that the "
+            f"meter or gateway is powered and on the network, and that no firewall "
+            f"blocks TCP port {self.port}",
+            unit=unit,
+        )
+
+    def _lost(self, unit: int) -> MeterUnreachableError:
+        return MeterUnreachableError(
+            f"lost the connection to Modbus TCP {self.endpoint} while reading unit {unit}: "
+            "check that the meter or gateway is powered and on the network; the next "
+            "read reconnects",
+            unit=unit,
+        )
+
+    def _timeout_advice(self) -> str:
+        return (
+            "check the unit id set on the meter, the RS-485 wiring (A/B, termination) and "
+            "the gateway's baud rate and parity, and that the meter is powered"
+        )
+
+
+class ModbusRtuSource(ModbusSource):
+    """One RS-485 line on a local serial device (Modbus RTU) shared by many unit ids.
+
+    pymodbus does the RTU framing; this class adds what a shared half-duplex line needs:
+    the 3.5-character silence before every request, and after an unanswered request a
+    wait for the line to fall quiet and an emptied receive buffer, so that the tail of a
+    late or garbled answer is never read as the start of the next unit's.
+    """
+
+    protocol = "Modbus RTU"
+
+    def __init__(
+        self,
+        device: str,
+        serial: SerialSettings | None = None,
+        *,
+        timeout: float = 1.0,
+        retries: int = 0,
+    ) -> None:
+        super().__init__(timeout=timeout, retries=retries)
+        self.device = device
+        self.serial = serial or SerialSettings()
+        self._received = 0  # bytes arrived since the last request was sent
+        self._last_rx = -float("inf")  # monotonic time bytes last arrived
+
+    @classmethod
+    def for_target(
+        cls, target: ModbusRtuTarget, *, timeout: float = 1.0, retries: int = 0
+    ) -> ModbusRtuSource:
+        """A source for the serial device of `target` (its unit is passed to `read`)."""
+        return cls(target.device, target.serial, timeout=timeout, retries=retries)
+
     @property
-    def connected(self) -> bool:
-        """Whether the TCP connection is currently up."""
-        return self._client is not None and self._client.connected
+    def endpoint(self) -> str:
+        """The serial device."""
+        return self.device
 
-    async def connect(self) -> None:
-        """Open the connection now (reads also connect on demand)."""
-        async with self._lock:
-            await self._ensure_connected(unit=None)
+    @property
+    def where(self) -> str:
+        return f"on {self.device}"
 
-    async def read(self, unit: int, regmap: RegisterMap, max_block: int = 64) -> dict[str, float]:
-        """Read every register of `regmap` from `unit`; values by register name, scaled."""
-        if unit not in _UNITS:
-            raise MeterConfigError(
-                f"unit {unit} at {self.endpoint} is not a valid Modbus address; expected 1..247"
-            )
-        if not 1 <= max_block <= 125:
-            raise MeterConfigError(
-                f"max_block {max_block} is outside 1..125, the most one Modbus read may ask for"
-            )
-        reads = []
-        async with self._lock:
-            client = await self._ensure_connected(unit)
-            for block in regmap.plan(max_block):
-                reads.append((block, await self._read_block(client, unit, regmap, block)))
-        return regmap.decode_blocks(reads)
+    def _new_client(self) -> ModbusBaseClient:
+        s = self.serial
+        client = AsyncModbusSerialClient(
+            self.device,
+            framer=FramerType.RTU,
+            baudrate=s.baudrate,
+            bytesize=s.bytesize,
+            parity=s.parity,
+            stopbits=s.stopbits,
+            name=f"meters on {self.device}",
+            timeout=self.timeout,
+            retries=self.retries,
+            reconnect_delay=0,  # reopened by the next read, as on TCP
+        )
+        # Count what arrives, to tell a silent unit from a garbled line. The serial
+        # transport hands every chunk to its protocol's data_received (the asyncio
+        # protocol contract), so wrapping it on the instance sees every byte.
+        protocol = client.ctx
+        inner = protocol.data_received
 
-    async def close(self) -> None:
-        """Close the connection; a later read reconnects."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        def counting(data: bytes) -> None:
+            self._received += len(data)
+            self._last_rx = time.monotonic()
+            inner(data)
 
-    async def __aenter__(self) -> ModbusTcpSource:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.close()
-
-    async def _ensure_connected(self, unit: int | None) -> AsyncModbusTcpClient:
-        client = self._client
-        if client is not None and client.connected:
-            return client
-        if client is None:
-            client = AsyncModbusTcpClient(
-                self.host,
-                port=self.port,
-                name=f"meter {self.endpoint}",
-                timeout=self.timeout,
-                retries=self.retries,
-                # We reconnect on the next read instead: a background reconnect loop would
-                # race with it and keep retrying a gateway nobody is polling.
-                reconnect_delay=0,
-            )
-            self._client = client
-        try:
-            ok = await client.connect()
-        except OSError:
-            ok = False
-        if not ok:
-            for_unit = f" (for unit {unit})" if unit is not None else ""
-            raise MeterUnreachableError(
-                f"cannot connect to Modbus TCP {self.endpoint}{for_unit} within "
-                f"{self.timeout:g} s: check the host and port in the meter URL, that the "
-                f"meter or gateway is powered and on the network, and that no firewall "
-                f"blocks TCP port {self.port}",
-                unit=unit,
-            )
+        protocol.data_received = counting  # type: ignore[method-assign]
         return client
 
-    async def _read_block(
-        self, client: AsyncModbusTcpClient, unit: int, regmap: RegisterMap, block: ReadBlock
-    ) -> list[int]:
-        start, count, span = block.start, block.count, block.span
-        reader = (
-            client.read_input_registers if block.function == 4 else client.read_holding_registers
+    def _frame_gap(self) -> float:
+        return self.serial.frame_gap
+
+    def _before_request(self) -> None:
+        self._received = 0
+
+    async def _after_silence(self, client: ModbusBaseClient) -> int:
+        # Wait until the line has been quiet for a frame gap: bytes still arriving are the
+        # rest of a late or garbled answer. Bounded by the time of the longest frame, in
+        # case a device babbles without pause.
+        quiet = max(self.serial.frame_gap, 2 * self.serial.char_time)
+        deadline = time.monotonic() + 256 * self.serial.char_time + quiet
+        while (now := time.monotonic()) < deadline and now - self._last_rx < quiet:
+            await asyncio.sleep(quiet - (now - self._last_rx))
+        # Drop any half frame so the next answer is framed from its first byte (pymodbus
+        # also clears this when it sends, but a late tail could land between the two).
+        client.ctx.recv_buffer = b""
+        return self._received
+
+    def _unreachable(self, unit: int | None) -> MeterUnreachableError:
+        for_unit = f" (for unit {unit})" if unit is not None else ""
+        device = self.device
+        if not os.path.exists(device):
+            problem = (
+                f"serial device {device} does not exist: check that the USB-RS485 adapter is "
+                "plugged in and which device it got (ls /dev/ttyUSB* /dev/ttyACM* "
+                "/dev/serial/by-id/); a /dev/serial/by-id/ path stays the same across reboots"
+            )
+        elif not os.access(device, os.R_OK | os.W_OK):
+            problem = (
+                f"no permission to open serial device {device}: add the agent's user to the "
+                "group that owns it (usually dialout) and restart the agent"
+            )
+        else:
+            problem = (
+                f"cannot open serial device {device}: another program, or another meter URL "
+                f"naming the same adapter by another path, may hold it (check with fuser {device})"
+            )
+        return MeterUnreachableError(f"Modbus RTU{for_unit}: {problem}", unit=unit)
+
+    def _lost(self, unit: int) -> MeterUnreachableError:
+        return MeterUnreachableError(
+            f"lost serial device {self.device} while reading unit {unit}: check that the "
+            "USB-RS485 adapter is still plugged in; the next read reopens it",
+            unit=unit,
         )
-        try:
-            response: ModbusPDU = await reader(start, count=count, device_id=unit)
-        except ModbusIOException as exc:
-            if "device id" in exc.string or "transaction id" in exc.string:
-                raise MeterReadError(
-                    f"unit {unit} at {self.endpoint}: a mismatched answer to the read of "
-                    f"registers {span} ({exc.string}); check that no two meters on the bus "
-                    "share this unit id",
-                    unit=unit,
-                    reason="bad-response",
-                ) from None
-            raise MeterTimeoutError(
-                f"unit {unit} at {self.endpoint} did not answer a read of registers {span} "
-                f"within {self.timeout:g} s: check the unit id set on the meter, the RS-485 "
-                "wiring (A/B, termination) and the gateway's baud rate and parity, and that "
-                "the meter is powered",
-                unit=unit,
-            ) from None
-        except (ConnectionException, OSError):
-            raise MeterUnreachableError(
-                f"lost the connection to Modbus TCP {self.endpoint} while reading unit {unit}: "
-                "check that the meter or gateway is powered and on the network; the next "
-                "read reconnects",
-                unit=unit,
-            ) from None
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            name, advice = _EXCEPTION_ADVICE.get(
-                code, ("unknown exception", "see the meter's Modbus documentation")
-            )
-            detail = advice.format(
-                function=block.function,
-                span=span,
-                map=regmap.name,
-                unit=unit,
-                count=count,
-                endpoint=self.endpoint,
-            )
-            raise MeterExceptionError(
-                f"unit {unit} at {self.endpoint} answered the read of registers {span} "
-                f"(function {block.function}) with Modbus exception {code} ({name}): {detail}",
-                unit=unit,
-                code=code,
-            )
-        registers = list(getattr(response, "registers", []))
-        if len(registers) < count:
-            raise MeterReadError(
-                f"unit {unit} at {self.endpoint} returned {len(registers)} registers for a "
-                f"read of {count} at {span}; the meter or gateway is misbehaving",
-                unit=unit,
-                reason="bad-response",
-            )
-        return registers[:count]
+
+    def _timeout_advice(self) -> str:
+        return (
+            "check the unit id set on the meter, the A/B wiring (swap A and B if unsure) and "
+            f"the bus termination, that the meter's baud rate, parity and stop bits match "
+            f"the URL ({self.serial}), that the meter is powered, and the USB adapter "
+            f"(plugged in, and {self.device} is the right device)"
+        )
+
+    def _no_answer(self, unit: int, span: str, received: int) -> MeterReadError:
+        if not received:
+            return super()._no_answer(unit, span, received)
+        return MeterGarbledError(
+            f"unit {unit} {self.where} gave no valid answer to a read of registers {span} "
+            f"within {self.timeout:g} s, but {received} bytes of something else arrived "
+            "(a bad checksum, a cut-off or late frame, or another unit's answer): check that "
+            f"the meter's baud rate, parity and stop bits match the URL ({self.serial}), that "
+            "no other meter on the bus has this unit id, and the A/B wiring, termination and "
+            "cable shielding",
+            unit=unit,
+            received=received,
+        )
+
+
+def open_source(target: ModbusTarget, timeout: float = 1.0, retries: int = 0) -> ModbusSource:
+    """The source serving `target`'s bus (give it `target.unit` when reading). It connects
+    on the first read; meters with the same `bus_key` should share one source."""
+    if isinstance(target, ModbusRtuTarget):
+        return ModbusRtuSource.for_target(target, timeout=timeout, retries=retries)
+    if isinstance(target, ModbusTcpTarget):
+        return ModbusTcpSource.for_target(target, timeout=timeout, retries=retries)
+    raise MeterConfigError(f"no Modbus source for {target!r}; parse the URL with parse_meter_url")
 
 
 def _endpoint(host: str, port: int) -> str:
