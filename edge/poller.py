@@ -61,6 +61,9 @@ class MeterState:
     last_seen: float | None = None  # loop time of the last message (MQTT)
     failures: int = 0
     last_error: str | None = None
+    # Set after SunSpec discovery: the first read shows which optional points the device
+    # does not implement, and those are not expected afterwards (else every reading is partial).
+    prune_unimplemented: bool = False
 
     @property
     def id(self) -> str:
@@ -237,12 +240,16 @@ class ModbusBusPoller:
             await self._discover(m)
         assert m.regmap is not None
         try:
-            return await self.source.read(unit, m.regmap, m.config.max_block)
+            values = await self.source.read(unit, m.regmap, m.config.max_block)
         except MeterReadError as exc:
             if m.config.regmap is None and exc.reason == "modbus-exception-2":
                 # The device's models moved (firmware update, meter swap): discover again.
                 m.regmap = None
             raise
+        if m.prune_unimplemented:
+            m.specs = {k: v for k, v in m.specs.items() if math.isfinite(values.get(k, math.nan))}
+            m.prune_unimplemented = False
+        return values
 
     async def _discover(self, m: MeterState) -> None:
         from edge.sunspec import SunSpecError, discover
@@ -259,6 +266,7 @@ class ModbusBusPoller:
                 f"unit {unit} at {self.source.endpoint}: {exc}", unit=unit, reason="sunspec-discovery"
             ) from None
         m.use_map(device.register_map())
+        m.prune_unimplemented = True
         log.info("meter %s: SunSpec device found: %s", m.id, device)
 
 

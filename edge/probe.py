@@ -64,7 +64,7 @@ async def probe_modbus(
     (``--detect``), and return the best fitting result with advice."""
     if regmap is not None:
         values = await source.read(unit, regmap, max_block)
-        return _with_word_order_advice(regmap, assess(regmap, values), source, unit, max_block, values)
+        return _with_word_order_advice(regmap, assess(regmap, values), values)
 
     tried: list[str] = []
     candidates: list[ProbeResult] = []
@@ -118,13 +118,8 @@ async def probe_sunspec(source: ModbusSource, unit: int) -> ProbeResult | None:
     )
 
 
-async def _with_word_order_advice(
-    regmap: RegisterMap,
-    result: ProbeResult,
-    source: ModbusSource,
-    unit: int,
-    max_block: int,
-    values: Mapping[str, float],
+def _with_word_order_advice(
+    regmap: RegisterMap, result: ProbeResult, values: Mapping[str, float]
 ) -> ProbeResult:
     if not result.implausible:
         return result
