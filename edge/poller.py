@@ -162,10 +162,13 @@ class QueueSink:
     def commit(self, observations: list[Observation]) -> None:
         # One kernel query per round, not per reading: the sync state changes rarely.
         clock = clock_status()
-        records = [
-            to_reading(o.state, self.queue.next_seq(o.state.id), o.ts_ns, o.values, clock, o.meter_time_ns)
-            for o in observations
-        ]
+        # An MQTT meter may have several messages in one commit: number them in order.
+        next_seq: dict[str, int] = {}
+        records = []
+        for o in observations:
+            seq = next_seq.get(o.state.id) or self.queue.next_seq(o.state.id)
+            next_seq[o.state.id] = seq + 1
+            records.append(to_reading(o.state, seq, o.ts_ns, o.values, clock, o.meter_time_ns))
         self.queue.append_readings(records)
 
     def failure(self, meter_id: str, ts_ns: int, reason: str) -> None:
@@ -271,7 +274,12 @@ class ModbusBusPoller:
 
 
 class MqttBrokerPoller:
-    """Turns the messages of every MQTT meter on one broker connection into readings."""
+    """Turns the messages of every MQTT meter on one broker connection into readings.
+
+    A QoS 1 message is acknowledged to the broker only when the future `on_message`
+    returns is resolved, and that happens after its reading (or its gap) is committed:
+    a crash in between leaves the message with the broker, which delivers it again.
+    """
 
     def __init__(self, subscriber: Any, meters: list[MeterState], sink: QueueSink) -> None:
         self.subscriber = subscriber
@@ -279,27 +287,35 @@ class MqttBrokerPoller:
         self.sink = sink
         self._pending: list[Observation] = []
         self._failures: list[tuple[MeterState, str, str]] = []
-        self._broker_error: str | None = None
+        self._waiting: list[asyncio.Future[None]] = []
+        self._link_errors: dict[str, str] = {}
 
-    def on_message(self, meter_id: str, arrival_ns: int, decoded: Any) -> None:
+    def on_message(self, meter_id: str, arrival_ns: int, decoded: Any) -> asyncio.Future[None] | None:
         from edge.sources.mqtt import PayloadError
 
         m = self.meters.get(meter_id)
         if m is None:
-            return
-        m.last_seen = asyncio.get_running_loop().time()
+            return None
+        loop = asyncio.get_running_loop()
+        m.last_seen = loop.time()
         if isinstance(decoded, PayloadError):
             self._failures.append((m, "bad-payload", str(decoded)))
-            return
-        _recovered(m)
-        self._pending.append(Observation(m, arrival_ns, decoded.values, decoded.meter_time_ns))
+        else:
+            _recovered(m)
+            self._pending.append(Observation(m, arrival_ns, decoded.values, decoded.meter_time_ns))
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(done)
+        return done
 
-    def on_state(self, _who: str, error: str | None) -> None:
-        if error is not None and self._broker_error is None:
-            log.warning("MQTT broker connection lost: %s", error)
-        elif error is None and self._broker_error is not None:
-            log.info("MQTT broker connection restored")
-        self._broker_error = error
+    def on_state(self, meter_id: str, error: str | None) -> None:
+        if error is not None and meter_id not in self._link_errors:
+            log.warning("meter %s: MQTT: %s", meter_id, error)
+        elif error is None and meter_id in self._link_errors:
+            log.info("meter %s: MQTT subscription restored", meter_id)
+        if error is None:
+            self._link_errors.pop(meter_id, None)
+        else:
+            self._link_errors[meter_id] = error
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -321,27 +337,37 @@ class MqttBrokerPoller:
         finally:
             await self._flush(loop.time())
             if not receiver.done():
-                receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+                await asyncio.gather(receiver, return_exceptions=True)
 
     async def _flush(self, now: float) -> None:
         failures, self._failures = self._failures, []
-        for m, reason, message in failures:
-            await _report_failure(self.sink, m, reason, message)
+        pending, self._pending = self._pending, []
+        waiting, self._waiting = self._waiting, []
+        try:
+            for m, reason, message in failures:
+                await _report_failure(self.sink, m, reason, message)
+            if pending:
+                await asyncio.to_thread(self.sink.commit, pending)
+        except BaseException as exc:
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+            raise
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
         for m in self.meters.values():
             silent_for = now - (m.last_seen or now)
             if silent_for >= SILENCE_INTERVALS * m.config.interval_s and now >= m.due:
                 m.due = now + m.config.interval_s
-                reason = "broker-unreachable" if self._broker_error else "no-message"
-                detail = self._broker_error or (
+                link_error = self._link_errors.get(m.id)
+                reason = "broker-unreachable" if link_error else "no-message"
+                detail = link_error or (
                     f"no message on {m.config.target.topic} for {silent_for:.0f} s "
                     f"(expected every {m.config.interval_s:g} s): check that the meter publishes "
                     "to this topic and the broker forwards it"
                 )
                 await _report_failure(self.sink, m, reason, detail)
-        pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.to_thread(self.sink.commit, pending)
 
 
 def build_pollers(
@@ -349,7 +375,7 @@ def build_pollers(
     queue: DurableQueue,
     gap_report_s: float,
     polling: PollingConfig | None = None,
-    client_id: str = "gridtrace-agent",
+    gateway_id: str = "gridtrace-agent",
 ) -> list[ModbusBusPoller | MqttBrokerPoller]:
     """One poller per connection: meters on one bus or broker share it."""
     polling = polling or PollingConfig(timeout_s=1.0, retries=0)
@@ -361,12 +387,11 @@ def build_pollers(
     for _key, group in sorted(groups.items(), key=lambda kv: repr(kv[0])):
         first = group[0].config
         if first.protocol == "mqtt":
-            from edge.sources.mqtt import MqttSubscriber
+            from edge.sources.mqtt import MqttMeter, MqttSubscriber, client_id_for
 
             subscriber = MqttSubscriber(
-                first.target,
-                [(m.id, m.config.target.topic, m.config.payload) for m in group],
-                client_id=client_id,
+                [MqttMeter(m.id, m.config.target, m.config.payload) for m in group],
+                client_id_for(gateway_id, first.target),
             )
             pollers.append(MqttBrokerPoller(subscriber, group, sink))
         else:

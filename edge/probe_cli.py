@@ -106,13 +106,8 @@ def _probe_mqtt(target, timeout: float) -> int:
     except MqttUnreachableError as exc:
         print(f"gridtrace edge probe: {exc}", file=sys.stderr)
         return 1
-    except TimeoutError:
-        print(
-            f"gridtrace edge probe: no message on {target.topic} within {timeout:g} s: check the "
-            "topic (case matters), that the meter publishes, and raise --timeout if it publishes "
-            "rarely",
-            file=sys.stderr,
-        )
+    except TimeoutError as exc:  # MqttNoMessageError: says what to check
+        print(f"gridtrace edge probe: {exc}", file=sys.stderr)
         return 1
     rows = _flatten_json(payload)
     if rows is None:

@@ -6,22 +6,53 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
-from edge.registermap import available_register_maps
 from gridtrace.clihelp import add_command
 
-from .modbus_server import Fault, SimulatedModbusServer, SimulatorError
+from .faults import FAULT_SPECS
+from .fleet import SimulatedFleet
+from .modbus_server import (
+    MAX_UNITS,
+    Fault,
+    SerialLine,
+    SimulatedModbusServer,
+    SimulatorError,
+)
+from .mqtt_meter import add_mqtt_command
+from .profiles import available_profiles
 
 __all__ = ["add_commands"]
 
 _MODBUS_EPILOG = """\
-example:
+examples:
   gridtrace sim modbus --port 5020 --meters 3 --fault 2=timeout --fault 3=exception:2
 
   serves three simulated Eastron SDM630 meters as Modbus TCP units 1..3 on
   127.0.0.1:5020; unit 2 never answers and unit 3 answers every read with
   Modbus exception 2. Point the agent at modbus-tcp://127.0.0.1:5020?unit=1.
   Unit ids without a meter never answer, like an empty address on an RS-485 bus.
+
+  gridtrace sim modbus --serial /dev/ttyUSB0 --baud 9600 --parity N --register-map eastron_sdm120
+
+  serves three single-phase SDM120 meters as Modbus RTU units 1..3 on a serial
+  port (an RS-485 adapter, or one end of `socat -d -d pty,raw,echo=0,link=/tmp/a
+  pty,raw,echo=0,link=/tmp/b` to rehearse without hardware).
+
+  gridtrace sim modbus --port 5020 --meters 3000
+
+  a load-test fleet: more than 247 meters are spread over consecutive ports, 247
+  units per port (5020..5032 here); the port -> meters mapping is printed at start.
+  --fault then takes the fleet meter number (1..3000).
+
+faults (UNIT=SPEC, one per unit):
+  timeout            never answers
+  exception:CODE     answers every read with Modbus exception CODE (1-6, 8, 10, 11)
+  stuck              registers freeze at their last values
+  counter-reset[:S]  energy counters restart from 0 (S seconds after start), then count on
+  swapped-words      32/64-bit values served in the opposite word order
+  clock-drift:PPM    the meter's clock runs PPM parts per million fast (negative: slow),
+                     so its energy counters drift from the true energy
 """
 
 
@@ -34,44 +65,82 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "gridtrace sim modbus --port 5020 --meters 3",
     )
     kinds = sim.add_subparsers(dest="sim_command", metavar="SIMULATOR", required=True)
+    _add_modbus(kinds)
+    add_mqtt_command(kinds)
+
+
+def _add_modbus(kinds: argparse._SubParsersAction) -> None:
     modbus = kinds.add_parser(
         "modbus",
-        help="serve simulated meters over Modbus TCP",
+        help="serve simulated meters over Modbus TCP or RTU",
         description=(
-            "Serve N simulated three-phase meters as Modbus TCP unit ids 1..N, with\n"
-            "realistic load curves, exact energy counters and optional faults.\n"
-            "Runs until interrupted (Ctrl-C or SIGTERM)."
+            "Serve N simulated meters as Modbus unit ids 1..N, over TCP or on a serial\n"
+            "line (RTU), with realistic load, PV and EV charging curves, exact energy\n"
+            "counters and optional faults. Runs until interrupted (Ctrl-C or SIGTERM)."
         ),
         epilog=_MODBUS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     modbus.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    modbus.add_argument("--port", type=_port, required=True, help="TCP port to listen on")
+    modbus.add_argument("--port", type=_port, help="TCP port to listen on (required unless --serial)")
     modbus.add_argument(
-        "--meters", type=_meter_count, default=3, help="number of meters, 1..247 (default: %(default)s)"
+        "--serial",
+        metavar="DEVICE",
+        help="serve Modbus RTU on this serial device (e.g. /dev/ttyUSB0) instead of TCP",
+    )
+    modbus.add_argument("--baud", type=int, default=9600, help="serial baud rate (default: %(default)s)")
+    modbus.add_argument(
+        "--parity", choices=("N", "E", "O"), default="N", help="serial parity (default: %(default)s)"
+    )
+    modbus.add_argument(
+        "--stopbits", type=int, choices=(1, 2), default=1, help="serial stop bits (default: %(default)s)"
+    )
+    modbus.add_argument(
+        "--bytesize", type=int, choices=(7, 8), default=8, help="serial data bits (default: %(default)s)"
+    )
+    modbus.add_argument(
+        "--meters",
+        type=_meter_count,
+        default=3,
+        help=f"number of meters (default: %(default)s); over TCP more than {MAX_UNITS} "
+        f"spread over consecutive ports, {MAX_UNITS} per port",
     )
     modbus.add_argument(
         "--seed", type=int, default=1, help="seed for the meters' loads and noise (default: %(default)s)"
     )
     modbus.add_argument(
         "--register-map",
+        type=_profile,
         default="eastron_sdm630",
-        choices=available_register_maps(),
-        help="register layout to serve (default: %(default)s)",
+        metavar="NAME|FILE.toml",
+        help=f"what to serve: {', '.join(available_profiles())}, or a register map file "
+        "(default: %(default)s)",
+    )
+    modbus.add_argument(
+        "--ev-every",
+        type=int,
+        default=7,
+        metavar="N",
+        help="give every N-th meter an EV charger (meters numbered 4 modulo N: 4, 11, 18, ... "
+        "for 7); 0 for none (default: %(default)s)",
     )
     modbus.add_argument(
         "--fault",
         type=_fault,
         action="append",
         default=[],
-        metavar="UNIT=timeout|exception:CODE",
-        help="make a unit misbehave; may be repeated",
+        metavar="UNIT=SPEC",
+        help=f"make a unit misbehave, SPEC one of {', '.join(FAULT_SPECS)}; may be repeated",
     )
     modbus.set_defaults(func=run_modbus)
 
 
 def run_modbus(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; returns the process exit code."""
+    problem = _check_modbus_args(args)
+    if problem:
+        print(f"gridtrace sim modbus: {problem}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_serve_modbus(args))
     except SimulatorError as exc:
@@ -79,29 +148,68 @@ def run_modbus(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _serve_modbus(args: argparse.Namespace) -> int:
-    server = SimulatedModbusServer(
-        args.host, args.port, args.meters, register_map=args.register_map, seed=args.seed
-    )
+def _check_modbus_args(args: argparse.Namespace) -> str | None:
+    if args.serial is None and args.port is None:
+        return "give --port (Modbus TCP) or --serial DEVICE (Modbus RTU)"
+    if args.serial is not None and args.meters > MAX_UNITS:
+        return f"one serial bus has unit ids 1..{MAX_UNITS}; {args.meters} meters do not fit"
+    if args.ev_every < 0:
+        return f"--ev-every {args.ev_every}: give 0 (no EV chargers) or a positive number"
+    seen: dict[int, Fault] = {}
     for unit, fault in args.fault:
-        server.set_fault(unit, fault)
-    await server.start()
+        if unit in seen:
+            return f"unit {unit} has two faults ({seen[unit]} and {fault}); give one per unit"
+        seen[unit] = fault
+    return None
+
+
+async def _serve_modbus(args: argparse.Namespace) -> int:
+    sim: SimulatedModbusServer | SimulatedFleet
+    if args.serial is not None:
+        serial = SerialLine(args.serial, args.baud, args.parity, args.stopbits, args.bytesize)
+        sim = SimulatedModbusServer(
+            args.host, 0, args.meters, register_map=args.register_map, seed=args.seed,
+            serial=serial, ev_every=args.ev_every,
+        )
+    else:
+        sim = SimulatedFleet(
+            args.host, args.port, args.meters, register_map=args.register_map, seed=args.seed,
+            ev_every=args.ev_every,
+        )
+    for unit, fault in args.fault:
+        sim.set_fault(unit, fault)
+    await sim.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    faults = ", ".join(f"unit {u} {f}" for u, f in sorted(server.faults().items())) or "none"
-    print(
-        f"serving {args.meters} simulated {server.register_map.model} meters "
-        f"({server.register_map.name}) as Modbus TCP units 1..{args.meters} on "
-        f"{args.host}:{server.port}; faults: {faults}; Ctrl-C to stop",
-        flush=True,
-    )
+    print(_banner(args, sim), flush=True)
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        await sim.stop()
     return 0
+
+
+def _banner(args: argparse.Namespace, sim: SimulatedModbusServer | SimulatedFleet) -> str:
+    faults = ", ".join(f"unit {u} {f}" for u, f in sorted(sim.faults().items())) or "none"
+    servers = [sim] if isinstance(sim, SimulatedModbusServer) else sim.servers
+    regmap = servers[0].register_map
+    what = f"{args.meters} simulated {regmap.model} meters ({servers[0].profile.name})"
+    if isinstance(sim, SimulatedModbusServer):
+        where = f"Modbus RTU units 1..{args.meters} on {sim.endpoint}"
+    elif len(sim.servers) == 1:
+        where = f"Modbus TCP units 1..{args.meters} on {sim.servers[0].endpoint}"
+    else:
+        ports = sim.ports
+        where = (
+            f"Modbus TCP on {len(ports)} ports {ports[0].port}..{ports[-1].port} of {args.host}, "
+            f"{sim.units_per_port} units per port"
+        )
+    lines = [f"serving {what} as {where}; faults: {faults}; Ctrl-C to stop"]
+    if isinstance(sim, SimulatedFleet) and len(sim.servers) > 1:
+        lines += [f"  {port}" for port in sim.ports]
+    return "\n".join(lines)
 
 
 def _port(text: str) -> int:
@@ -119,16 +227,29 @@ def _meter_count(text: str) -> int:
         count = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= count <= 247:
-        raise argparse.ArgumentTypeError(f"{count} meters: a Modbus bus has unit ids 1..247")
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} meters: give 1 or more")
     return count
+
+
+def _profile(text: str) -> str:
+    if text in available_profiles():
+        return text
+    if text.endswith(".toml"):
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"register map file {text} does not exist")
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a built-in register map ({', '.join(available_profiles())}) "
+        "nor a .toml register map file"
+    )
 
 
 def _fault(text: str) -> tuple[int, Fault]:
     unit_text, sep, spec = text.partition("=")
     if not sep or not unit_text.strip().isdigit():
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected UNIT=timeout or UNIT=exception:CODE, e.g. 2=timeout"
+            f"{text!r}: expected UNIT=SPEC with SPEC one of {', '.join(FAULT_SPECS)}, e.g. 2=timeout"
         )
     try:
         return int(unit_text), Fault.parse(spec)

@@ -1,11 +1,19 @@
-"""Pure dynamics of a simulated three-phase meter (no I/O, no clock of its own).
+"""Pure dynamics of a simulated electricity meter (no I/O; driven by the caller's clock).
 
-A `SimulatedMeter` answers "what would an SDM630 on this supply show at wall-clock time t?".
+A `SimulatedMeter` answers "what would a meter on this supply show at wall-clock time t?",
+for a three-phase meter (an SDM630's quantities) or a single-phase one (an SDM120's).
 Active and reactive power are piecewise constant over one-second slots, and each slot's
 value is a pure function of (seed, unit, slot): a daily load curve by local hour, per-meter
-variation, seeded noise, occasional appliances and, for some meters, rooftop PV. Because of
-that the energy counters can be the exact integral of power, however `advance` is called,
-and two meters built alike and advanced through the same times read the same.
+variation, seeded noise, occasional appliances and, for some meters, rooftop PV with a daily
+curve and an EV charger with charging sessions mostly in the evening. Because of that the
+energy counters can be the exact integral of power, however `advance` is called, and two
+meters built alike and advanced through the same times read the same.
+
+Two meter faults live here because they change what the meter itself measures: a clock
+that runs fast or slow (`set_clock_drift`: the counters integrate over the meter's own time
+axis, and `clock` gives the meter's idea of the time for its timestamps) and a counter reset
+(`reset_counters`). Faults on the wire (silence, exceptions, stuck registers, word order)
+belong to the servers.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-__all__ = ["PROFILES", "SLOT_S", "SimulatedMeter", "quantity_names"]
+__all__ = ["PROFILES", "SLOT_S", "EvSession", "SimulatedMeter", "quantity_names"]
 
 #: Power is held constant over slots of this many seconds (a real meter refreshes about once a second).
 SLOT_S = 1.0
@@ -36,12 +44,21 @@ PROFILES: dict[str, tuple[float, ...]] = {
 _WEEKEND_LEVEL = 0.35
 
 # Streams keep the random draws for different purposes independent of each other.
-_S_PARAM, _S_NOISE, _S_SLOW, _S_SHORT, _S_LONG, _S_CLOUD, _S_DAY, _S_GRID = range(8)
+_S_PARAM, _S_NOISE, _S_SLOW, _S_SHORT, _S_LONG, _S_CLOUD, _S_DAY, _S_GRID, _S_EV = range(9)
 
 _SHORT_WINDOW_S = 900.0  # kettles, microwaves, hobs: at most one per quarter hour
 _LONG_WINDOW_S = 7200.0  # washing machines, ovens, compressors: at most one per two hours
 _SLOW_WINDOW_S = 300.0  # drift of the base load
 _CLOUD_WINDOW_S = 600.0
+
+# EV charging: a car plugs in on about 60 % of days, four times in five in the evening after
+# work, otherwise during the day; it takes what its battery needs and leaves.
+_EV_DAY_PROBABILITY = 0.6
+_EV_EVENING_SHARE = 0.8
+_EV_EVENING_HOURS = (17.0, 22.0)
+_EV_DAY_HOURS = (8.0, 16.0)
+_EV_NEED_KWH = (6.0, 30.0)
+_EV_HOURS = (0.5, 6.0)
 
 _PHASE_NAMES = tuple(
     tuple(f"{q}_l{n}" for q in ("voltage", "current", "power", "apparent_power",
@@ -92,6 +109,20 @@ class _Draws:
 
 
 @dataclass(frozen=True)
+class EvSession:
+    """One EV charging session: from `start` to `end` (epoch seconds), at `power_w`."""
+
+    start: float
+    end: float
+    power_w: float
+
+    @property
+    def energy_kwh(self) -> float:
+        """Energy the session would deliver if power were continuous over it."""
+        return self.power_w * (self.end - self.start) / 3.6e6
+
+
+@dataclass(frozen=True)
 class _Appliance:
     start: float
     end: float
@@ -109,13 +140,19 @@ class _Slot(NamedTuple):
     reactive_total: float
 
 
-def quantity_names() -> tuple[str, ...]:
-    """Names of every quantity `SimulatedMeter.advance` returns (the SDM630 map's names)."""
-    return _QUANTITIES
+def quantity_names(phases: int = 3) -> tuple[str, ...]:
+    """Names of every quantity `SimulatedMeter.advance` returns: the SDM630 map's names for
+    a three-phase meter, the SDM120 map's for a single-phase one."""
+    if phases == 1:
+        return _QUANTITIES_1P
+    if phases == 3:
+        return _QUANTITIES
+    raise ValueError(f"a meter has 1 or 3 phases, not {phases}")
 
 
 class SimulatedMeter:
-    """One simulated three-phase meter with its own load, supply and energy counters."""
+    """One simulated meter (three-phase or single-phase) with its own load, supply,
+    optional PV and EV charger, energy counters and internal clock."""
 
     def __init__(
         self,
@@ -131,7 +168,13 @@ class SimulatedMeter:
         nominal_frequency: float = 50.0,
         initial_import_kwh: float | None = None,
         initial_export_kwh: float | None = None,
+        phases: int = 3,
+        ev_charger_w: float = 0.0,
     ) -> None:
+        if phases not in (1, 3):
+            raise ValueError(f"a meter has 1 or 3 phases, not {phases}")
+        if ev_charger_w < 0:
+            raise ValueError(f"ev_charger_w must be 0 or more, got {ev_charger_w}")
         if profile not in PROFILES:
             raise ValueError(f"unknown load profile {profile!r}; known: {', '.join(PROFILES)}")
         if base_load_w <= 0:
@@ -146,11 +189,15 @@ class SimulatedMeter:
         self.utc_offset_h = utc_offset_h
         self.nominal_voltage = nominal_voltage
         self.nominal_frequency = nominal_frequency
+        self.phases = phases
+        self.ev_charger_w = float(ev_charger_w)
 
         d = _Draws(seed, unit, _S_PARAM)
         # Imbalance: households rarely load their three phases evenly.
         weights = [0.7 + 0.6 * d.uniform() for _ in range(3)]
-        self._phase_share = tuple(w / sum(weights) for w in weights)
+        self._phase_share = (
+            tuple(w / sum(weights) for w in weights) if phases == 3 else (1.0, 0.0, 0.0)
+        )
         self._pf = tuple(0.90 + 0.08 * d.uniform() for _ in range(3))
         self._voltage_offset = 4.0 * (2.0 * d.uniform() - 1.0)
         self._phase_voltage_offset = tuple(1.5 * (2.0 * d.uniform() - 1.0) for _ in range(3))
@@ -183,16 +230,30 @@ class SimulatedMeter:
         self._grid_key = _hash(seed, 0, _S_GRID)
         self._grid_phase = 2.0 * math.pi * _Draws(seed, 0, _S_GRID, 1).uniform()
         self._q_per_w = tuple(math.tan(math.acos(pf)) for pf in self._pf)
+        # The meter's own clock: clock(t) = t + offset + (t - epoch) * ppm / 1e6.
+        self._drift_ppm = 0.0
+        self._clock_offset = 0.0
+        self._clock_epoch = 0.0
 
     @classmethod
-    def for_unit(cls, unit: int, seed: int, *, utc_offset_h: float = 0.0) -> SimulatedMeter:
+    def for_unit(
+        cls,
+        unit: int,
+        seed: int,
+        *,
+        utc_offset_h: float = 0.0,
+        phases: int = 3,
+        ev_every: int = 7,
+    ) -> SimulatedMeter:
         """A meter with plausible, seed-derived size and kind for unit `unit` of a fleet.
 
-        Every fifth unit is a small business, the rest households; every third unit
-        (2, 5, 8, ...) has rooftop PV and so exports at times, the others never export.
+        Three-phase: every fifth unit is a small business, the rest households. Every third
+        unit (2, 5, 8, ...) has rooftop PV and so exports at times, the others never export.
+        Every `ev_every`-th unit (4, 4 + ev_every, ...; 0 for none) has an EV charger of
+        7-11 kW (3.7-7.4 kW on a single-phase supply). Single-phase meters are all households.
         """
         d = _Draws(seed, unit, _S_PARAM, 1)
-        commercial = unit % 5 == 0
+        commercial = unit % 5 == 0 and phases == 3
         has_pv = unit % 3 == 2
         if commercial:
             base = 3000.0 + 9000.0 * d.uniform()
@@ -200,6 +261,14 @@ class SimulatedMeter:
         else:
             base = 250.0 + 450.0 * d.uniform()
             pv = (3000.0 + 6000.0 * d.uniform()) if has_pv else 0.0
+            if phases == 1:
+                # a single-phase inverter: grid codes cap them around 4.6 kW
+                pv *= 0.5
+        ev = 0.0
+        if ev_every > 0 and unit % ev_every == 4 % ev_every:
+            # a draw of its own, so adding EVs leaves every other parameter as it was
+            u = _Draws(seed, unit, _S_EV, -1).uniform()
+            ev = 7000.0 + 4000.0 * u if phases == 3 else 3700.0 + 3700.0 * u
         return cls(
             unit,
             seed,
@@ -207,6 +276,8 @@ class SimulatedMeter:
             profile="commercial" if commercial else "household",
             pv_peak_w=pv,
             utc_offset_h=utc_offset_h,
+            phases=phases,
+            ev_charger_w=ev,
         )
 
     @property
@@ -235,6 +306,62 @@ class SimulatedMeter:
         """Total active power in W at time `t` (the integrand of the energy counters)."""
         return self._slot(math.floor(t / SLOT_S)).power_total
 
+    # -- the meter's own clock and its faults ----------------------------------------------
+
+    def clock(self, t: float) -> float:
+        """The meter's own clock reading (epoch seconds) at true time `t`.
+
+        Equal to `t` unless a clock drift was set; a meter that timestamps its readings
+        (an MQTT meter) stamps them with this.
+        """
+        return t + self._clock_offset + (t - self._clock_epoch) * self._drift_ppm * 1e-6
+
+    @property
+    def clock_drift_ppm(self) -> float:
+        """How fast the meter's clock runs, in parts per million (0: exact)."""
+        return self._drift_ppm
+
+    def set_clock_drift(self, ppm: float, t: float) -> None:
+        """From true time `t` on, let the meter's clock run `ppm` parts per million fast
+        (negative: slow).
+
+        The meter integrates power over its own time axis, so its energy counters grow
+        by (1 + ppm/1e6) times the true energy from then on, and `clock` drifts away from
+        true time; the offset gathered so far is kept (setting 0 stops the drift, it does
+        not resynchronise the clock).
+        """
+        if not -1e6 < ppm < 1e6:
+            raise ValueError(f"clock drift must be within +-1e6 ppm, got {ppm}")
+        if self._t is not None:
+            self.advance(t)  # integrate up to t at the old rate
+        self._clock_offset = self.clock(t) - t
+        self._clock_epoch = t
+        self._drift_ppm = float(ppm)
+
+    def reset_counters(self, t: float) -> None:
+        """At true time `t`, set every energy counter to 0 (as after a firmware reset or a
+        meter replaced with a new one on the same address); they keep integrating."""
+        if self._t is not None:
+            self.advance(t)
+        else:
+            self._t = t
+        for key in self._energy:
+            self._energy[key] = 0.0
+
+    # -- EV charging --------------------------------------------------------------------------
+
+    def ev_sessions(self, start: float, end: float) -> list[EvSession]:
+        """The EV charging sessions overlapping [start, end), in time order."""
+        if self.ev_charger_w <= 0.0:
+            return []
+        first = self._local_day(start) - 1  # a session may run on past midnight
+        found = []
+        for day in range(first, self._local_day(end) + 1):
+            for session in self._windowed(_S_EV, day, self._ev_day):
+                if session.start < end and session.end > start:
+                    found.append(session)
+        return found
+
     # -- integration ----------------------------------------------------------------------
 
     def _integrate(self, a: float, b: float) -> None:
@@ -261,11 +388,13 @@ class SimulatedMeter:
                 r_imp += q * seconds
             else:
                 r_exp -= q * seconds
+        # A fast clock makes the meter think more time passed than did: it over-counts.
+        to_kwh = (1.0 + self._drift_ppm * 1e-6) / 3.6e6
         e = self._energy
-        e["import"] += imp / 3.6e6
-        e["export"] += exp / 3.6e6
-        e["reactive_import"] += r_imp / 3.6e6
-        e["reactive_export"] += r_exp / 3.6e6
+        e["import"] += imp * to_kwh
+        e["export"] += exp * to_kwh
+        e["reactive_import"] += r_imp * to_kwh
+        e["reactive_export"] += r_exp * to_kwh
 
     # -- the integrand ----------------------------------------------------------------------
 
@@ -282,18 +411,27 @@ class SimulatedMeter:
         share, q_per_w = self._phase_share, self._q_per_w
         # standby loads never quite vanish: at least 5 W per phase
         p1 = max(base_total * share[0] * (1.0 + 0.03 * _unit_noise(bits, 0)), 5.0)
-        p2 = max(base_total * share[1] * (1.0 + 0.03 * _unit_noise(bits, 1)), 5.0)
-        p3 = max(base_total * share[2] * (1.0 + 0.03 * _unit_noise(bits, 2)), 5.0)
+        if self.phases == 3:
+            p2 = max(base_total * share[1] * (1.0 + 0.03 * _unit_noise(bits, 1)), 5.0)
+            p3 = max(base_total * share[2] * (1.0 + 0.03 * _unit_noise(bits, 2)), 5.0)
+        else:
+            p2 = p3 = 0.0
         power = [p1, p2, p3]
         reactive = [p1 * q_per_w[0], p2 * q_per_w[1], p3 * q_per_w[2]]
         for appliance in self._appliances_at(t, hour):
             power[appliance.phase] += appliance.power_w
             reactive[appliance.phase] += appliance.reactive_var
+        # the inverter and the charger run at unity power factor, balanced over the phases
+        # of a three-phase supply
+        spread = 1.0 / self.phases
+        ev = self._ev_power_at(t)
+        if ev > 0.0:
+            for i in range(self.phases):
+                power[i] += ev * spread
         pv = self._pv_at(t, hour)
         if pv > 0.0:
-            # a three-phase inverter at unity power factor
-            third = pv / 3.0
-            power = [power[0] - third, power[1] - third, power[2] - third]
+            for i in range(self.phases):
+                power[i] -= pv * spread
         slot = _Slot(
             (power[0], power[1], power[2]),
             (reactive[0], reactive[1], reactive[2]),
@@ -306,14 +444,16 @@ class SimulatedMeter:
     def _local_hour(self, t: float) -> float:
         return ((t / 3600.0) + self.utc_offset_h) % 24.0
 
+    def _local_day(self, t: float) -> int:
+        return math.floor((t / 3600.0 + self.utc_offset_h) / 24.0)
+
     def _profile_level(self, t: float, hour: float) -> float:
         if self.profile == "commercial" and self._is_weekend(t):
             return _WEEKEND_LEVEL
         return _interpolate(PROFILES[self.profile], hour)
 
     def _is_weekend(self, t: float) -> bool:
-        days = math.floor((t / 3600.0 + self.utc_offset_h) / 24.0)
-        return (days + 3) % 7 >= 5  # 1970-01-01 was a Thursday; Monday is 0
+        return (self._local_day(t) + 3) % 7 >= 5  # 1970-01-01 was a Thursday; Monday is 0
 
     def _appliances_at(self, t: float, hour: float) -> list[_Appliance]:
         found = []
@@ -354,22 +494,49 @@ class SimulatedMeter:
                 start = start_of_window + (window_s - duration) * d.uniform()
                 power = self.appliance_w * (0.6 + 0.8 * d.uniform())
                 # resistive: kettles and hobs draw no reactive power
-                appliance = _Appliance(start, start + duration, int(3 * d.uniform()) % 3, power, 0.0)
+                appliance = _Appliance(start, start + duration, self._phase(d), power, 0.0)
         elif d.uniform() < 0.30 * activity * self._appliance_rate:
             duration = 1200.0 + 4800.0 * d.uniform()
             start = start_of_window + (window_s - duration) * d.uniform()
             power = self.appliance_w * (0.4 + 0.5 * d.uniform())
             # motors and compressors: power factor around 0.85
-            appliance = _Appliance(
-                start, start + duration, int(3 * d.uniform()) % 3, power, power * 0.62
-            )
+            appliance = _Appliance(start, start + duration, self._phase(d), power, power * 0.62)
         return appliance
+
+    def _phase(self, d: _Draws) -> int:
+        phase = int(3 * d.uniform()) % 3  # drawn on one phase too, so the draws stay aligned
+        return phase if self.phases == 3 else 0
+
+    def _ev_power_at(self, t: float) -> float:
+        if self.ev_charger_w <= 0.0:
+            return 0.0
+        day = self._local_day(t)
+        power = 0.0
+        for d in (day - 1, day):
+            for session in self._windowed(_S_EV, d, self._ev_day):
+                if session.start <= t < session.end:
+                    power += session.power_w
+        return power
+
+    def _ev_day(self, day: int) -> tuple[EvSession, ...]:
+        """The session starting on local day `day`, if the car is plugged in that day."""
+        d = _Draws(self.seed, self.unit, _S_EV, day)
+        if d.uniform() >= _EV_DAY_PROBABILITY:
+            return ()
+        lo, hi = _EV_EVENING_HOURS if d.uniform() < _EV_EVENING_SHARE else _EV_DAY_HOURS
+        start_h = lo + (hi - lo) * d.uniform()
+        need_kwh = _EV_NEED_KWH[0] + (_EV_NEED_KWH[1] - _EV_NEED_KWH[0]) * d.uniform()
+        # the car, not the wallbox, sets the rate: often a little below the charger's maximum
+        power = self.ev_charger_w * (0.85 + 0.15 * d.uniform())
+        hours = min(max(need_kwh * 1000.0 / power, _EV_HOURS[0]), _EV_HOURS[1])
+        start = (day * 24.0 + start_h - self.utc_offset_h) * 3600.0
+        return (EvSession(start, start + hours * 3600.0, power),)
 
     def _pv_at(self, t: float, hour: float) -> float:
         if self.pv_peak_w <= 0.0 or not 6.0 < hour < 20.0:
             return 0.0
         sun = math.sin(math.pi * (hour - 6.0) / 14.0) ** 1.5
-        day = math.floor((t / 3600.0 + self.utc_offset_h) / 24.0)
+        day = self._local_day(t)
         clear_day = self._windowed(_S_DAY, day, self._clear_day)
         passing = self._windowed(_S_CLOUD, math.floor(t / _CLOUD_WINDOW_S), self._cloud, clear_day)
         return self.pv_peak_w * 0.85 * sun * passing
@@ -396,7 +563,7 @@ class SimulatedMeter:
         amps: list[float] = []
         angles: list[float] = []
         apparent: list[float] = []
-        for i in range(3):
+        for i in range(self.phases):
             p, q = slot.power[i], slot.reactive[i]
             s = math.hypot(p, q)
             v_open = (
@@ -422,6 +589,8 @@ class SimulatedMeter:
             amps.append(current)
             angles.append(angle)
             apparent.append(s)
+        if self.phases == 1:
+            return self._read_single_phase(t, values)
 
         p_total = slot.power_total
         q_total = slot.reactive_total
@@ -456,6 +625,27 @@ class SimulatedMeter:
         values["energy_reactive_total"] = e["reactive_import"] + e["reactive_export"]
         return values
 
+    def _read_single_phase(self, t: float, phase: dict[str, float]) -> dict[str, float]:
+        # One phase: its power is the total; the SDM120 calls it that.
+        values = {
+            "voltage_l1": phase["voltage_l1"],
+            "current_l1": phase["current_l1"],
+            "power_total": phase["power_l1"],
+            "apparent_power_total": phase["apparent_power_l1"],
+            "reactive_power_total": phase["reactive_power_l1"],
+            "power_factor_total": phase["power_factor_l1"],
+            "phase_angle_total": phase["phase_angle_l1"],
+            "frequency": self._frequency(t),
+        }
+        e = self._energy
+        values["energy_import"] = e["import"]
+        values["energy_export"] = e["export"]
+        values["energy_total"] = e["import"] + e["export"]
+        values["energy_reactive_import"] = e["reactive_import"]
+        values["energy_reactive_export"] = e["reactive_export"]
+        values["energy_reactive_total"] = e["reactive_import"] + e["reactive_export"]
+        return values
+
     def _frequency(self, t: float) -> float:
         grid = _mix(self._grid_key ^ (math.floor(t / SLOT_S) & _M64))
         deviation = 0.025 * math.sin(2.0 * math.pi * t / 1800.0 + self._grid_phase)
@@ -477,6 +667,14 @@ _QUANTITIES: tuple[str, ...] = (
     "power_total", "apparent_power_total", "reactive_power_total",
     "power_factor_total", "phase_angle_total", "frequency",
     "voltage_l1_l2", "voltage_l2_l3", "voltage_l3_l1", "voltage_ll_avg", "current_neutral",
+    "energy_import", "energy_export", "energy_total",
+    "energy_reactive_import", "energy_reactive_export", "energy_reactive_total",
+)
+
+_QUANTITIES_1P: tuple[str, ...] = (
+    "voltage_l1", "current_l1",
+    "power_total", "apparent_power_total", "reactive_power_total",
+    "power_factor_total", "phase_angle_total", "frequency",
     "energy_import", "energy_export", "energy_total",
     "energy_reactive_import", "energy_reactive_export", "energy_reactive_total",
 )

@@ -10,20 +10,23 @@ sharing a serial device agree on its settings.
 Failures come out as `MeterReadError` subclasses whose messages say what to check at the
 meter cabinet. A dead unit costs one short timeout and never poisons the bus for the other
 units: on TCP, if pymodbus drops the connection, the next read reconnects; on RS-485 the
-line is left quiet and the receive buffer emptied before the next request, so a late or
-half answer cannot be taken for the next unit's.
+next request waits until the line has fallen quiet, and answers are matched to the unit
+asked, so a late or half answer is not taken for the next unit's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
+import serial as pyserial
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -31,6 +34,13 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from edge.registermap import ReadBlock, RegisterMap
+
+try:
+    from termios import error as _termios_error
+
+    _TERMIOS_ERRORS: tuple[type[Exception], ...] = (_termios_error,)
+except ImportError:  # not POSIX: pyserial reports through OSError alone
+    _TERMIOS_ERRORS = ()
 
 __all__ = [
     "BAUD_RATES",
@@ -59,7 +69,7 @@ _UNITS = range(1, 248)  # 0 is broadcast (no answer), 248..255 are reserved
 MAX_READ = 125  # registers one read request may ask for (Modbus application protocol 6.3)
 # The rates RS-485 meters offer; anything else is almost certainly a typo.
 BAUD_RATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-_PARITIES = {"N": "none", "E": "even", "O": "odd"}
+_PARITIES = ("N", "E", "O")  # none, even, odd
 _TCP_EXAMPLE = "e.g. modbus-tcp://192.168.1.50:502?unit=1"
 _RTU_EXAMPLE = "e.g. modbus-rtu:///dev/ttyUSB0?unit=1&baud=9600&parity=N"
 _RTU_PARAMS = ("unit", "baud", "parity", "stopbits", "bytesize")
@@ -409,15 +419,15 @@ def group_by_bus(
     for name, target in meters:
         group = groups.setdefault(target.bus_key, [])
         for other_name, other in group:
-            if isinstance(target, ModbusRtuTarget) and isinstance(other, ModbusRtuTarget):
-                if target.serial != other.serial:
-                    differ = ", ".join(other.serial.differences(target.serial))
-                    raise MeterConfigError(
-                        f"meters {other_name!r} and {name!r} share serial device "
-                        f"{target.device} but not its settings ({differ}: {other.url} vs "
-                        f"{target.url}); every meter on one RS-485 line talks at the same baud "
-                        "rate, parity and stop bits: set them alike on the meters and in both URLs"
-                    )
+            rtu_pair = isinstance(target, ModbusRtuTarget) and isinstance(other, ModbusRtuTarget)
+            if rtu_pair and target.serial != other.serial:
+                differ = ", ".join(other.serial.differences(target.serial))
+                raise MeterConfigError(
+                    f"meters {other_name!r} and {name!r} share serial device "
+                    f"{target.endpoint} but not its settings ({differ}: {other.url} vs "
+                    f"{target.url}); every meter on one RS-485 line talks at the same baud "
+                    "rate, parity and stop bits: set them alike on the meters and in both URLs"
+                )
             if other.unit == target.unit:
                 raise MeterConfigError(
                     f"meters {other_name!r} and {name!r} are both unit {target.unit} on "
@@ -438,8 +448,6 @@ class ModbusSource(ABC):
     messages give; reads, pacing and error translation live here. The connection opens on
     the first read (or `connect`) and after a loss the next read opens it again.
     """
-
-    protocol = "Modbus"
 
     def __init__(self, *, timeout: float = 1.0, retries: int = 0) -> None:
         if timeout <= 0:
@@ -520,7 +528,7 @@ class ModbusSource(ABC):
             self._client.close()
             self._client = None
 
-    async def __aenter__(self) -> ModbusSource:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
@@ -534,8 +542,8 @@ class ModbusSource(ABC):
         """A pymodbus client for this connection, not yet connected (no reconnect loop)."""
 
     @abstractmethod
-    def _unreachable(self, unit: int | None) -> MeterUnreachableError:
-        """The error for a connection that cannot be opened."""
+    def _unreachable(self, unit: int | None, cause: Exception | None) -> MeterUnreachableError:
+        """The error for a connection that cannot be opened (`cause`: the error, if known)."""
 
     @abstractmethod
     def _lost(self, unit: int) -> MeterUnreachableError:
@@ -549,7 +557,7 @@ class ModbusSource(ABC):
         """Silence required before each request (none on TCP)."""
         return 0.0
 
-    async def _after_silence(self, client: ModbusBaseClient) -> int:
+    async def _after_silence(self) -> int:
         """Called after a request went unanswered; returns the bytes that did arrive
         meanwhile (unknown on TCP: 0)."""
         return 0
@@ -571,12 +579,17 @@ class ModbusSource(ABC):
             return client
         if client is None:
             client = self._client = self._new_client()
+        cause: Exception | None = None
         try:
             ok = await client.connect()
-        except OSError:
-            ok = False
+        except (OSError, ValueError, *_TERMIOS_ERRORS) as exc:
+            # pymodbus turns most failures into False; a serial driver refusing the line
+            # settings (termios.error, ValueError from pyserial) comes through raw. Its
+            # traceback holds the half-made transport and so the open, locked device:
+            # drop it now, not whenever the garbage collector gets to it.
+            ok, cause = False, exc.with_traceback(None)
         if not ok:
-            raise self._unreachable(unit)
+            raise self._unreachable(unit, cause)
         return client
 
     async def _transfer(
@@ -603,7 +616,7 @@ class ModbusSource(ABC):
                     unit=unit,
                     reason="bad-response",
                 ) from None
-            raise self._no_answer(unit, span, await self._after_silence(client)) from None
+            raise self._no_answer(unit, span, await self._after_silence()) from None
         except (ConnectionException, OSError):
             raise self._lost(unit) from None
         finally:
@@ -652,8 +665,6 @@ class ModbusSource(ABC):
 class ModbusTcpSource(ModbusSource):
     """One Modbus TCP connection (a meter or an RS-485 gateway) shared by many unit ids."""
 
-    protocol = "Modbus TCP"
-
     def __init__(
         self, host: str, port: int = DEFAULT_PORT, *, timeout: float = 1.0, retries: int = 0
     ) -> None:
@@ -685,7 +696,7 @@ class ModbusTcpSource(ModbusSource):
             reconnect_delay=0,
         )
 
-    def _unreachable(self, unit: int | None) -> MeterUnreachableError:
+    def _unreachable(self, unit: int | None, cause: Exception | None) -> MeterUnreachableError:
         for_unit = f" (for unit {unit})" if unit is not None else ""
         return MeterUnreachableError(
             f"cannot connect to Modbus TCP {self.endpoint}{for_unit} within "
@@ -713,13 +724,12 @@ class ModbusTcpSource(ModbusSource):
 class ModbusRtuSource(ModbusSource):
     """One RS-485 line on a local serial device (Modbus RTU) shared by many unit ids.
 
-    pymodbus does the RTU framing; this class adds what a shared half-duplex line needs:
-    the 3.5-character silence before every request, and after an unanswered request a
-    wait for the line to fall quiet and an emptied receive buffer, so that the tail of a
-    late or garbled answer is never read as the start of the next unit's.
+    pymodbus does the RTU framing and drops answers from units other than the one asked;
+    this class adds what a shared half-duplex line needs: the 3.5-character silence before
+    every request, and after an unanswered request a wait for the line to fall quiet, so
+    that the next request does not collide with the tail of a late or garbled answer. It
+    also counts what arrived meanwhile, to tell a silent unit (timeout) from a garbled line.
     """
-
-    protocol = "Modbus RTU"
 
     def __init__(
         self,
@@ -785,20 +795,19 @@ class ModbusRtuSource(ModbusSource):
     def _before_request(self) -> None:
         self._received = 0
 
-    async def _after_silence(self, client: ModbusBaseClient) -> int:
+    async def _after_silence(self) -> int:
         # Wait until the line has been quiet for a frame gap: bytes still arriving are the
-        # rest of a late or garbled answer. Bounded by the time of the longest frame, in
-        # case a device babbles without pause.
+        # rest of a late or garbled answer, and sending into them would collide on the
+        # half-duplex line. Bounded by the time of the longest frame, in case a device
+        # babbles without pause. (pymodbus empties its receive buffer with every request,
+        # so what arrived before is never framed as the next answer.)
         quiet = max(self.serial.frame_gap, 2 * self.serial.char_time)
         deadline = time.monotonic() + 256 * self.serial.char_time + quiet
         while (now := time.monotonic()) < deadline and now - self._last_rx < quiet:
             await asyncio.sleep(quiet - (now - self._last_rx))
-        # Drop any half frame so the next answer is framed from its first byte (pymodbus
-        # also clears this when it sends, but a late tail could land between the two).
-        client.ctx.recv_buffer = b""
         return self._received
 
-    def _unreachable(self, unit: int | None) -> MeterUnreachableError:
+    def _unreachable(self, unit: int | None, cause: Exception | None) -> MeterUnreachableError:
         for_unit = f" (for unit {unit})" if unit is not None else ""
         device = self.device
         if not os.path.exists(device):
@@ -813,11 +822,45 @@ class ModbusRtuSource(ModbusSource):
                 "group that owns it (usually dialout) and restart the agent"
             )
         else:
-            problem = (
-                f"cannot open serial device {device}: another program, or another meter URL "
-                f"naming the same adapter by another path, may hold it (check with fuser {device})"
-            )
+            problem = self._open_problem(cause)
         return MeterUnreachableError(f"Modbus RTU{for_unit}: {problem}", unit=unit)
+
+    def _open_problem(self, cause: Exception | None) -> str:
+        """Why the device exists but does not open. pymodbus reports most failures as a bare
+        False, so unless it passed the error on, open the device once more to learn it."""
+        device = self.device
+        if cause is None:
+            try:
+                port = pyserial.Serial(
+                    device, baudrate=self.serial.baudrate, bytesize=self.serial.bytesize,
+                    parity=self.serial.parity, stopbits=self.serial.stopbits, exclusive=True,
+                )
+            except (OSError, ValueError, *_TERMIOS_ERRORS) as exc:
+                cause = exc.with_traceback(None)
+            else:
+                port.close()
+                return (
+                    f"serial device {device} did not open but does now: another program may "
+                    f"have held it for a moment (check with fuser {device}); the next read "
+                    "tries again"
+                )
+        text = str(cause)
+        if isinstance(cause, OSError) and cause.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+            return (
+                f"serial device {device} is in use: another program, or another meter URL naming "
+                f"the same adapter by another path, holds it (check with fuser {device})"
+            )
+        if not isinstance(cause, OSError) or "configure" in text:
+            # termios refused the settings, or the device is no terminal at all
+            return (
+                f"the driver of serial device {device} refused the line settings "
+                f"{self.serial} ({text}): check that the adapter supports them, and that "
+                f"{device} is an RS-485 adapter at all"
+            )
+        return (
+            f"cannot open serial device {device} ({text}): check the adapter, and that no "
+            f"other program holds it (fuser {device})"
+        )
 
     def _lost(self, unit: int) -> MeterUnreachableError:
         return MeterUnreachableError(
