@@ -69,20 +69,22 @@ async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: async
     # MeterReadError messages say what to check, once per change of state.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     signer = Signer.from_file(cfg.key)
-    queue = DurableQueue(cfg.queue, cfg.gateway_id)
+    queue = DurableQueue(cfg.queue, cfg.gateway_id, max_bytes=cfg.queue_max_bytes)
     # Gaps left open by a crash are closed first: their outage ended with the process.
     queue.close_all_gaps()
     pollers = build_pollers(
-        cfg.meters, queue, cfg.batching.gap_report_s, cfg.polling, client_id=f"gridtrace-{cfg.gateway_id}"
+        cfg.meters, queue, cfg.batching.gap_report_s, cfg.polling, gateway_id=cfg.gateway_id
     )
     sealer = Sealer(queue, signer, cfg.gateway_id, cfg.batching.max_entries, cfg.batching.max_age_s)
     uplink = Uplink(cfg.uplink, queue, cfg.gateway_id)
     stats = queue.stats()
     log.info(
-        "agent %s (key %s): %d meters, hub %s%s; queue holds %d batches and %d unbatched entries",
-        cfg.gateway_id, signer.key_id, len(cfg.meters), cfg.uplink.hub,
+        "agent %s (key %s): %d meters, hub %s%s; queue holds %d batches and %d unbatched entries "
+        "(%.1f of %.0f MB)%s",
+        cfg.gateway_id, signer.key_id, len(cfg.meters), ", then ".join(cfg.uplink.hubs),
         " (PLAINTEXT, development only)" if cfg.uplink.insecure_plaintext else " (TLS)",
-        stats.batches, stats.unbatched_entries,
+        stats.batches, stats.unbatched_entries, stats.bytes / 2**20, cfg.queue_max_bytes / 2**20,
+        "; FULL: new readings are recorded as gaps until receipts free room" if stats.full else "",
     )
 
     polling_stop = asyncio.Event()

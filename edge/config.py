@@ -6,6 +6,7 @@ fix it without reading code. Relative paths are relative to the config file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = ["AgentConfig", "BatchingConfig", "ConfigError", "MeterConfig", "Uplin
 # `register_map = "sunspec"`: the map is discovered from the meter's SunSpec models.
 SUNSPEC = "sunspec"
 DEFAULT_MAX_BLOCK = 64
+DEFAULT_QUEUE_MAX_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,22 @@ def resolve_register_map(value: str, base: Path) -> RegisterMap:
 
 @dataclass(frozen=True)
 class UplinkConfig:
-    hub: str
+    hub: str  # the first of `hubs`
     tls_ca: Path | None
     tls_server_name: str | None
-    hub_public_key: Path
+    hub_public_key: Path  # the first of `hub_public_keys`
     insecure_plaintext: bool
     max_in_flight: int
     reconnect_max_s: float
+    hubs: tuple[str, ...] = ()  # in the order tried; () means (hub,)
+    hub_public_keys: tuple[Path, ...] = ()  # a receipt must verify against one; () means (hub_public_key,)
+
+    def __post_init__(self) -> None:
+        # Callers that know one hub give only `hub`; everything else reads `hubs`.
+        if not self.hubs:
+            object.__setattr__(self, "hubs", (self.hub,))
+        if not self.hub_public_keys:
+            object.__setattr__(self, "hub_public_keys", (self.hub_public_key,))
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class AgentConfig:
     batching: BatchingConfig
     meters: tuple[MeterConfig, ...]
     polling: PollingConfig = PollingConfig(timeout_s=1.0, retries=0)
+    queue_max_bytes: int = DEFAULT_QUEUE_MAX_MB * 2**20  # [queue] max_mb
 
 
 def load_agent_config(path: Path) -> AgentConfig:
@@ -96,7 +108,7 @@ def load_agent_config(path: Path) -> AgentConfig:
         path,
         "uplink",
         doc.get("uplink", {}),
-        {"hub", "tls_ca", "tls_server_name", "hub_public_key", "insecure_plaintext",
+        {"hub", "hubs", "tls_ca", "tls_server_name", "hub_public_key", "hub_public_keys", "insecure_plaintext",
          "max_in_flight", "reconnect_max_s"},
     )
     bt = Section(path, "batching", doc.get("batching", {}), {"max_entries", "max_age_s", "gap_report_s"})
@@ -106,15 +118,23 @@ def load_agent_config(path: Path) -> AgentConfig:
     if not insecure and tls_ca is None:
         raise up.fail("tls_ca", "missing: TLS is on unless insecure_plaintext = true (development only)")
 
+    hubs = _hub_addresses(up)
+    hub_keys = _hub_keys(up)
     uplink = UplinkConfig(
-        hub=up.get("hub", str),
+        hub=hubs[0],
         tls_ca=tls_ca,
         tls_server_name=up.get("tls_server_name", str, "") or None,
-        hub_public_key=up.path_value("hub_public_key"),
+        hub_public_key=hub_keys[0],
         insecure_plaintext=insecure,
         max_in_flight=up.positive("max_in_flight", int, 8),
         reconnect_max_s=up.positive("reconnect_max_s", float, 30.0),
+        hubs=hubs,
+        hub_public_keys=hub_keys,
     )
+    qu = Section(path, "queue", doc.get("queue", {}), {"max_mb"})
+    queue_max_mb = qu.positive("max_mb", float, float(DEFAULT_QUEUE_MAX_MB))
+    if queue_max_mb < 1:
+        raise qu.fail("max_mb", f"is {queue_max_mb}; allow the queue at least 1 MB")
     batching = BatchingConfig(
         max_entries=bt.positive("max_entries", int, 500),
         max_age_s=bt.positive("max_age_s", float, 2.0),
@@ -153,7 +173,43 @@ def load_agent_config(path: Path) -> AgentConfig:
         batching=batching,
         meters=tuple(meters),
         polling=polling,
+        queue_max_bytes=int(queue_max_mb * 2**20),
     )
+
+
+def _hub_addresses(up: Section) -> tuple[str, ...]:
+    """`hub = "host:port"`, or `hubs = [...]` tried in order for failover."""
+    if "hub" in up.table and "hubs" in up.table:
+        raise up.fail("hubs", "give either hub or hubs, not both")
+    key = "hubs" if "hubs" in up.table else "hub"
+    if key == "hub" and "hub" not in up.table:
+        raise up.fail("hub", 'missing: give hub = "host:port", or hubs = ["host:port", ...] for failover')
+    raw = up.table[key]
+    values = raw if key == "hubs" else [up.get("hub", str)]
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise up.fail(key, f'must be a list of "host:port" strings, got {raw!r}')
+    for value in values:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise up.fail(key, f'{value!r} is not "host:port" (e.g. "hub7.example.net:7700")')
+    if len(set(values)) != len(values):
+        raise up.fail(key, "names a hub twice")
+    return tuple(values)
+
+
+def _hub_keys(up: Section) -> tuple[Path, ...]:
+    """`hub_public_key` and/or `hub_public_keys`: a receipt is good if any of them verifies it
+    (hubs that do not share a key, or a key being rotated)."""
+    keys = []
+    if "hub_public_key" in up.table:
+        keys.append(up.path_value("hub_public_key"))
+    raw = up.table.get("hub_public_keys", [])
+    if not isinstance(raw, list) or not all(isinstance(k, str) and k for k in raw):
+        raise up.fail("hub_public_keys", f"must be a list of key file paths, got {raw!r}")
+    keys += [Path(k) if Path(k).is_absolute() else up.path.parent / k for k in raw]
+    if not keys:
+        raise up.fail("hub_public_key", "missing: receipts are checked against the hub's public key")
+    return tuple(dict.fromkeys(keys))
 
 
 _METER_KEYS = {"id", "source", "register_map", "interval_s", "max_block", "fields", "timestamp"}
@@ -175,15 +231,15 @@ def _parse_meter(m: Section, base: Path) -> MeterConfig:
         for key in _MODBUS_ONLY:
             if key in m.table:
                 raise m.fail(key, "is a Modbus setting; an MQTT meter is described by [meters.fields]")
-        from edge.sources.mqtt import parse_payload_map
+        from edge.sources.mqtt import PayloadMapError, parse_payload_map
 
         table = {k: m.table[k] for k in _MQTT_ONLY if k in m.table}
         if "fields" not in table:
             raise m.fail("fields", "missing: an MQTT meter needs [meters.fields], a JSON path per quantity")
         try:
-            payload = parse_payload_map(table, f"{m.path}: [{m.name}]")
-        except ValueError as exc:
-            raise m.fail("fields", str(exc)) from exc
+            payload = parse_payload_map(table, f"[{m.name}]")
+        except PayloadMapError as exc:
+            raise m.fail(exc.key, exc.problem) from exc
         return MeterConfig(meter_id, source, interval_s, target, payload=payload)
     for key in _MQTT_ONLY:
         if key in m.table:
@@ -220,7 +276,7 @@ def _check_buses(path: Path, meters: list[MeterConfig]) -> None:
 
 def render_agent_config(
     gateway_id: str,
-    hub: str,
+    hub: str | Sequence[str],
     meters: list[tuple[str, str]],
     tls_ca: str = "hub-ca.pem",
     hub_public_key: str = "hub.pub.pem",
@@ -239,7 +295,8 @@ def render_agent_config(
         'queue = "queue.sqlite"       # durable local queue; never delete while batches are unreceipted',
         "",
         "[uplink]",
-        f'hub = "{hub}"',
+        f'hub = "{hub}"' if isinstance(hub, str) else "hubs = [" + ", ".join(f'"{h}"' for h in hub) + "]",
+        '# hubs = ["hub7.example.net:7700", "hub8.example.net:7700"]  # instead of hub: tried in order',
         f'tls_ca = "{tls_ca}"            # CA certificate that signed the hub\'s TLS certificate',
         'tls_server_name = ""         # name to expect in the hub certificate, if not the host in `hub`',
         f'hub_public_key = "{hub_public_key}"  # the hub\'s signing key: receipts must verify against it',
@@ -251,6 +308,9 @@ def render_agent_config(
         "max_entries = 500            # readings per signed batch",
         "max_age_s = 2.0              # seal a batch at least this often",
         "gap_report_s = 60.0          # report an ongoing meter outage at least this often",
+        "",
+        "[queue]",
+        f"max_mb = {DEFAULT_QUEUE_MAX_MB}                # disk limit; when reached, new readings are recorded as gaps",
     ]
     for meter_id, source in meters:
         lines += [

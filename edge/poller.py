@@ -171,8 +171,8 @@ class QueueSink:
             records.append(to_reading(o.state, seq, o.ts_ns, o.values, clock, o.meter_time_ns))
         self.queue.append_readings(records)
 
-    def failure(self, meter_id: str, ts_ns: int, reason: str) -> None:
-        self.queue.record_failure(meter_id, ts_ns, reason, self.gap_report_ns)
+    def failure(self, meter_id: str, ts_ns: int, reason: str, message: str | None = None) -> None:
+        self.queue.record_failure(meter_id, ts_ns, reason, self.gap_report_ns, message)
 
 
 async def _report_failure(sink: QueueSink, m: MeterState, reason: str, message: str) -> None:
@@ -180,7 +180,7 @@ async def _report_failure(sink: QueueSink, m: MeterState, reason: str, message: 
     if m.last_error != reason:
         log.warning("meter %s %s: %s", m.id, reason, message)
     m.last_error = reason
-    await asyncio.to_thread(sink.failure, m.id, now_ns(), reason)
+    await asyncio.to_thread(sink.failure, m.id, now_ns(), reason, message)
 
 
 def _recovered(m: MeterState) -> None:

@@ -1,11 +1,14 @@
-"""The uplink: one long-lived gRPC stream to the hub, batches up, receipts down.
+"""The uplink: one long-lived gRPC stream to a hub, batches up, receipts down.
 
 A batch leaves the queue only when a receipt for it arrives that names its
-exact hash and carries a valid signature of the hub's pinned key, so neither a
+exact hash and carries a valid signature of a pinned hub key, so neither a
 confused hub nor a man in the middle can make the agent forget evidence. On any
-stream failure the agent reconnects with capped exponential backoff and re-sends
-everything unreceipted; the hub acknowledges re-sent batches again without
-storing them twice.
+stream failure the agent reconnects and re-sends everything unreceipted; the hub
+acknowledges re-sent batches again (as duplicates) without storing them twice.
+
+With several hub addresses (`hubs = [...]`, e.g. a cold standby on the same data)
+a failed session moves on to the next address at once; the agent backs off only
+after every address failed in a row, and stays with a hub that works.
 """
 
 from __future__ import annotations
@@ -13,18 +16,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.clock import now_ns
 from edge.config import UplinkConfig
 from edge.queue import DurableQueue, QueuedBatch
 from protos import ingest_pb2_grpc
 from protos import readings_pb2 as pb
-from protos.canonical import encode_receipt
-from protos.records import RecordError, ReceiptStatement
+from protos.canonical import (
+    TAG_READING,
+    decode_batch_header,
+    decode_entry,
+    encode_receipt,
+)
+from protos.records import ReceiptStatement, RecordError
 from protos.signing import key_id, load_public_key, verify_signature
 from protos.wire import entry_to_pb, header_to_pb
 
@@ -32,6 +43,9 @@ log = logging.getLogger("gridtrace.edge.uplink")
 
 # A hub that accepted batches but sends no receipt for this long is treated as gone.
 RECEIPT_TIMEOUT_S = 60.0
+# A hub address that neither connects nor refuses within this long (a dropped SYN,
+# a dead route) is given up for the next one.
+CONNECT_TIMEOUT_S = 10.0
 
 
 class ReceiptError(Exception):
@@ -42,16 +56,37 @@ class ReceiptError(Exception):
 class UplinkStats:
     connected: bool = False
     receipts: int = 0
+    duplicates: int = 0  # receipts for batches the hub already held (re-sends after a failure)
     last_receipt_seq: int | None = None
     last_error: str | None = None
+    hub: str | None = None  # the address in use (or last tried)
+    failovers: int = 0
+
+
+def _keys_by_id(hub_key: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
+    keys = [hub_key] if isinstance(hub_key, Ed25519PublicKey) else list(hub_key)
+    return {key_id(k): k for k in keys}
 
 
 def check_receipt(
-    receipt, expected_gateway: str, expected_seq: int, expected_hash: bytes, hub_key: Ed25519PublicKey
+    receipt,
+    expected_gateway: str,
+    expected_seq: int,
+    expected_hash: bytes,
+    hub_key: Ed25519PublicKey | Iterable[Ed25519PublicKey] | dict[str, Ed25519PublicKey],
 ) -> ReceiptStatement:
-    """Pure check of one receipt against the batch it must acknowledge."""
-    if receipt.key_id != key_id(hub_key):
-        raise ReceiptError(f"receipt for batch {receipt.batch_seq} signed by unknown hub key {receipt.key_id!r}")
+    """Pure check of one receipt against the batch it must acknowledge.
+
+    `hub_key` is the pinned key, or several (by key id): the receipt must name one
+    of them and verify against it.
+    """
+    keys = hub_key if isinstance(hub_key, dict) else _keys_by_id(hub_key)
+    key = keys.get(receipt.key_id)
+    if key is None:
+        raise ReceiptError(
+            f"receipt for batch {receipt.batch_seq} signed by unknown hub key {receipt.key_id!r} "
+            f"(pinned: {', '.join(sorted(keys))})"
+        )
     try:
         stmt = ReceiptStatement(
             receipt.chain_id, receipt.gateway_id, receipt.batch_seq, bytes(receipt.batch_hash), receipt.stored_ns
@@ -64,7 +99,7 @@ def check_receipt(
         )
     if stmt.batch_hash != expected_hash:
         raise ReceiptError(f"receipt for batch {expected_seq} names another hash than the batch sent")
-    if not verify_signature(hub_key, bytes(receipt.signature), encode_receipt(stmt)):
+    if not verify_signature(key, bytes(receipt.signature), encode_receipt(stmt)):
         raise ReceiptError(f"receipt for batch {expected_seq}: hub signature does not verify")
     return stmt
 
@@ -75,7 +110,63 @@ def batch_to_pb(b: QueuedBatch) -> pb.SignedBatch:
     )
 
 
-def open_channel(cfg: UplinkConfig) -> grpc.aio.Channel:
+_U16 = struct.Struct(">H")
+_READING_FIXED = struct.Struct(">QqBI")  # seq, timestamp_ns, clock, quality (docs/formats.md)
+_READING_START = 1 + len(TAG_READING)
+
+
+def entry_pb_from_canonical(body: bytes) -> pb.Entry:
+    """The wire message of one queued entry, straight from its canonical bytes.
+
+    Catch-up after a long outage re-sends every queued reading, and building records
+    first (`entry_to_pb(decode_entry(body))`) costs several times more per reading than
+    the layout walk here. The bytes were encoded and checked by this agent and are
+    checked again by the hub; anything this walk does not expect (a gap, a damaged
+    entry) takes the checked path, which names what is wrong.
+    """
+    if body[1:_READING_START] == TAG_READING and body[0] == len(TAG_READING):
+        try:
+            (n,) = _U16.unpack_from(body, _READING_START)
+            pos = _READING_START + 2
+            meter_id = body[pos : pos + n].decode()
+            pos += n
+            seq, ts, clock, quality = _READING_FIXED.unpack_from(body, pos)
+            pos += _READING_FIXED.size
+            (k,) = _U16.unpack_from(body, pos)
+            pos += 2
+            strings = []
+            for _ in range(2 * k):
+                (n,) = _U16.unpack_from(body, pos)
+                pos += 2
+                strings.append(body[pos : pos + n].decode())
+                pos += n
+            values = struct.unpack_from(f">{k}d", body, pos)
+            if pos + 8 * k == len(body):
+                return pb.Entry(reading=pb.Reading(
+                    meter_id=meter_id, seq=seq, timestamp_ns=ts, clock=clock, quality=quality,
+                    names=strings[:k], units=strings[k:], values=values,
+                ))
+        except (struct.error, UnicodeDecodeError):
+            pass
+    return entry_to_pb(decode_entry(body))
+
+
+def load_pending(queue: DurableQueue, after_seq: int, limit: int) -> list[tuple[int, bytes, pb.SignedBatch]]:
+    """(seq, hash, wire message) of the next unreceipted batches; run in a worker thread so
+    that decoding a large backlog keeps off the event loop the pollers share."""
+    out = []
+    for seq, header, signature, digest, bodies in queue.pending_raw(after_seq, limit):
+        msg = pb.SignedBatch(
+            header=header_to_pb(decode_batch_header(header)),
+            signature=signature,
+            entries=[entry_pb_from_canonical(b) for b in bodies],
+        )
+        out.append((seq, digest, msg))
+    return out
+
+
+def open_channel(cfg: UplinkConfig, hub: str | None = None) -> grpc.aio.Channel:
+    target = hub or cfg.hubs[0]
     options = [
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -84,12 +175,33 @@ def open_channel(cfg: UplinkConfig) -> grpc.aio.Channel:
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
     if cfg.insecure_plaintext:
-        return grpc.aio.insecure_channel(cfg.hub, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
     assert cfg.tls_ca is not None  # enforced by the config loader
     creds = grpc.ssl_channel_credentials(root_certificates=cfg.tls_ca.read_bytes())
     if cfg.tls_server_name:
         options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
-    return grpc.aio.secure_channel(cfg.hub, creds, options=options)
+    return grpc.aio.secure_channel(target, creds, options=options)
+
+
+async def _connected(channel: grpc.aio.Channel, hub: str) -> bool:
+    """Wait until the channel connects (True) or fails (False). A failure is left to the
+    stream call to report (its status says why: refused, TLS, name); only silence is
+    raised here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_TIMEOUT_S
+    state = channel.get_state(try_to_connect=True)
+    while state not in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+        remaining = deadline - loop.time()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        except TimeoutError:
+            raise ConnectionError(
+                f"no answer from hub {hub} within {CONNECT_TIMEOUT_S:.0f} s; check the address and firewall"
+            ) from None
+        state = channel.get_state(try_to_connect=True)
+    return state == grpc.ChannelConnectivity.READY
 
 
 class Uplink:
@@ -97,56 +209,95 @@ class Uplink:
         self.cfg = cfg
         self.queue = queue
         self.gateway_id = gateway_id
-        self.hub_key = load_public_key(cfg.hub_public_key)
+        self.hubs = cfg.hubs
+        self.hub_keys = _keys_by_id(load_public_key(p) for p in cfg.hub_public_keys)
         self.stats = UplinkStats()
         self.wakeup = asyncio.Event()  # set by the sealer when a new batch exists
+        self._current = 0  # index into hubs
+
+    @property
+    def hub_key(self) -> Ed25519PublicKey:
+        """The first pinned key (kept for callers that know one hub)."""
+        return next(iter(self.hub_keys.values()))
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
+        failed_in_row = 0
         while not stop.is_set():
+            hub = self.hubs[self._current]
+            self.stats.hub = hub
+            receipts_before = self.stats.receipts
             try:
-                await self._session(stop)
-                backoff = 0.5
+                await self._session(stop, hub)
             except (grpc.aio.AioRpcError, ReceiptError, ConnectionError) as exc:
-                self.stats.connected = False
                 self.stats.last_error = _describe(exc)
-                log.warning("uplink to %s: %s; retrying in %.1f s", self.cfg.hub, self.stats.last_error, backoff)
-            except Exception as exc:  # noqa: BLE001 - the uplink must never stop for good
-                self.stats.connected = False
+                level = logging.WARNING
+            except Exception as exc:  # the uplink must never stop for good
                 self.stats.last_error = _describe(exc)
-                log.exception("uplink to %s failed unexpectedly; retrying in %.1f s", self.cfg.hub, backoff)
+                level = logging.ERROR
+                log.exception("uplink to hub %s failed unexpectedly", hub)
+            else:
+                continue  # ended because stop was set
+            finally:
+                self.stats.connected = False
+            if self.stats.receipts > receipts_before:
+                # The hub worked for a while: a fresh start, not one more failure in a row.
+                backoff, failed_in_row = 0.5, 0
+            failed_in_row += 1
             if stop.is_set():
                 break
+            if len(self.hubs) > 1:
+                self._current = (self._current + 1) % len(self.hubs)
+                self.stats.failovers += 1
+            # Back off only when every address failed in a row; moving on is immediate.
+            wait = backoff * (0.8 + 0.4 * random.random()) if failed_in_row % len(self.hubs) == 0 else 0.1
+            nxt = self.hubs[self._current]
+            log.log(
+                level, "uplink to hub %s: %s; %s in %.1f s", hub, self.stats.last_error,
+                f"trying hub {nxt} next" if nxt != hub else "retrying", wait,
+            )
             try:
-                await asyncio.wait_for(stop.wait(), backoff * (0.8 + 0.4 * random.random()))
+                await asyncio.wait_for(stop.wait(), wait)
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+            if failed_in_row % len(self.hubs) == 0:
+                backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        async with open_channel(self.cfg) as channel:
+    async def _session(self, stop: asyncio.Event, hub: str) -> None:
+        async with open_channel(self.cfg, hub) as channel:
+            if await _connected(channel, hub):
+                log.info("uplink: connected to hub %s (%d of %d)", hub, self._current + 1, len(self.hubs))
             call = ingest_pb2_grpc.IngestStub(channel).Stream()
             in_flight: deque[tuple[int, bytes]] = deque()
             window_open = asyncio.Event()
             window_open.set()
+            announced = False
 
             async def receive() -> None:
+                nonlocal announced
                 async for receipt in call:
                     if not in_flight:
                         raise ReceiptError(f"unexpected receipt for batch {receipt.batch_seq}")
                     seq, digest = in_flight[0]
-                    check_receipt(receipt, self.gateway_id, seq, digest, self.hub_key)
-                    await asyncio.to_thread(self.queue.delete_batch, seq)
+                    check_receipt(receipt, self.gateway_id, seq, digest, self.hub_keys)
+                    await asyncio.to_thread(self.queue.delete_batch, seq, now_ns(), hub)
                     in_flight.popleft()
                     window_open.set()
                     self.stats.receipts += 1
+                    self.stats.duplicates += bool(receipt.duplicate)
                     self.stats.last_receipt_seq = seq
                     self.stats.connected = True
+                    if not announced:
+                        announced = True
+                        log.info(
+                            "uplink: hub %s (%d of %d) receipted batch %d%s", hub, self._current + 1,
+                            len(self.hubs), seq, " (it already held it)" if receipt.duplicate else "",
+                        )
                 raise ConnectionError("hub closed the stream")
 
             receiver = asyncio.create_task(receive())
             loop = asyncio.get_running_loop()
-            last_sent = 0
+            last_sent = 0  # a new session re-sends everything unreceipted: the hub says what it has
             last_progress = loop.time()
             receipts_seen = self.stats.receipts
             try:
@@ -155,13 +306,13 @@ class Uplink:
                     # Clear before looking, so a batch sealed meanwhile still wakes us.
                     self.wakeup.clear()
                     batches = (
-                        await asyncio.to_thread(self.queue.pending_batches, last_sent, room) if room > 0 else []
+                        await asyncio.to_thread(load_pending, self.queue, last_sent, room) if room > 0 else []
                     )
-                    for b in batches:
-                        in_flight.append((b.header.seq, b.hash))
-                        last_sent = b.header.seq
+                    for seq, digest, msg in batches:
+                        in_flight.append((seq, digest))
+                        last_sent = seq
                         try:
-                            await call.write(batch_to_pb(b))
+                            await call.write(msg)
                         except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
                             # The hub ended the stream while we wrote; its status says why.
                             raise await _why_ended(call, receiver) from None
@@ -173,9 +324,7 @@ class Uplink:
                     if not batches:
                         window_open.clear()
                         waiters = [asyncio.create_task(e.wait()) for e in (stop, self.wakeup, window_open)]
-                        done, pending = await asyncio.wait(
-                            [*waiters, receiver], timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-                        )
+                        await asyncio.wait([*waiters, receiver], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                         for w in waiters:
                             w.cancel()
                 if receiver.done():
@@ -201,7 +350,7 @@ class Uplink:
         return False
 
 
-async def _why_ended(call, receiver: asyncio.Task) -> Exception:  # noqa: ANN001
+async def _why_ended(call, receiver: asyncio.Task) -> Exception:
     """Why the hub ended a stream we were writing to: the call's final status, which
     carries the hub's reason (a failed write itself only says "internal error")."""
     try:

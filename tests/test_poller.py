@@ -155,3 +155,47 @@ def test_unknown_table_and_key_are_refused(tmp_path: Path):
     path = write(tmp_path, '\n[[meters]]\nid = "A"\nsource = "modbus-tcp://h?unit=1"\nintervall_s = 5\n')
     msg = error_of(path)
     assert f":{line_of(path, 'intervall_s')}: [meters #1] intervall_s: unknown setting" in msg
+
+
+# -- edge status -----------------------------------------------------------------------------
+
+
+def test_status_shows_queue_and_meters_while_the_queue_is_in_use(tmp_path: Path, capsys):
+    import json
+    import time
+
+    from edge.poller import Observation, QueueSink
+    from edge.queue import DurableQueue
+    from edge.status import print_status
+
+    cfg_path = write(
+        tmp_path,
+        '\n[[meters]]\nid = "A"\nsource = "modbus-tcp://h?unit=1"\n'
+        '\n[[meters]]\nid = "B"\nsource = "modbus-tcp://h?unit=2"\n'
+        '\n[[meters]]\nid = "C"\nsource = "modbus-tcp://h?unit=3"\n',
+    )
+    cfg = load_agent_config(cfg_path)
+    queue = DurableQueue(cfg.queue, cfg.gateway_id)
+    sink = QueueSink(queue, gap_report_s=60)
+    a = new_meter_state(cfg.meters[0])
+    now = time.time_ns()
+    sink.commit([Observation(a, now - 10**9, good_values())])
+    sink.commit([Observation(a, now, good_values() | {"voltage_l1": 232.0})])
+    sink.failure("B", now, "timeout", "unit 2 at h:502 did not answer: check the unit id")
+    assert print_status(cfg) == 0  # while the writer's connection is open
+    out = capsys.readouterr().out
+    assert "2 entries" in out and "A" in out and "timeout x1" in out and "never" in out
+    assert print_status(cfg, as_json=True) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["meters_never_seen"] == ["C"]
+    b = next(m for m in doc["meters"] if m["meter_id"] == "B")
+    assert b["open_gap"]["reason"] == "timeout" and "unit id" in b["last_error"]
+    queue.close()
+
+
+def test_status_of_a_missing_queue_says_so(tmp_path: Path, capsys):
+    from edge.status import print_status
+
+    cfg = load_agent_config(write(tmp_path, '\n[[meters]]\nid = "A"\nsource = "modbus-tcp://h?unit=1"\n'))
+    assert print_status(cfg) == 1
+    assert str(cfg.queue) in capsys.readouterr().err
