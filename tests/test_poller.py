@@ -199,3 +199,18 @@ def test_status_of_a_missing_queue_says_so(tmp_path: Path, capsys):
     cfg = load_agent_config(write(tmp_path, '\n[[meters]]\nid = "A"\nsource = "modbus-tcp://h?unit=1"\n'))
     assert print_status(cfg) == 1
     assert str(cfg.queue) in capsys.readouterr().err
+
+
+def test_the_deploy_example_config_is_valid_and_check_config_lists_every_meter(capsys):
+    from gridtrace.cli import main
+
+    example = Path(__file__).parent.parent / "deploy" / "agent.example.toml"
+    cfg = load_agent_config(example)
+    assert {m.protocol for m in cfg.meters} == {"modbus", "mqtt"}
+    assert len(cfg.uplink.hubs) == 2
+    # the example's key and CA files do not exist here: check-config must say so, exit 1
+    assert main(["edge", "check-config", "--config", str(example)]) == 1
+    captured = capsys.readouterr()
+    for meter in cfg.meters:
+        assert meter.id in captured.out
+    assert "gateway.key" in captured.err and "does not exist" in captured.err
