@@ -72,6 +72,11 @@ async def run_agent(cfg: AgentConfig, drain_timeout_s: float = 10.0, stop: async
     queue = DurableQueue(cfg.queue, cfg.gateway_id, max_bytes=cfg.queue_max_bytes)
     # Gaps left open by a crash are closed first: their outage ended with the process.
     queue.close_all_gaps()
+    for gap in queue.record_downtime({m.id: m.interval_s for m in cfg.meters}, now_ns()):
+        log.warning(
+            "meter %s: %d polls missed while the agent was not running (%.0f s); recorded as a gap",
+            gap.meter_id, gap.missed_polls, (gap.to_ns - gap.from_ns) / 1e9,
+        )
     pollers = build_pollers(
         cfg.meters, queue, cfg.batching.gap_report_s, cfg.polling, gateway_id=cfg.gateway_id
     )

@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,7 @@ ENTRY_OVERHEAD = 64
 BATCH_OVERHEAD = 64
 
 QUEUE_FULL = "queue-full"
+AGENT_STOPPED = "agent-stopped"
 _MAX_MISSED = (1 << 32) - 1
 
 
@@ -458,6 +459,37 @@ class DurableQueue:
             w.flush()
 
         self._tx(work)
+
+    def record_downtime(self, intervals_s: Mapping[str, float], now_ns: int) -> list[Gap]:
+        """At start: a gap per meter for the polls missed while the agent was not running
+        (stopped, killed, or the gateway without power), from the meter's last poll on record
+        to `now_ns`. Without it a restart would leave a silent hole in the evidence."""
+
+        def work(db: sqlite3.Connection) -> list[Gap]:
+            w = _Writes(db)
+            gaps = []
+            for meter_id, interval_s in sorted(intervals_s.items()):
+                row = db.execute(
+                    "SELECT MAX(COALESCE(last_ts_ns, 0), COALESCE(last_error_ns, 0)) "
+                    "FROM meter_seq WHERE meter_id = ?",
+                    (meter_id,),
+                ).fetchone()
+                if row is None or not row[0]:
+                    continue  # a meter never polled has no outage to report
+                interval_ns = int(interval_s * 1e9)
+                first_missed = row[0] + interval_ns
+                missed = (now_ns - row[0]) // interval_ns - 1
+                if missed < 1:
+                    continue
+                gap = Gap(meter_id, first_missed, max(first_missed, now_ns), AGENT_STOPPED, min(missed, _MAX_MISSED))
+                w.insert_entry(meter_id, gap.to_ns, encode_gap(gap))
+                # Also the meter's last word on record, so the next start counts from here.
+                w.count_error(meter_id, now_ns, AGENT_STOPPED, f"{gap.missed_polls} polls missed while the agent was not running")
+                gaps.append(gap)
+            w.flush()
+            return gaps
+
+        return self._tx(work)  # type: ignore[return-value]
 
     # -- what the sealer does ----------------------------------------------------
 

@@ -1009,3 +1009,29 @@ def test_a_queue_file_of_the_previous_release_is_upgraded_in_place(qpath):
     finally:
         q.close()
     DurableQueue(qpath, GW).close()  # opening an upgraded file again changes nothing
+
+
+def test_polls_missed_while_the_agent_was_down_become_a_gap_at_start(tmp_path):
+    from edge.queue import AGENT_STOPPED
+
+    q = DurableQueue(tmp_path / "q.sqlite", "gw1")
+    t0 = 1_760_000_000_000_000_000
+    q.append_readings([_downtime_reading("M1", 1, t0)])
+    q.record_failure("M2", t0, "timeout", 60 * 10**9)
+    q.close_all_gaps()
+    # 100 s later the agent starts again; M1 polls every 1 s, M2 every 10 s, M3 was never polled
+    gaps = q.record_downtime({"M1": 1.0, "M2": 10.0, "M3": 1.0}, t0 + 100 * 10**9)
+    by_meter = {g.meter_id: g for g in gaps}
+    assert set(by_meter) == {"M1", "M2"}
+    assert by_meter["M1"].reason == AGENT_STOPPED
+    assert (by_meter["M1"].from_ns, by_meter["M1"].to_ns) == (t0 + 10**9, t0 + 100 * 10**9)
+    assert by_meter["M1"].missed_polls == 99 and by_meter["M2"].missed_polls == 9
+    # a quick restart (less than two intervals) is not an outage
+    assert q.record_downtime({"M1": 1.0}, t0 + 100 * 10**9 + 10**9) == []
+    q.close()
+
+
+def _downtime_reading(meter_id: str, seq: int, ts: int):
+    from protos.records import ClockStatus, Quality, Quantity, Reading
+
+    return Reading(meter_id, seq, ts, ClockStatus.SYNCHRONIZED, Quality.OK, (Quantity("power_total", "W", 1.0),))
