@@ -3,3 +3,7 @@ from pathlib import Path
 
 # Test support modules (hubharness, chainfixture) live beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Fixtures that start real services and devices for the tests that name them: `serial_pair`
+# (socat pty pair standing in for an RS-485 line), `mosquitto` and `mosquitto_auth` (brokers).
+pytest_plugins = ("serialpair", "brokers")

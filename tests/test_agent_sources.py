@@ -15,8 +15,6 @@ from firmware_sim.modbus_server import SerialLine, SimulatedModbusServer
 from protos.canonical import decode_entry
 from protos.records import Gap, Quality, Reading
 
-from serialpair import serial_pair  # noqa: F401  (pytest fixture)
-
 HEAD = (
     '[gateway]\nid = "gw-src"\n\n[uplink]\nhub = "127.0.0.1:1"\ninsecure_plaintext = true\n'
     'hub_public_key = "hub.pub.pem"\n\n[polling]\ntimeout_s = 0.3\n'

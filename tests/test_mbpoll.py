@@ -20,8 +20,6 @@ from firmware_sim.faults import Fault
 from firmware_sim.meter import SimulatedMeter
 from firmware_sim.modbus_server import SerialLine, SimulatedModbusServer
 from firmware_sim.profiles import available_profiles, load_profile
-from serialpair import serial_pair  # noqa: F401  (a pytest fixture)
-
 from edge.registermap import ReadBlock, RegisterMap
 from edge.sources.modbus import ModbusTcpSource
 

@@ -26,7 +26,7 @@ from edge.sources.modbus import (
 )
 from firmware_sim.modbus_server import Fault, SerialLine, SimulatedModbusServer
 
-from serialpair import Line, flip_bits, late_answers, serial_pair, uart_mismatch  # noqa: F401 (fixture)
+from serialpair import Line, flip_bits, late_answers, uart_mismatch
 
 SDM630 = load_register_map("eastron_sdm630")
 SDM120 = load_register_map("eastron_sdm120")

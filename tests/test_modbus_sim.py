@@ -29,8 +29,6 @@ from firmware_sim.modbus_server import (
 from firmware_sim.profiles import DeviceProfile, available_profiles, load_profile
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
-from serialpair import serial_pair  # noqa: F401  (a pytest fixture)
-
 from edge.registermap import load_register_map
 from edge.sources.modbus import (
     MeterConfigError,

@@ -12,7 +12,7 @@ from firmware_sim.mqtt_meter import MqttFault, SimulatedMqttMeters, example_mete
 from protos.canonical import decode_entry
 from protos.records import Gap, Quality, Reading
 
-from brokers import Mosquitto, mosquitto  # noqa: F401  (pytest fixture)
+from brokers import Mosquitto
 
 
 def agent_config(tmp_path: Path, broker: Mosquitto, units: list[int]) -> Path:

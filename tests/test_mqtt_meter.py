@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from brokers import Mosquitto, mosquitto  # noqa: F401
+from brokers import Mosquitto
 from firmware_sim.meter import SimulatedMeter
 from firmware_sim.mqtt_meter import (
     PAYLOAD_FIELDS,

@@ -11,13 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from brokers import (  # noqa: F401
-    MOSQUITTO_PASSWORD,
-    MOSQUITTO_USER,
-    Mosquitto,
-    mosquitto,
-    mosquitto_auth,
-)
+from brokers import MOSQUITTO_PASSWORD, MOSQUITTO_USER, Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
