@@ -149,9 +149,9 @@ def test_parse_source_url_dispatches_modbus_urls() -> None:
 
 def test_parse_source_url_hands_mqtt_urls_to_the_mqtt_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    fake = types.ModuleType("edge.sources.mqtt")
+    fake = types.ModuleType("edge.sources.mqtt_url")
     fake.parse_mqtt_url = lambda url: seen.append(url) or ("mqtt target", url)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "edge.sources.mqtt", fake)
+    monkeypatch.setitem(sys.modules, "edge.sources.mqtt_url", fake)
     assert parse_source_url("mqtt://broker/meters/1") == ("mqtt target", "mqtt://broker/meters/1")
     assert parse_source_url("MQTTS://broker/meters/2") == ("mqtt target", "MQTTS://broker/meters/2")
     assert seen == ["mqtt://broker/meters/1", "MQTTS://broker/meters/2"]

@@ -1,8 +1,9 @@
 """Meter sources: the I/O shells that fetch raw values from meters.
 
 Modbus TCP and Modbus RTU meters are polled (`edge.sources.modbus`); MQTT meters publish
-(`edge.sources.mqtt`). Each source turns a transport's failures into errors that say what a
-field engineer should check; decoding stays in the pure register map and payload code.
+(`edge.sources.mqtt`). Meter URLs are parsed by pure modules (`modbus_url`, `mqtt_url`) and
+JSON payloads decoded by `jsonpayload`. Each source turns a transport's failures into errors
+that say what a field engineer should check.
 
 `parse_source_url` reads any meter URL. The MQTT module is imported only for MQTT URLs, so
 an agent with Modbus meters only never loads the MQTT client library.
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 from edge.sources.modbus import MeterConfigError, ModbusTarget, parse_meter_url
 
 if TYPE_CHECKING:
-    from edge.sources.mqtt import MqttTarget
+    from edge.sources.mqtt_url import MqttTarget
 
 __all__ = ["SCHEMES", "parse_source_url"]
 
@@ -40,7 +41,7 @@ def parse_source_url(url: str) -> ModbusTarget | MqttTarget:
     if scheme in ("modbus-tcp", "modbus-rtu"):
         return parse_meter_url(url)
     if scheme in ("mqtt", "mqtts"):
-        from edge.sources.mqtt import parse_mqtt_url
+        from edge.sources.mqtt_url import parse_mqtt_url
 
         return parse_mqtt_url(url)
     supported = "; ".join(f"{name}:// (e.g. {example})" for name, example in SCHEMES.items())
