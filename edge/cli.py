@@ -118,6 +118,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge.footprint import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any import below starts a thread
     from edge.agent import run_agent
     from edge.config import load_agent_config
     from edge.queue import QueueError

@@ -100,6 +100,7 @@ ENTRY_OVERHEAD = 64
 BATCH_OVERHEAD = 64
 
 QUEUE_FULL = "queue-full"
+_CACHE_KIB = 512  # page cache per connection
 AGENT_STOPPED = "agent-stopped"
 _MAX_MISSED = (1 << 32) - 1
 
@@ -269,6 +270,9 @@ class DurableQueue:
         # FULL: a receipt, a sequence number or a deletion decision may depend on
         # each commit, so each one reaches the disk before we act on it.
         self._db.execute("PRAGMA synchronous=FULL")
+        # The working set is the tail of the entries table; SQLite's default 2 MB page cache
+        # per connection is resident memory a small gateway feels.
+        self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         self._db.executescript(_SCHEMA_V0)
         _migrate(self._db, self.path)
         row = self._db.execute("SELECT gateway_id, full_since_ns FROM chain WHERE id = 1").fetchone()
@@ -289,6 +293,7 @@ class DurableQueue:
         self.gateway_id = gateway_id
         self._read_lock = threading.Lock()
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._reader.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
 
     def close(self) -> None:
         with self._read_lock:

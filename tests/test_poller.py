@@ -214,3 +214,12 @@ def test_the_deploy_example_config_is_valid_and_check_config_lists_every_meter(c
     for meter in cfg.meters:
         assert meter.id in captured.out
     assert "gateway.key" in captured.err and "does not exist" in captured.err
+
+
+def test_malloc_arena_cap_respects_an_operators_setting(monkeypatch):
+    from edge.footprint import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is True  # glibc: Debian, the gateways' usual OS
