@@ -15,7 +15,6 @@ CI image that lost the broker cannot pass by skipping.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from systemtools import require_tool
 
 __all__ = ["MOSQUITTO_PASSWORD", "MOSQUITTO_USER", "Mosquitto", "mosquitto", "mosquitto_auth"]
 
@@ -30,16 +30,6 @@ MOSQUITTO_USER = "meter-reader"
 MOSQUITTO_PASSWORD = "s3cret:with@odd/chars"
 
 _START_TIMEOUT_S = 10.0
-
-
-def _require(tool: str, fallback: str | None = None) -> str:
-    path = shutil.which(tool) or (fallback if fallback and os.access(fallback, os.X_OK) else None)
-    if path is None:
-        message = f"{tool} not found; install the Debian package 'mosquitto' to run the MQTT tests"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def _free_port() -> int:
@@ -54,7 +44,7 @@ class Mosquitto:
     host = "127.0.0.1"
 
     def __init__(self, directory: Path, *, password_file: Path | None = None) -> None:
-        self.binary = _require("mosquitto", "/usr/sbin/mosquitto")
+        self.binary = require_tool("mosquitto", "mosquitto", "the MQTT tests need a broker", "/usr/sbin/mosquitto")
         self.directory = directory
         self.port = _free_port()
         self.config = directory / "mosquitto.conf"
@@ -140,7 +130,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def mosquitto_auth(tmp_path: Path) -> Iterator[Mosquitto]:
-    tool = _require("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+    tool = require_tool("mosquitto_passwd", "mosquitto", "the MQTT login tests need it", "/usr/bin/mosquitto_passwd")
     password_file = tmp_path / "passwords"
     subprocess.run(
         [tool, "-b", "-c", str(password_file), MOSQUITTO_USER, MOSQUITTO_PASSWORD],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
 import subprocess
 import termios
@@ -26,19 +25,14 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from systemtools import require_tool
 
 __all__ = ["Line", "Wire", "flip_bits", "late_answers", "need_socat", "resample", "serial_pair", "uart_mismatch"]
 
 
 def need_socat() -> str:
     """socat's path; fails the test in CI (where it must be installed), else skips."""
-    path = shutil.which("socat")
-    if path is None:
-        message = "socat is not installed (Debian/Ubuntu: apt-get install socat); RTU tests need it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_tool("socat", "socat", "RTU tests need it")
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
-import shutil
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
@@ -20,6 +18,8 @@ from firmware_sim.faults import Fault
 from firmware_sim.meter import SimulatedMeter
 from firmware_sim.modbus_server import SerialLine, SimulatedModbusServer
 from firmware_sim.profiles import available_profiles, load_profile
+from systemtools import require_tool
+
 from edge.registermap import ReadBlock, RegisterMap
 from edge.sources.modbus import ModbusTcpSource
 
@@ -33,13 +33,7 @@ PRINTED = 6e-6
 
 @pytest.fixture(scope="module")
 def mbpoll() -> str:
-    path = shutil.which("mbpoll")
-    if path is None:
-        message = "mbpoll is not installed (Debian/Ubuntu: apt-get install mbpoll)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_tool("mbpoll", "mbpoll", "the interop tests read the simulator with it")
 
 
 class MbpollError(Exception):
