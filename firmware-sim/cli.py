@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gridtrace.clihelp import add_command
 
+from .arguments import meter_count
 from .faults import FAULT_SPECS
 from .fleet import SimulatedFleet
 from .modbus_server import (
@@ -100,7 +101,7 @@ def _add_modbus(kinds: argparse._SubParsersAction) -> None:
     )
     modbus.add_argument(
         "--meters",
-        type=_meter_count,
+        type=meter_count,
         default=3,
         help=f"number of meters (default: %(default)s); over TCP more than {MAX_UNITS} "
         f"spread over consecutive ports, {MAX_UNITS} per port",
@@ -220,16 +221,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535 (0 picks a free port)")
     return port
-
-
-def _meter_count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{count} meters: give 1 or more")
-    return count
 
 
 def _profile(text: str) -> str:

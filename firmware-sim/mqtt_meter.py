@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import enum
+import functools
 import json
 import math
 import signal
@@ -38,6 +39,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from .arguments import meter_count
 from .meter import SimulatedMeter
 
 __all__ = [
@@ -339,7 +341,7 @@ def add_mqtt_command(simulators: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883), metavar="HOST:PORT",
                    help="broker to publish to (default: 127.0.0.1:1883)")
-    p.add_argument("--meters", type=_count, default=3, help="number of meters (default: %(default)s)")
+    p.add_argument("--meters", type=functools.partial(meter_count, most=100_000), default=3, help="number of meters (default: %(default)s)")
     p.add_argument("--topic-prefix", default="site/meters", help="meters publish to PREFIX/N (default: %(default)s)")
     p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between messages (default: %(default)s)")
     p.add_argument("--mqtt-version", choices=("3.1.1", "5"), default="3.1.1", help="MQTT version (default: %(default)s)")
@@ -398,16 +400,6 @@ def _broker(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
     return host, int(port)
-
-
-def _count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= count <= 100_000:
-        raise argparse.ArgumentTypeError(f"{count} meters: expected 1..100000")
-    return count
 
 
 def _seconds(text: str) -> float:
