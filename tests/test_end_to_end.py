@@ -59,6 +59,21 @@ def readings_by_meter(rows) -> dict[str, list[int]]:
     return {m: sorted(s) for m, s in out.items()}
 
 
+def assert_every_reading_once(site, rows=None) -> dict[str, list[int]]:
+    """The agent's queue is drained, and every reading it ever numbered is at the hub exactly
+    once: per meter, sequence numbers 1..last with no gap and no duplicate. Returns them."""
+    queue = DurableQueue(site.gw_dir / "queue.sqlite", GATEWAY_ID)
+    stats = queue.stats()
+    last = {m: queue.next_seq(m) - 1 for m in site.meters}
+    queue.close()
+    assert stats.batches == 0 and stats.unbatched_entries == 0, "the agent left evidence unreceipted"
+    seqs = readings_by_meter(hub_rows(site) if rows is None else rows)
+    assert set(seqs) == set(site.meters)
+    for meter, got in seqs.items():
+        assert got == list(range(1, last[meter] + 1)), f"{meter}: gap or duplicate in {got}"
+    return seqs
+
+
 def stored_entries(site) -> int:
     return hub_status(site.hub_addr, site.ca).entries_stored
 
@@ -109,20 +124,10 @@ def test_nothing_lost_or_duplicated_through_hub_outages_and_agent_kills(tmp_path
     finally:
         procs.stop_all()
 
-    queue = DurableQueue(site.gw_dir / "queue.sqlite", GATEWAY_ID)
-    stats = queue.stats()
-    last = {m: queue.next_seq(m) - 1 for m in site.meters}
-    queue.close()
-    assert stats.batches == 0 and stats.unbatched_entries == 0, "the agent left evidence unreceipted"
-
-    seqs = readings_by_meter(hub_rows(site))
-    assert set(seqs) == set(site.meters)
-    for meter, got in seqs.items():
-        # every reading the agent ever numbered is at the hub exactly once
-        assert got == list(range(1, last[meter] + 1)), f"{meter}: gap or duplicate in {got}"
-        assert len(got) >= 8
+    seqs = assert_every_reading_once(site)
+    assert all(len(got) >= 8 for got in seqs.values())
     assert summary.readings == len(seqs[site.meters[0]])
-    assert summary.first_seq == 1 and summary.last_seq == last[site.meters[0]]
+    assert summary.first_seq == 1 and summary.last_seq == seqs[site.meters[0]][-1]
     energy = summary.counter("energy_import")
     assert energy is not None and energy.delta > 0
 

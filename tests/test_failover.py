@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hubharness import RunningHub, init_hub, register_gateway
-from test_end_to_end import hub_rows, readings_by_meter, wait_until
+from test_end_to_end import assert_every_reading_once, wait_until
 
 from edge.config import (
     ConfigError,
@@ -26,7 +26,6 @@ from edge.config import (
 from edge.queue import DurableQueue
 from edge.uplink import ReceiptError, Uplink, check_receipt
 from gridtrace.demo import (
-    GATEWAY_ID,
     Processes,
     free_port,
     hub_status,
@@ -230,15 +229,7 @@ def test_cold_standby_on_the_same_data_takes_over_without_gap_or_duplicate(tmp_p
     finally:
         procs.stop_all()
 
-    queue = DurableQueue(site.gw_dir / "queue.sqlite", GATEWAY_ID)
-    stats = queue.stats()
-    last = {m: queue.next_seq(m) - 1 for m in site.meters}
-    queue.close()
-    assert stats.batches == 0 and stats.unbatched_entries == 0
-    seqs = readings_by_meter(hub_rows(site))
-    assert set(seqs) == set(site.meters)
-    for meter, got in seqs.items():
-        assert got == list(range(1, last[meter] + 1)), f"{meter}: gap or duplicate"
+    assert_every_reading_once(site)
     log = (site.state / "logs" / "agent.log").read_text()
     assert f"trying hub {standby_addr} next" in log
     assert f"connected to hub {standby_addr} (2 of 2)" in log

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hubharness import RunningHub, init_hub, register_gateway
 from sqlalchemy import select
-from test_end_to_end import hub_rows, readings_by_meter, wait_until
+from test_end_to_end import assert_every_reading_once, hub_rows, readings_by_meter, wait_until
 
 from edge.agent import Sealer
 from edge.config import (
@@ -31,7 +31,6 @@ from edge.queue import DurableQueue, read_status
 from edge.uplink import Uplink
 from gridtrace.cli import main as gridtrace_main
 from gridtrace.demo import (
-    GATEWAY_ID,
     Processes,
     hub_status,
     prepare_site,
@@ -92,17 +91,9 @@ def test_repeated_sigkill_of_agent_and_hub_loses_and_repeats_nothing(tmp_path):
         procs.stop_all()
     assert kills == 6
 
-    queue = DurableQueue(site.gw_dir / "queue.sqlite", GATEWAY_ID)
-    stats = queue.stats()
-    last = {m: queue.next_seq(m) - 1 for m in site.meters}
-    queue.close()
-    assert stats.batches == 0 and stats.unbatched_entries == 0, "evidence left unreceipted"
     rows = hub_rows(site)
-    seqs = readings_by_meter(rows)
-    assert set(seqs) == set(site.meters)
-    for meter, got in seqs.items():
-        assert got == list(range(1, last[meter] + 1)), f"{meter}: gap or duplicate in the sequence"
-        assert len(got) >= 20
+    seqs = assert_every_reading_once(site, rows)
+    assert all(len(got) >= 20 for got in seqs.values())
     for r in rows:  # a missed poll may only show up as an explicit gap entry
         assert r.kind in (ENTRY_READING, ENTRY_GAP)
         if r.kind == ENTRY_GAP:
