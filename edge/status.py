@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edge.config import AgentConfig
-from edge.queue import AgentStatus, MeterStatus, QueueError, read_status
+from edge.queue import QueueError
+from edge.queue_status import AgentStatus, MeterStatus, read_status
 
 __all__ = ["print_status", "status_document"]
 

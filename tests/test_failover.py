@@ -185,7 +185,7 @@ def test_agent_moves_past_a_dead_first_hub_and_says_which_hub_it_uses(tmp_path, 
     text = caplog.text
     assert f"uplink to hub {dead}" in text and f"trying hub {cfg.listen} next" in text
     assert f"connected to hub {cfg.listen} (2 of 2)" in text
-    from edge.queue import read_status
+    from edge.queue_status import read_status
 
     st = read_status(tmp_path / "queue.sqlite")
     assert (st.last_receipt_seq, st.last_receipt_hub, st.batches) == (7, cfg.listen, 0)

@@ -856,7 +856,7 @@ def test_limit_too_small_is_refused(qpath):
 
 
 def test_read_status_while_the_queue_is_in_use(qpath):
-    from edge.queue import ErrorCount, OpenGap, read_status
+    from edge.queue_status import ErrorCount, OpenGap, read_status
 
     q = DurableQueue(qpath, GW, max_bytes=LIMIT)
     try:
@@ -902,7 +902,7 @@ def test_read_status_while_the_queue_is_in_use(qpath):
 
 
 def test_read_status_shows_a_full_queue_and_refused_polls(qpath):
-    from edge.queue import read_status
+    from edge.queue_status import read_status
 
     q = DurableQueue(qpath, GW, max_bytes=LIMIT)
     try:
@@ -921,7 +921,7 @@ def test_read_status_shows_a_full_queue_and_refused_polls(qpath):
 
 
 def test_read_status_errors_name_the_file_and_what_to_do(tmp_path, qpath):
-    from edge.queue import read_status
+    from edge.queue_status import read_status
 
     with pytest.raises(QueueError, match=r"no queue at .*queue.sqlite; check \[gateway\] queue"):
         read_status(qpath)
@@ -985,7 +985,7 @@ def _old_queue(path: Path) -> bytes:
 
 
 def test_a_queue_file_of_the_previous_release_is_upgraded_in_place(qpath):
-    from edge.queue import read_status
+    from edge.queue_status import read_status
 
     old_hash = _old_queue(qpath)
     q = DurableQueue(qpath, GW, max_bytes=LIMIT)

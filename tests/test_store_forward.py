@@ -27,7 +27,8 @@ from edge.config import (
     load_agent_config,
     render_agent_config,
 )
-from edge.queue import DurableQueue, read_status
+from edge.queue import DurableQueue
+from edge.queue_status import read_status
 from edge.uplink import Uplink
 from gridtrace.cli import main as gridtrace_main
 from gridtrace.demo import (
