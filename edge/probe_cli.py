@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import sys
 from pathlib import Path
@@ -11,18 +12,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edge.probe import ProbeResult, probe_modbus
+from edge.config import SUNSPEC, resolve_register_map
+from edge.probe import ProbeResult, probe_modbus, probe_sunspec
+from edge.registermap import RegisterMapError
+from edge.sources import parse_source_url
+from edge.sources.modbus import MeterConfigError, MeterReadError, open_source
 
 __all__ = ["run_probe"]
 
 
 def run_probe(args: argparse.Namespace) -> int:
     """Exit 0: values read and plausible; 1: read failed or implausible; 2: bad arguments."""
-    import logging
-
-    from edge.sources import parse_source_url
-    from edge.sources.modbus import MeterConfigError, MeterReadError
-
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         target = parse_source_url(args.url)
@@ -45,10 +45,6 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _profile(name: str):
-    from edge.config import SUNSPEC, resolve_register_map
-    from edge.registermap import RegisterMapError
-    from edge.sources.modbus import MeterConfigError
-
     if name == SUNSPEC:
         return SUNSPEC
     try:
@@ -58,18 +54,11 @@ def _profile(name: str):
 
 
 async def _probe(target, regmap, args: argparse.Namespace) -> ProbeResult:
-    from edge.config import SUNSPEC
-    from edge.sources.modbus import open_source
-
     source = open_source(target, timeout=args.timeout)
     try:
         if regmap == SUNSPEC:
-            from edge.probe import probe_sunspec
-
             found = await probe_sunspec(source, target.unit)
             if found is None:
-                from edge.sources.modbus import MeterReadError
-
                 raise MeterReadError(
                     f"unit {target.unit} at {source.endpoint}: no SunSpec marker 'SunS' at "
                     "register 40000, 0 or 50000: the device is not SunSpec, or the unit id is "
