@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,13 +20,20 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from edge.cli import add_commands as add_edge
-    from firmware_sim.cli import add_commands as add_sim
-    from gridtrace.demo import add_commands as add_demo
-    from hub.certificates.cli import add_commands as add_cert
-    from hub.cli import add_commands as add_hub
+# Each part of the system adds its subcommands under one name. Only the part a command
+# names is imported, so that `edge run` on a small gateway does not carry the simulator,
+# the demo's console or the hub in memory (several MB of modules it never uses).
+PARTS: dict[str, str] = {
+    "demo": "gridtrace.demo",
+    "sim": "firmware_sim.cli",
+    "edge": "edge.cli",
+    "hub": "hub.cli",
+    "cert": "hub.certificates.cli",
+}
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command` only (its part's subcommands), or for all parts when None."""
     parser = argparse.ArgumentParser(
         prog="gridtrace",
         description="Meter readings turned into evidence: signed at the edge, sealed on a chain, provable offline.",
@@ -35,14 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridtrace {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (add_demo, add_sim, add_edge, add_hub, add_cert):
-        add(sub)
+    for name, module in PARTS.items():
+        if command is None or command == name:
+            importlib.import_module(module).add_commands(sub)
     return parser
 
 
+def command_named(argv: Sequence[str]) -> str | None:
+    """The part `argv` runs, if its first word that is not an option names one."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in PARTS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(command_named(argv)).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
