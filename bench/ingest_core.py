@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.registermap import load_register_map
 from hub.ingest.check import check_signed_batch
@@ -89,7 +88,7 @@ def main() -> None:
     ap.add_argument("--quantities", type=int, default=41, help="quantities per reading (SDM630 map: 41)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    signer = Signer(Ed25519PrivateKey.generate())
+    signer = Signer.generate()
     batches = make_batches(args.batches, args.batch_size, signer, args.quantities)
     runs = [run_once(batches, signer, args.group) for _ in range(args.runs)]
     check = statistics.median(r[0] for r in runs)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -36,7 +35,7 @@ def run_once(n_batches: int, size: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         cfg = init_hub(Path(d) / "hub", block_interval=1.0)
         logging.disable(logging.INFO)  # the hub's per-block log lines would drown the figures
-        signer = Signer(Ed25519PrivateKey.generate())
+        signer = Signer.generate()
         register_gateway(cfg, "gw-bench", signer, Path(d))
         batches = make_batches(n_batches, size, signer)
         with RunningHub(cfg) as hub, grpc.insecure_channel(hub.address) as channel:

@@ -112,7 +112,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     from protos.signing import key_id
 
-    print(f"created {config_path} and gateway key {key_id(key.public_key())} ({args.dir / 'gateway.key'}, mode 0600)")
+    print(f"created {config_path} and gateway key {key_id(key.public_key)} ({args.dir / 'gateway.key'}, mode 0600)")
     print(f"next, on the hub: gridtrace hub gateway add {args.gateway_id} --public-key {args.dir / 'gateway.pub.pem'}")
     return 0
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.clock import now_ns
 from edge.config import UplinkConfig
@@ -36,7 +35,7 @@ from protos.canonical import (
     encode_receipt,
 )
 from protos.records import ReceiptStatement, RecordError
-from protos.signing import key_id, load_public_key, verify_signature
+from protos.signing import PublicKey, key_id, load_public_key, verify_signature
 from protos.wire import entry_to_pb, header_to_pb
 
 log = logging.getLogger("gridtrace.edge.uplink")
@@ -63,8 +62,8 @@ class UplinkStats:
     failovers: int = 0
 
 
-def _keys_by_id(hub_key: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
-    keys = [hub_key] if isinstance(hub_key, Ed25519PublicKey) else list(hub_key)
+def _keys_by_id(hub_key: PublicKey | Iterable[PublicKey]) -> dict[str, PublicKey]:
+    keys = [hub_key] if isinstance(hub_key, PublicKey) else list(hub_key)
     return {key_id(k): k for k in keys}
 
 
@@ -73,7 +72,7 @@ def check_receipt(
     expected_gateway: str,
     expected_seq: int,
     expected_hash: bytes,
-    hub_key: Ed25519PublicKey | Iterable[Ed25519PublicKey] | dict[str, Ed25519PublicKey],
+    hub_key: PublicKey | Iterable[PublicKey] | dict[str, PublicKey],
 ) -> ReceiptStatement:
     """Pure check of one receipt against the batch it must acknowledge.
 
@@ -216,7 +215,7 @@ class Uplink:
         self._current = 0  # index into hubs
 
     @property
-    def hub_key(self) -> Ed25519PublicKey:
+    def hub_key(self) -> PublicKey:
         """The first pinned key (kept for callers that know one hub)."""
         return next(iter(self.hub_keys.values()))
 

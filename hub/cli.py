@@ -70,7 +70,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         create_tls_files(args.dir / "tls", names, args.chain_id)
     config_path.write_text(render_hub_config(args.chain_id, args.listen, args.insecure), encoding="utf-8")
     Store(sqlite_url(args.dir / "hub.sqlite")).create(args.chain_id)
-    print(f"created {config_path}, hub key {key_id(key.public_key())} and database {args.dir / 'hub.sqlite'}")
+    print(f"created {config_path}, hub key {key_id(key.public_key)} and database {args.dir / 'hub.sqlite'}")
     if not args.insecure:
         print(f"gateways need {args.dir / 'tls/ca.pem'} (TLS) and {args.dir / 'hub.pub.pem'} (receipts)")
     return 0

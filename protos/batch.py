@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protos import merkle
 from protos.canonical import batch_hash, encode_batch_header
 from protos.records import BatchHeader
-from protos.signing import Signer, verify_signature
+from protos.signing import PublicKey, Signer, verify_signature
 
 
 class BatchError(ValueError):
@@ -65,7 +64,7 @@ def check_batch(
     signature: bytes,
     entry_bytes: Sequence[bytes],
     timestamps: Sequence[int],
-    public_key: Ed25519PublicKey,
+    public_key: PublicKey,
 ) -> bytes:
     """Check a batch against its header and signature (hub side); return its hash.
 

@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.certificates.trust import Trust, parse_trust, trust_document
 from hub.chain.producer import BlockProducer
@@ -87,7 +86,7 @@ class Chain:
     def trust_doc(
         self,
         *,
-        hub_key=None,  # noqa: ANN001 - an Ed25519PublicKey to use instead of the hub's
+        hub_key=None,  # noqa: ANN001 - a PublicKey to use instead of the hub's
         without_gateway: str | None = None,
     ) -> dict:
         gateways = {
@@ -133,8 +132,8 @@ def build_chain(tmp_dir: Path) -> Chain:
     store = Store(sqlite_url(db_path))
     store.create(CHAIN_ID)
 
-    hub_signer = Signer(Ed25519PrivateKey.generate())
-    gw_signers = {gw: Signer(Ed25519PrivateKey.generate()) for gw in GATEWAYS}
+    hub_signer = Signer.generate()
+    gw_signers = {gw: Signer.generate() for gw in GATEWAYS}
     for gw, s in gw_signers.items():
         assert store.add_gateway(gw, s.key_id, public_key_pem(s.public_key), T0_NS)
     keys = {

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gridtrace.cli import main as gridtrace_main
 from hub.config import HubConfig, load_hub_config
@@ -116,7 +115,7 @@ class GatewaySim:
 
     @classmethod
     def new(cls, gateway_id: str = "gw-1", meter_id: str = "MTR-1") -> GatewaySim:
-        return cls(gateway_id, Signer(Ed25519PrivateKey.generate()), meter_id)
+        return cls(gateway_id, Signer.generate(), meter_id)
 
     def readings(self, n: int) -> list[Reading]:
         out = []

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chainfixture import Chain, build_chain
 from hub.certificates.build import build_certificate
@@ -393,7 +392,7 @@ def test_removed_entry_batch_block_seal_fail(cert: dict, trust: Trust) -> None:
 def test_wrong_key_ids_fail(chain: Chain, cert: dict, trust: Trust) -> None:
     gw_kid = chain.gateway_signers["gw-a"].key_id
     hub_kid = chain.hub_signer.key_id
-    stranger = Signer(Ed25519PrivateKey.generate()).key_id
+    stranger = Signer.generate().key_id
 
     d = copy.deepcopy(cert)
     d["issuer"]["key_id"] = gw_kid  # a key in the trust file, but not the chain's
@@ -409,7 +408,7 @@ def test_wrong_key_ids_fail(chain: Chain, cert: dict, trust: Trust) -> None:
 
 
 def test_wrong_trust_files_fail(chain: Chain, cert: dict) -> None:
-    other_hub = Signer(Ed25519PrivateKey.generate()).public_key
+    other_hub = Signer.generate().public_key
     msg = fails(cert, chain.trust(hub_key=other_hub))
     assert "certificate.blocks[0].seals[0].key_id" in msg, msg
 

@@ -23,7 +23,7 @@ from hub.config import load_hub_config
 from protos.signing import key_id, load_private_key, load_public_key
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("sqlalchemy", "numpy", "scipy", "pandapower")
+HEAVY = ("sqlalchemy", "numpy", "scipy", "pandapower", "cryptography")
 
 
 def gridtrace_cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
@@ -141,6 +141,32 @@ def test_edge_modules_do_not_import_the_hub_stack(tmp_path):
     assert proc.stdout.strip() == "", f"edge imports pulled in: {proc.stdout.strip()}"
 
 
+def test_edge_run_loads_only_the_agent(tmp_path):
+    """`gridtrace edge run` on a gateway carries the agent and the sources its meters
+    use, not the simulator, the demo's console, the hub, MQTT or OpenSSL bindings:
+    each is MB of resident memory on a small gateway."""
+    code = (
+        "import sys\n"
+        "from gridtrace.cli import build_parser, command_named\n"
+        "argv = ['--log-level', 'DEBUG', 'edge', 'run', '--config', 'agent.toml']\n"
+        "assert command_named(argv) == 'edge'\n"
+        "build_parser(command_named(argv)).parse_args(argv)\n"
+        "import edge.agent\n"
+        "unwanted = ('firmware_sim', 'gridtrace.demo', 'rich', 'hub', 'paho', 'cryptography', 'sqlalchemy')\n"
+        "print(','.join(sorted({m for m in sys.modules for u in unwanted if m == u or m.startswith(u + '.')})))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"`edge run` imported: {proc.stdout.strip()}"
+
+
+def test_unknown_command_still_lists_every_command(tmp_path):
+    proc = gridtrace_cli("nosuch", cwd=tmp_path)
+    assert proc.returncode == 2
+    for name in ("demo", "sim", "edge", "hub", "cert"):
+        assert name in proc.stderr
+
+
 def _requirement_name(req: str) -> str:
     name = req
     for sep in "<>=!~[; ":
@@ -242,7 +268,7 @@ def test_edge_init(site):
     assert _mode(d / "gateway.key") == 0o600
     key = load_private_key(d / "gateway.key")
     pub = load_public_key(d / "gateway.pub.pem")
-    assert key_id(pub) == key_id(key.public_key())
+    assert key_id(pub) == key_id(key.public_key)
     assert key_id(pub) in edge.stdout
     assert "gridtrace hub gateway add gw1" in edge.stdout  # tells what to do next
     assert (d / "hub-ca.pem").read_bytes() == (root / "hub" / "tls" / "ca.pem").read_bytes()

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hubharness import RunningHub, init_hub, register_gateway
 from test_end_to_end import assert_every_reading_once, wait_until
 
@@ -110,7 +109,7 @@ def _receipt(signer: Signer, seq: int = 1, digest: bytes = b"\x07" * 32, key_id:
 
 
 def test_a_receipt_is_good_if_any_pinned_key_verifies_it():
-    a, b, stranger = (Signer(Ed25519PrivateKey.generate()) for _ in range(3))
+    a, b, stranger = (Signer.generate() for _ in range(3))
     pinned = [a.public_key, b.public_key]
     assert check_receipt(_receipt(b), "gw1", 1, b"\x07" * 32, pinned).batch_seq == 1
     assert check_receipt(_receipt(a), "gw1", 1, b"\x07" * 32, pinned).batch_seq == 1
@@ -151,10 +150,10 @@ def _queue_with_batches(path: Path, signer: Signer, batches: int, size: int) -> 
 
 def test_agent_moves_past_a_dead_first_hub_and_says_which_hub_it_uses(tmp_path, caplog):
     cfg = init_hub(tmp_path / "hub")
-    signer = Signer(Ed25519PrivateKey.generate())
+    signer = Signer.generate()
     register_gateway(cfg, "gw-f", signer, tmp_path)
     other_key = tmp_path / "old-hub.pub.pem"  # a second pinned key, as during a key rotation
-    write_public_key(other_key, Signer(Ed25519PrivateKey.generate()).public_key)
+    write_public_key(other_key, Signer.generate().public_key)
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
     queue = _queue_with_batches(tmp_path / "queue.sqlite", signer, batches=6, size=50)
     uplink_cfg = UplinkConfig(

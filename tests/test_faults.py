@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import MeterConfig, UplinkConfig
 from edge.poller import new_meter_state, to_reading
@@ -52,7 +51,7 @@ def ingestor_for(tmp_path: Path, gateways: list[GatewaySim]) -> tuple[Ingestor, 
         register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
     store = FlakyStore(cfg.database_url)
     store.fail_gateways = set()
-    hub_signer = Signer(Ed25519PrivateKey.generate())
+    hub_signer = Signer.generate()
     return Ingestor(store, ThreadPoolExecutor(1), hub_signer, cfg.chain_id, max_group=64), store
 
 
@@ -139,7 +138,7 @@ def _sealed(signer, gateway_id, seq, prev, bodies, ts):  # noqa: ANN001
 
 def test_agent_started_before_enrollment_reports_why_and_delivers_once_enrolled(tmp_path):
     cfg = init_hub(tmp_path / "hub")
-    signer = Signer(Ed25519PrivateKey.generate())
+    signer = Signer.generate()
     queue = queue_with_batches(tmp_path / "queue.sqlite", "gw-late", signer, batches=20, size=200)
     uplink_cfg = UplinkConfig(
         hub=cfg.listen, tls_ca=None, tls_server_name=None, hub_public_key=tmp_path / "hub" / "hub.pub.pem",

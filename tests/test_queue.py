@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.queue import DurableQueue, QueueError
 from protos.batch import check_batch, seal_batch
@@ -49,7 +48,7 @@ def reading(meter: str, seq: int, ts: int | None = None) -> Reading:
     )
 
 
-SIGNER = Signer(Ed25519PrivateKey.generate())
+SIGNER = Signer.generate()
 
 
 def sealer(signer: Signer = SIGNER, gateway_id: str = GW, created_ns: int = T0):
@@ -489,7 +488,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
     qpath = tmp_path / "queue.sqlite"
     key = tmp_path / "gateway.key"
     write_private_key(key)
-    child_signer = Signer(load_private_key(key))
+    child_signer = load_private_key(key)
     pub = child_signer.public_key
     acknowledged: list[int] = []
     for _round in range(3):

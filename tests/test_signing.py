@@ -1,19 +1,24 @@
-"""Tests for protos/signing.py: key files, key ids, PEM, signatures."""
+"""Tests for protos/signing.py: key files, key ids, PEM, signatures, and that OpenSSL
+(through `cryptography` and the openssl command) reads what we write and the reverse."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+import subprocess
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from systemtools import require_tool
 
 from protos.signing import (
     SIGNATURE_SIZE,
     KeyFileError,
+    PublicKey,
     Signer,
     key_id,
     load_private_key,
@@ -36,7 +41,7 @@ def test_write_private_key_mode_0600(tmp_path):
     key = write_private_key(path)
     assert _mode(path) == 0o600
     loaded = load_private_key(path)
-    assert raw_public_key(loaded.public_key()) == raw_public_key(key.public_key())
+    assert raw_public_key(loaded.public_key) == raw_public_key(key.public_key)
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8
 
 
@@ -59,7 +64,7 @@ def test_write_private_key_refuses_to_overwrite(tmp_path):
     with pytest.raises(KeyFileError, match="exists; refusing to overwrite"):
         write_private_key(path)
     assert path.read_bytes() == before
-    assert raw_public_key(load_private_key(path).public_key()) == raw_public_key(key.public_key())
+    assert raw_public_key(load_private_key(path).public_key) == raw_public_key(key.public_key)
     other = tmp_path / "notes.txt"
     other.write_text("not a key")
     with pytest.raises(KeyFileError, match="exists"):
@@ -103,28 +108,112 @@ def test_load_private_key_errors(tmp_path):
 
 
 def test_key_id_is_16_hex_of_sha256_of_raw_public_key():
-    key = Ed25519PrivateKey.generate()
-    pub = key.public_key()
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    signer = Signer.generate()
+    pub = signer.public_key
+    # the raw bytes are those another implementation derives from the same private key
+    raw = Ed25519PrivateKey.from_private_bytes(signer.seed).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     assert len(raw) == 32 and raw_public_key(pub) == raw
     kid = key_id(pub)
     assert len(kid) == 16
     assert all(ch in "0123456789abcdef" for ch in kid)
     assert kid == hashlib.sha256(raw).hexdigest()[:16]
-    assert Signer(key).key_id == kid
-    assert key_id(Ed25519PrivateKey.generate().public_key()) != kid
+    assert signer.key_id == kid
+    assert key_id(Signer.generate().public_key) != kid
 
 
-def test_key_id_known_answer():
-    # RFC 8032 test 1 secret key; its public key is d75a9801...511a.
-    sk = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-    pub = Ed25519PrivateKey.from_private_bytes(sk).public_key()
-    assert raw_public_key(pub).hex() == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
-    assert key_id(pub) == hashlib.sha256(raw_public_key(pub)).hexdigest()[:16]
+# RFC 8032 section 7.1, test 1 (empty message) and test 2 (one byte 0x72)
+RFC8032 = [
+    ("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+     "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"),
+    ("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+     "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
+]
+
+
+@pytest.mark.parametrize("seed,public,message,signature", RFC8032)
+def test_rfc8032_known_answers(seed, public, message, signature):
+    signer = Signer(bytes.fromhex(seed))
+    assert signer.public_key.raw.hex() == public
+    assert key_id(signer.public_key) == hashlib.sha256(bytes.fromhex(public)).hexdigest()[:16]
+    assert signer.sign(bytes.fromhex(message)).hex() == signature
+    assert verify_signature(PublicKey(bytes.fromhex(public)), bytes.fromhex(signature), bytes.fromhex(message))
+
+
+def test_key_files_are_the_ones_openssl_reads_and_writes(tmp_path):
+    # ours -> cryptography (OpenSSL): the same key, and it verifies our signatures
+    path = tmp_path / "ours.key"
+    ours = write_private_key(path)
+    theirs = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(theirs, Ed25519PrivateKey)
+    assert theirs.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == ours.public_key.raw
+    theirs_pub = serialization.load_pem_public_key(public_key_pem(ours.public_key).encode())
+    assert isinstance(theirs_pub, Ed25519PublicKey)
+    theirs_pub.verify(ours.sign(b"m"), b"m")  # raises if not
+    # cryptography (OpenSSL) -> ours: byte-identical PEM both ways
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    other = tmp_path / "theirs.key"
+    other.write_bytes(pem)
+    os.chmod(other, 0o600)
+    loaded = load_private_key(other)
+    assert loaded.private_key_pem().encode() == pem
+    pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert public_key_pem(loaded.public_key).encode() == pub_pem
+    assert verify_signature(parse_public_key_pem(pub_pem.decode()), key.sign(b"m"), b"m")
+
+
+def test_openssl_command_line_key_and_signature(tmp_path):
+    """A key made by `openssl genpkey` loads, and `openssl pkeyutl` verifies what we sign
+    (what an auditor with nothing but OpenSSL would do)."""
+    openssl = require_tool("openssl", "openssl", "it checks our key files against OpenSSL's")
+    key = tmp_path / "openssl.key"
+    subprocess.run([openssl, "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
+    os.chmod(key, 0o600)
+    signer = load_private_key(key)
+    pub = tmp_path / "openssl.pub.pem"
+    subprocess.run([openssl, "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True)
+    assert load_public_key(pub) == signer.public_key
+    data, sig = tmp_path / "data", tmp_path / "sig"
+    data.write_bytes(b"gridtrace batch header")
+    sig.write_bytes(signer.sign(data.read_bytes()))
+    out = subprocess.run([openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(pub), "-rawin",
+                          "-in", str(data), "-sigfile", str(sig)], capture_output=True, text=True)
+    assert out.returncode == 0 and "Signature Verified Successfully" in out.stdout
+
+
+def test_malformed_key_files_name_the_file(tmp_path):
+    good = Signer.generate().private_key_pem()
+    lines = good.splitlines()
+    cases = {
+        "bad base64": "\n".join([lines[0], "!!!" + lines[1][3:], lines[2]]),
+        "no end line": "\n".join(lines[:2]),
+        "public key": public_key_pem(Signer.generate().public_key),
+        "truncated": "\n".join([lines[0], lines[1][:20], lines[2]]),
+    }
+    for name, text in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.key"
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        with pytest.raises(KeyFileError, match=str(path)):
+            load_private_key(path)
+    with pytest.raises(ValueError, match="32 bytes"):
+        PublicKey(b"\x01" * 31)
+    with pytest.raises(ValueError, match="32 bytes"):
+        Signer(b"\x01" * 33)
+
+
+def test_secret_not_in_repr():
+    signer = Signer.generate()
+    assert signer.seed.hex() not in repr(signer)
+    assert signer.key_id in repr(signer) or "PublicKey" in repr(signer)
 
 
 def test_public_key_pem_round_trip(tmp_path):
-    pub = Ed25519PrivateKey.generate().public_key()
+    pub = Signer.generate().public_key
     pem = public_key_pem(pub)
     assert pem.startswith("-----BEGIN PUBLIC KEY-----\n")  # SubjectPublicKeyInfo
     assert raw_public_key(parse_public_key_pem(pem)) == raw_public_key(pub)
@@ -158,14 +247,14 @@ def test_sign_and_verify(tmp_path):
 
 
 def test_verify_signature_false_cases():
-    signer = Signer(Ed25519PrivateKey.generate())
+    signer = Signer.generate()
     data = b"\x19gridtrace/batch-header/v1 and more"
     sig = signer.sign(data)
     # wrong length
     for bad in (b"", sig[:63], sig + b"\x00", sig * 2):
         assert verify_signature(signer.public_key, bad, data) is False
     # another key
-    assert verify_signature(Ed25519PrivateKey.generate().public_key(), sig, data) is False
+    assert verify_signature(Signer.generate().public_key, sig, data) is False
     # changed data: each byte, and length changes
     for i in range(len(data)):
         changed = bytearray(data)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hubharness import RunningHub, init_hub, register_gateway
 from sqlalchemy import select
 from test_end_to_end import assert_every_reading_once, hub_rows, readings_by_meter, wait_until
@@ -158,7 +157,7 @@ async def _deliver(queue: DurableQueue, cfg: UplinkConfig, gateway_id: str, time
 
 def test_a_full_queue_records_a_gap_that_the_hub_stores_and_the_certificate_shows(tmp_path):
     hub_cfg = init_hub(tmp_path / "hub", block_interval=0.2)
-    signer = Signer(Ed25519PrivateKey.generate())
+    signer = Signer.generate()
     register_gateway(hub_cfg, "gw-full", signer, tmp_path)
     q = DurableQueue(tmp_path / "queue.sqlite", "gw-full", max_bytes=LIMIT)
     sealer = Sealer(q, signer, "gw-full", max_entries=100, max_age_s=1.0)
@@ -208,7 +207,7 @@ def test_a_full_queue_records_a_gap_that_the_hub_stores_and_the_certificate_show
 def test_catch_up_of_an_hour_of_32_meters_while_live_readings_keep_arriving(tmp_path):
     n_meters, seconds = 32, 3600
     hub_cfg = init_hub(tmp_path / "hub", block_interval=0.5)
-    signer = Signer(Ed25519PrivateKey.generate())
+    signer = Signer.generate()
     register_gateway(hub_cfg, "gw-cu", signer, tmp_path)
     q = DurableQueue(tmp_path / "queue.sqlite", "gw-cu")
     sealer = Sealer(q, signer, "gw-cu", max_entries=500, max_age_s=0.2)

@@ -18,10 +18,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hub.certificates.document import DocumentError, load_json
-from protos.signing import KeyFileError, key_id, parse_public_key_pem, public_key_pem
+from protos.signing import KeyFileError, PublicKey, key_id, parse_public_key_pem, public_key_pem
 
 TRUST_FORMAT = "gridtrace/trust/v1"
 
@@ -33,16 +32,16 @@ class TrustError(ValueError):
 @dataclass(frozen=True)
 class ChainTrust:
     quorum: int
-    replicas: dict[str, Ed25519PublicKey]  # key id -> key
+    replicas: dict[str, PublicKey]  # key id -> key
 
 
 @dataclass(frozen=True)
 class Trust:
-    gateways: dict[str, dict[str, Ed25519PublicKey]]  # gateway id -> key id -> key
+    gateways: dict[str, dict[str, PublicKey]]  # gateway id -> key id -> key
     chains: dict[str, ChainTrust]
 
 
-def _key(entry: object, where: str) -> tuple[str, Ed25519PublicKey]:
+def _key(entry: object, where: str) -> tuple[str, PublicKey]:
     if not isinstance(entry, dict) or not isinstance(entry.get("public_key"), str):
         raise TrustError(f"{where}: needs key_id and public_key (PEM)")
     try:
@@ -60,7 +59,7 @@ def parse_trust(doc: object, source: str = "trust file") -> Trust:
     for section in ("gateways", "chains"):
         if not isinstance(doc.get(section, {}), dict):
             raise TrustError(f"{source}: {section} must be an object keyed by id")
-    gateways: dict[str, dict[str, Ed25519PublicKey]] = {}
+    gateways: dict[str, dict[str, PublicKey]] = {}
     for gw, keys in (doc.get("gateways") or {}).items():
         if not isinstance(keys, list):
             raise TrustError(f"{source}: gateways.{gw} must be a list of keys")
@@ -89,8 +88,8 @@ def load_trust(path: Path) -> Trust:
 
 
 def trust_document(
-    gateways: dict[str, list[Ed25519PublicKey]],
-    chains: dict[str, tuple[int, list[tuple[str, Ed25519PublicKey]]]],
+    gateways: dict[str, list[PublicKey]],
+    chains: dict[str, tuple[int, list[tuple[str, PublicKey]]]],
 ) -> dict:
     """The JSON document for the given keys (what `gridtrace hub trust` writes)."""
     return {

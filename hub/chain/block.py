@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protos import merkle
 from protos.canonical import block_hash, encode_commit
 from protos.merkle import CompactRange
 from protos.records import ZERO_HASH, BlockHeader, CommitStatement
-from protos.signing import Signer, verify_signature
+from protos.signing import PublicKey, Signer, verify_signature
 
 
 def next_block(
@@ -60,5 +59,5 @@ def seal(header: BlockHeader, signer: Signer) -> tuple[str, bytes]:
     return signer.key_id, signer.sign(encode_commit(commit_statement(header)))
 
 
-def check_seal(header: BlockHeader, signature: bytes, key: Ed25519PublicKey) -> bool:
+def check_seal(header: BlockHeader, signature: bytes, key: PublicKey) -> bool:
     return verify_signature(key, signature, encode_commit(commit_statement(header)))

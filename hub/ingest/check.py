@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hub.storage.schema import ENTRY_GAP, ENTRY_READING
 from hub.storage.store import EntryRow, NewBatch
@@ -17,6 +16,7 @@ from protos import readings_pb2 as pb
 from protos.batch import BatchError, check_batch
 from protos.canonical import encode_batch_header, encode_gap, encode_reading_fields
 from protos.records import ZERO_HASH, BatchHeader, RecordError
+from protos.signing import PublicKey
 from protos.wire import WireError, entry_from_pb, header_from_pb
 
 
@@ -78,7 +78,7 @@ def _entry_rows(msg: pb.SignedBatch) -> tuple[list[EntryRow], list[bytes], list[
 
 
 def check_signed_batch(
-    msg: pb.SignedBatch, keys: dict[str, dict[str, Ed25519PublicKey]]
+    msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey]]
 ) -> CheckedBatch:
     """Structure and signature; not yet the chain position."""
     try:

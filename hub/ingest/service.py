@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hub.ingest.check import Placement, Reason, Rejection, check_signed_batch, place_in_chain
 from hub.storage.store import NewBatch, Store
@@ -25,7 +24,7 @@ from protos import ingest_pb2 as ipb
 from protos import ingest_pb2_grpc
 from protos.canonical import encode_receipt
 from protos.records import ReceiptStatement
-from protos.signing import Signer, parse_public_key_pem
+from protos.signing import PublicKey, Signer, parse_public_key_pem
 
 log = logging.getLogger("gridtrace.hub.ingest")
 
@@ -43,7 +42,7 @@ class Ingestor:
         self.signer = signer
         self.chain_id = chain_id
         self.max_group = max_group
-        self.keys: dict[str, dict[str, Ed25519PublicKey]] = {}
+        self.keys: dict[str, dict[str, PublicKey]] = {}
         self.heads: dict[str, tuple[int, bytes]] = {}
         self.pending: dict[tuple[str, int], tuple[bytes, asyncio.Future]] = {}
         self.accepted = Counter()
