@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,18 +24,13 @@ import grpc
 
 from edge.clock import now_ns
 from edge.config import UplinkConfig
-from edge.queue import DurableQueue, QueuedBatch
+from edge.queue import DurableQueue
 from protos import ingest_pb2_grpc
 from protos import readings_pb2 as pb
-from protos.canonical import (
-    TAG_READING,
-    decode_batch_header,
-    decode_entry,
-    encode_receipt,
-)
+from protos.canonical import decode_batch_header, encode_receipt
 from protos.records import ReceiptStatement, RecordError
 from protos.signing import PublicKey, key_id, load_public_key, verify_signature
-from protos.wire import entry_to_pb, header_to_pb
+from protos.wire import header_to_pb
 
 log = logging.getLogger("gridtrace.edge.uplink")
 
@@ -103,62 +97,17 @@ def check_receipt(
     return stmt
 
 
-def batch_to_pb(b: QueuedBatch) -> pb.SignedBatch:
-    return pb.SignedBatch(
-        header=header_to_pb(b.header), signature=b.signature, entries=[entry_to_pb(e) for e in b.entries]
-    )
-
-
-_U16 = struct.Struct(">H")
-_READING_FIXED = struct.Struct(">QqBI")  # seq, timestamp_ns, clock, quality (docs/formats.md)
-_READING_START = 1 + len(TAG_READING)
-
-
-def entry_pb_from_canonical(body: bytes) -> pb.Entry:
-    """The wire message of one queued entry, straight from its canonical bytes.
-
-    Catch-up after a long outage re-sends every queued reading, and building records
-    first (`entry_to_pb(decode_entry(body))`) costs several times more per reading than
-    the layout walk here. The bytes were encoded and checked by this agent and are
-    checked again by the hub; anything this walk does not expect (a gap, a damaged
-    entry) takes the checked path, which names what is wrong.
-    """
-    if body[1:_READING_START] == TAG_READING and body[0] == len(TAG_READING):
-        try:
-            (n,) = _U16.unpack_from(body, _READING_START)
-            pos = _READING_START + 2
-            meter_id = body[pos : pos + n].decode()
-            pos += n
-            seq, ts, clock, quality = _READING_FIXED.unpack_from(body, pos)
-            pos += _READING_FIXED.size
-            (k,) = _U16.unpack_from(body, pos)
-            pos += 2
-            strings = []
-            for _ in range(2 * k):
-                (n,) = _U16.unpack_from(body, pos)
-                pos += 2
-                strings.append(body[pos : pos + n].decode())
-                pos += n
-            values = struct.unpack_from(f">{k}d", body, pos)
-            if pos + 8 * k == len(body):
-                return pb.Entry(reading=pb.Reading(
-                    meter_id=meter_id, seq=seq, timestamp_ns=ts, clock=clock, quality=quality,
-                    names=strings[:k], units=strings[k:], values=values,
-                ))
-        except (struct.error, UnicodeDecodeError):
-            pass
-    return entry_to_pb(decode_entry(body))
-
-
 def load_pending(queue: DurableQueue, after_seq: int, limit: int) -> list[tuple[int, bytes, pb.SignedBatch]]:
     """(seq, hash, wire message) of the next unreceipted batches; run in a worker thread so
-    that decoding a large backlog keeps off the event loop the pollers share."""
+    that reading a large backlog keeps off the event loop the pollers share.
+
+    Entries go out as the canonical bytes the queue holds, the very leaves this agent
+    hashed into the signed header (wire v2): nothing is decoded or re-encoded.
+    """
     out = []
     for seq, header, signature, digest, bodies in queue.pending_raw(after_seq, limit):
         msg = pb.SignedBatch(
-            header=header_to_pb(decode_batch_header(header)),
-            signature=signature,
-            entries=[entry_pb_from_canonical(b) for b in bodies],
+            header=header_to_pb(decode_batch_header(header)), signature=signature, entry_bytes=bodies
         )
         out.append((seq, digest, msg))
     return out

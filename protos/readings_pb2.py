@@ -24,23 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/readings.proto\x12\x0cgridtrace.v1\"\xa7\x01\n\x07Reading\x12\x10\n\x08meter_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0ctimestamp_ns\x18\x03 \x01(\x03\x12(\n\x05\x63lock\x18\x04 \x01(\x0e\x32\x19.gridtrace.v1.ClockStatus\x12\x0f\n\x07quality\x18\x05 \x01(\r\x12\r\n\x05names\x18\x06 \x03(\t\x12\r\n\x05units\x18\x07 \x03(\t\x12\x0e\n\x06values\x18\x08 \x03(\x01\"]\n\x03Gap\x12\x10\n\x08meter_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66rom_ns\x18\x02 \x01(\x03\x12\r\n\x05to_ns\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0cmissed_polls\x18\x05 \x01(\r\"[\n\x05\x45ntry\x12(\n\x07reading\x18\x01 \x01(\x0b\x32\x15.gridtrace.v1.ReadingH\x00\x12 \n\x03gap\x18\x02 \x01(\x0b\x32\x11.gridtrace.v1.GapH\x00\x42\x06\n\x04kind\"\xb3\x01\n\x0b\x42\x61tchHeader\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tprev_hash\x18\x04 \x01(\x0c\x12\x14\n\x0c\x65ntries_root\x18\x05 \x01(\x0c\x12\x13\n\x0b\x65ntry_count\x18\x06 \x01(\r\x12\x10\n\x08\x66irst_ns\x18\x07 \x01(\x03\x12\x0f\n\x07last_ns\x18\x08 \x01(\x03\x12\x12\n\ncreated_ns\x18\t \x01(\x03\"q\n\x0bSignedBatch\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.gridtrace.v1.BatchHeader\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12$\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x13.gridtrace.v1.Entry*O\n\x0b\x43lockStatus\x12\x11\n\rCLOCK_UNKNOWN\x10\x00\x12\x15\n\x11\x43LOCK_INFORMATIVE\x10\x01\x12\x16\n\x12\x43LOCK_SYNCHRONIZED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/readings.proto\x12\x0cgridtrace.v1\"\xb3\x01\n\x0b\x42\x61tchHeader\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tprev_hash\x18\x04 \x01(\x0c\x12\x14\n\x0c\x65ntries_root\x18\x05 \x01(\x0c\x12\x13\n\x0b\x65ntry_count\x18\x06 \x01(\r\x12\x10\n\x08\x66irst_ns\x18\x07 \x01(\x03\x12\x0f\n\x07last_ns\x18\x08 \x01(\x03\x12\x12\n\ncreated_ns\x18\t \x01(\x03\"o\n\x0bSignedBatch\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.gridtrace.v1.BatchHeader\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x65ntry_bytes\x18\x04 \x03(\x0cJ\x04\x08\x03\x10\x04R\x07\x65ntriesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.readings_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLOCKSTATUS']._serialized_start=694
-  _globals['_CLOCKSTATUS']._serialized_end=773
-  _globals['_READING']._serialized_start=40
-  _globals['_READING']._serialized_end=207
-  _globals['_GAP']._serialized_start=209
-  _globals['_GAP']._serialized_end=302
-  _globals['_ENTRY']._serialized_start=304
-  _globals['_ENTRY']._serialized_end=395
-  _globals['_BATCHHEADER']._serialized_start=398
-  _globals['_BATCHHEADER']._serialized_end=577
-  _globals['_SIGNEDBATCH']._serialized_start=579
-  _globals['_SIGNEDBATCH']._serialized_end=692
+  _globals['_BATCHHEADER']._serialized_start=40
+  _globals['_BATCHHEADER']._serialized_end=219
+  _globals['_SIGNEDBATCH']._serialized_start=221
+  _globals['_SIGNEDBATCH']._serialized_end=332
 # @@protoc_insertion_point(module_scope)

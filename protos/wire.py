@@ -1,6 +1,9 @@
-"""Conversion between the protobuf wire messages and the evidence records.
+"""Conversion between the protobuf batch header and its evidence record.
 
-Parsing here is strict: a message that does not make a valid record raises
+Entries need no conversion: since wire v2 they travel as their canonical bytes
+(`SignedBatch.entry_bytes`, checked by `protos.canonical.scan_entry`).
+
+Parsing here is strict: a header that does not make a valid record raises
 `WireError` naming the field, so a hub can reject a malformed batch with a
 message a field engineer can act on.
 """
@@ -8,78 +11,11 @@ message a field engineer can act on.
 from __future__ import annotations
 
 from protos import readings_pb2 as pb
-from protos.records import (
-    BatchHeader,
-    ClockStatus,
-    Entry,
-    Gap,
-    Quality,
-    Quantity,
-    Reading,
-    RecordError,
-)
+from protos.records import BatchHeader, RecordError
 
 
 class WireError(ValueError):
     """A wire message that does not make a valid record."""
-
-
-def reading_to_pb(r: Reading) -> pb.Reading:
-    return pb.Reading(
-        meter_id=r.meter_id,
-        seq=r.seq,
-        timestamp_ns=r.timestamp_ns,
-        clock=int(r.clock),
-        quality=int(r.quality),
-        names=[q.name for q in r.quantities],
-        units=[q.unit for q in r.quantities],
-        values=[q.value for q in r.quantities],
-    )
-
-
-def gap_to_pb(g: Gap) -> pb.Gap:
-    return pb.Gap(
-        meter_id=g.meter_id,
-        from_ns=g.from_ns,
-        to_ns=g.to_ns,
-        reason=g.reason,
-        missed_polls=g.missed_polls,
-    )
-
-
-def entry_to_pb(e: Entry) -> pb.Entry:
-    if isinstance(e, Reading):
-        return pb.Entry(reading=reading_to_pb(e))
-    return pb.Entry(gap=gap_to_pb(e))
-
-
-def entry_from_pb(m: pb.Entry, index: int) -> Entry:
-    kind = m.WhichOneof("kind")
-    try:
-        if kind == "reading":
-            r = m.reading
-            return Reading(
-                meter_id=r.meter_id,
-                seq=r.seq,
-                timestamp_ns=r.timestamp_ns,
-                clock=ClockStatus(r.clock),
-                quality=Quality(r.quality),
-                quantities=_quantities(r, index),
-            )
-        if kind == "gap":
-            g = m.gap
-            return Gap(g.meter_id, g.from_ns, g.to_ns, g.reason, g.missed_polls)
-    except (RecordError, ValueError) as exc:
-        raise WireError(f"entry {index}: {exc}") from exc
-    raise WireError(f"entry {index}: neither a reading nor a gap")
-
-
-def _quantities(r: pb.Reading, index: int) -> tuple[Quantity, ...]:
-    if not len(r.names) == len(r.units) == len(r.values):
-        raise WireError(
-            f"entry {index}: {len(r.names)} names, {len(r.units)} units and {len(r.values)} values"
-        )
-    return tuple(Quantity(n, u, v) for n, u, v in zip(r.names, r.units, r.values))
 
 
 def header_to_pb(h: BatchHeader) -> pb.BatchHeader:

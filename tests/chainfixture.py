@@ -43,7 +43,7 @@ from protos.batch import seal_batch
 from protos.canonical import encode_entry
 from protos.records import ZERO_HASH, ClockStatus, Entry, Gap, Quality, Quantity, Reading
 from protos.signing import Signer, parse_public_key_pem, public_key_pem
-from protos.wire import entry_to_pb, header_to_pb
+from protos.wire import header_to_pb
 
 CHAIN_ID = "substation-7"
 HUB_REPLICA_ID = "hub-7a"
@@ -165,10 +165,7 @@ def build_chain(tmp_dir: Path) -> Chain:
             gw_signers[gw], gw, batch_seq[gw], prev_hash[gw], bodies,
             [e.timestamp_ns for e in batch], created_ns,
         )
-        msg = pb.SignedBatch(
-            header=header_to_pb(sealed.header), signature=sealed.signature,
-            entries=[entry_to_pb(e) for e in batch],
-        )
+        msg = pb.SignedBatch(header=header_to_pb(sealed.header), signature=sealed.signature, entry_bytes=bodies)
         checked = check_signed_batch(msg, keys)
         assert place_in_chain(checked.header, store.gateway_heads().get(gw)) is Placement.NEXT
         assert checked.batch.hash == sealed.hash

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,29 @@ from protos.batch import seal_batch
 from protos.canonical import encode_reading
 from protos.records import ZERO_HASH, ClockStatus, Quality, Quantity, Reading
 from protos.signing import Signer, load_public_key, public_key_pem, write_public_key
-from protos.wire import entry_to_pb, header_to_pb
+from protos.wire import header_to_pb
+
+
+def replace_entry(msg: pb.SignedBatch, index: int, change: Callable[[bytes], bytes]) -> None:
+    """Tamper with one entry's canonical bytes in a built batch (header and signature untouched)."""
+    bodies = list(msg.entry_bytes)
+    bodies[index] = change(bodies[index])
+    del msg.entry_bytes[:]
+    msg.entry_bytes.extend(bodies)
+
+
+def reading_layout(body: bytes) -> dict[str, int]:
+    """Byte offsets of the fields of a canonical reading (docs/formats.md), for tamper tests."""
+    at = {"meter_id": 1 + body[0]}
+    at["seq"] = at["meter_id"] + 2 + struct.unpack_from(">H", body, at["meter_id"])[0]
+    at["timestamp_ns"], at["clock"], at["quality"] = at["seq"] + 8, at["seq"] + 16, at["seq"] + 17
+    at["names"] = pos = at["quality"] + 4
+    k = struct.unpack_from(">H", body, pos)[0]
+    pos += 2
+    for _ in range(2 * k):
+        pos += 2 + struct.unpack_from(">H", body, pos)[0]
+    at["values"] = pos
+    return at
 
 
 def free_port() -> int:
@@ -141,7 +165,7 @@ class GatewaySim:
             self.prev_hash = sealed.hash
         return pb.SignedBatch(
             header=header_to_pb(sealed.header), signature=sealed.signature,
-            entries=[entry_to_pb(r) for r in readings],
+            entry_bytes=[encode_reading(r) for r in readings],
         )
 
     @property

@@ -415,7 +415,7 @@ def test_decode_rejects_unknown_clock_status():
     assert data[clock_at] == ClockStatus.SYNCHRONIZED
     for bad in (3, 0x7F, 0xFF):
         data[clock_at] = bad
-        with pytest.raises(CanonicalError, match=rf"reading: unknown clock status {bad}"):
+        with pytest.raises(CanonicalError, match=rf"reading: clock: unknown clock status {bad}"):
             c.decode_reading(bytes(data))
 
 
@@ -719,3 +719,71 @@ def test_another_key_is_detected(sealed):
     other = Signer.generate().public_key
     with pytest.raises(BatchError, match=f"signature does not verify with key {batch.header.key_id}"):
         check_batch(batch.header, batch.signature, bodies, ts, other)
+
+
+# ---------------------------------------------------------------------------
+# The hub's fast scanner accepts exactly what the decoder accepts.
+# ---------------------------------------------------------------------------
+
+_SPECIAL_DOUBLES = [struct.pack(">d", v) for v in (math.nan, math.inf, -math.inf, 1e308)] + [b"\x7f\xf0" + bytes(6)]
+
+
+@st.composite
+def damaged_entries(draw):
+    """(valid canonical entry, the same bytes perhaps damaged): flips, overwrites (NaN/inf
+    included), truncations, insertions, and fields that parse but break a rule."""
+    entry = draw(st.one_of(readings, readings, gaps))
+    body = c.encode_entry(entry)
+    how = draw(st.sampled_from(["keep", "overwrite", "special", "truncate", "insert", "flip"]))
+    at = draw(st.integers(0, len(body)))
+    if how == "overwrite":
+        body = body[:at] + draw(st.binary(min_size=1, max_size=9)) + body[at + 1 :]
+    elif how == "special":
+        body = body[:at] + draw(st.sampled_from(_SPECIAL_DOUBLES)) + body[at + 8 :]
+    elif how == "truncate":
+        body = body[:at]
+    elif how == "insert":
+        body = body[:at] + draw(st.binary(min_size=1, max_size=4)) + body[at:]
+    elif how == "flip" and body:
+        i = min(at, len(body) - 1)
+        body = body[:i] + bytes([body[i] ^ (1 << draw(st.integers(0, 7)))]) + body[i + 1 :]
+    return c.encode_entry(entry), body
+
+
+def _outcome(fn, body):
+    try:
+        return "ok", fn(body)
+    except CanonicalError:
+        return "rejected", None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(damaged_entries())
+def test_scan_entry_accepts_exactly_what_the_decoder_accepts(pair):
+    valid, body = pair
+    c.scan_entry(valid)  # seen before: the damaged copy meets the scanner's fast path
+    scanned, decoded = _outcome(c.scan_entry, body), _outcome(c.decode_entry, body)
+    assert scanned[0] == decoded[0], (body.hex(), scanned, decoded)
+    if decoded[0] == "ok":
+        entry = decoded[1]
+        assert c.encode_entry(entry) == body  # accepted bytes are canonical
+        seq = entry.seq if isinstance(entry, Reading) else None
+        assert scanned[1] == (entry.meter_id, seq, entry.timestamp_ns)
+
+
+def test_scan_entry_rejections_name_the_field():
+    data = bytearray.fromhex(GOLDEN_READING_HEX)
+    c.scan_entry(bytes(data))
+    values_at = len(data) - 8 * len(GOLDEN_READING.quantities)
+    data[values_at : values_at + 8] = struct.pack(">d", math.nan)
+    with pytest.raises(CanonicalError, match=f"value of {GOLDEN_READING.quantities[0].name} must be a finite"):
+        c.scan_entry(bytes(data))
+    with pytest.raises(CanonicalError, match="reading: values: truncated"):
+        c.scan_entry(bytes.fromhex(GOLDEN_READING_HEX)[:-1])
+
+
+def test_scan_entry_accepts_finite_values_whose_sum_overflows():
+    r = Reading("MTR-9", 1, 0, ClockStatus.SYNCHRONIZED, Quality.OK,
+                (Quantity("a", "", 1.7e308), Quantity("b", "", 1.7e308)))
+    body = c.encode_entry(r)
+    assert c.scan_entry(body) == c.scan_entry(body) == ("MTR-9", 1, 0)

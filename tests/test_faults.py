@@ -25,7 +25,7 @@ from protos.canonical import encode_reading
 from protos.records import ClockStatus, Quality, Quantity, Reading
 from protos.signing import Signer, public_key_pem
 
-from hubharness import GatewaySim, RunningHub, init_hub, register_gateway
+from hubharness import GatewaySim, RunningHub, init_hub, reading_layout, register_gateway, replace_entry
 
 
 class FlakyStore(Store):
@@ -105,7 +105,7 @@ def test_a_batch_with_a_sequence_number_beyond_the_database_range_is_malformed(t
     gw = GatewaySim.new()
     ingestor, store = ingestor_for(tmp_path, [gw])
     msg = gw.batch(1)
-    msg.entries[0].reading.seq = 2**63
+    replace_entry(msg, 0, lambda b: b[: reading_layout(b)["seq"]] + (2**63).to_bytes(8, "big") + b[reading_layout(b)["seq"] + 8 :])
 
     async def run() -> None:
         await ingestor.start()

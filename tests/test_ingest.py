@@ -3,6 +3,7 @@ status codes, nothing stored from a rejected batch, and the hub keeps serving.""
 
 from __future__ import annotations
 
+import struct
 import time
 
 import grpc
@@ -16,7 +17,7 @@ from protos import ingest_pb2, ingest_pb2_grpc
 from protos.canonical import decode_batch_header, batch_hash
 from protos.wire import header_from_pb
 
-from hubharness import GatewaySim, RunningHub, init_hub, register_gateway
+from hubharness import GatewaySim, RunningHub, init_hub, reading_layout, register_gateway, replace_entry
 
 
 @pytest.fixture()
@@ -104,7 +105,8 @@ def test_bad_signature_is_unauthenticated_and_nothing_is_stored(hub):
 
 def test_changed_reading_breaks_the_root(hub):
     msg = hub.gw.batch(3)
-    msg.entries[1].reading.values[0] += 0.001
+    # still a well-formed reading, one value's last mantissa bit flipped
+    replace_entry(msg, 1, lambda b: b[:-1] + bytes([b[-1] ^ 1]))
     err = rejected(hub, [msg])
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "entries_root" in err.details()
@@ -166,27 +168,53 @@ def test_fork_wrong_prev_hash_is_rejected(hub):
     assert "prev_hash" in err.details()
 
 
+def _patch(field: str, value: bytes, skip: int = 0):
+    """Overwrite one field of entry 1, from `skip` bytes into it, with `value`."""
+    def change(body: bytes) -> bytes:
+        at = reading_layout(body)[field] + skip
+        return body[:at] + value + body[at + len(value):]
+    return lambda m: replace_entry(m, 1, change)
+
+
+def _swap_quantity_names(body: bytes) -> bytes:
+    at = reading_layout(body)["names"] + 2
+    n1 = struct.unpack_from(">H", body, at)[0]
+    n2 = struct.unpack_from(">H", body, at + 2 + n1)[0]
+    first, second = body[at : at + 2 + n1], body[at + 2 + n1 : at + 4 + n1 + n2]
+    return body[:at] + second + first + body[at + 4 + n1 + n2 :]
+
+
 @pytest.mark.parametrize(
-    "damage, fragment",
+    "damage, fragments",
     [
-        (lambda m: setattr(m.header, "prev_hash", b"\x00" * 31), "prev_hash"),
-        (lambda m: setattr(m.header, "entry_count", 99), "entries"),
-        (lambda m: m.entries[0].reading.values.__setitem__(0, float("nan")), "finite"),
-        (lambda m: m.entries[0].reading.units.pop(), "units"),
-        (lambda m: setattr(m.entries[0].reading, "meter_id", "bad meter id!"), "meter_id"),
-        (lambda m: m.entries[0].ClearField("kind"), "neither a reading nor a gap"),
-        (lambda m: setattr(m.entries[0].reading, "seq", 0), "seq"),
-        (lambda m: m.ClearField("entries"), "entries"),
+        (lambda m: setattr(m.header, "prev_hash", b"\x00" * 31), ["prev_hash"]),
+        (lambda m: setattr(m.header, "entry_count", 99), ["entries"]),
+        (_patch("values", struct.pack(">d", float("nan"))), ["entry 1", "value of energy_import", "finite"]),
+        (_patch("values", struct.pack(">d", float("-inf"))), ["entry 1", "value of energy_import", "finite"]),
+        (_patch("meter_id", b"#", skip=2), ["entry 1", "meter_id", "not a valid identifier"]),
+        (_patch("meter_id", b"\xff", skip=3), ["entry 1", "meter_id", "not UTF-8"]),
+        (_patch("seq", bytes(8)), ["entry 1", "seq"]),
+        (_patch("seq", b"\x80" + bytes(7)), ["entry 1", "seq"]),  # 2^63: beyond what databases hold
+        (_patch("clock", b"\x07"), ["entry 1", "clock"]),
+        (_patch("quality", b"\x00\x00\x01\x00"), ["entry 1", "quality", "undefined flag bits"]),
+        (lambda m: replace_entry(m, 1, _swap_quantity_names), ["entry 1", "sorted"]),
+        (lambda m: replace_entry(m, 1, lambda b: b[:-3]), ["entry 1", "values", "truncated"]),
+        (lambda m: replace_entry(m, 1, lambda b: b + b"\x00"), ["entry 1", "trailing bytes"]),
+        (lambda m: replace_entry(m, 1, lambda b: b""), ["entry 1", "neither a reading nor a gap"]),
+        (lambda m: replace_entry(m, 1, lambda b: b[:5] + b"X" + b[6:]), ["entry 1", "neither a reading nor a gap"]),
+        (lambda m: m.ClearField("entry_bytes"), ["no entries"]),
     ],
 )
-def test_malformed_batch_is_invalid_argument(hub, damage, fragment):
+def test_malformed_batch_is_invalid_argument_and_what_was_accepted_stays(hub, damage, fragments):
+    good = hub.gw.batch(2)
     msg = hub.gw.batch(3, advance=False)
     damage(msg)
-    err = rejected(hub, [msg])
+    err = rejected(hub, [good, msg])
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
-    assert fragment in err.details()
-    assert counts(hub) == (0, 0)
-    assert [r.batch_seq for r in stream(hub, [hub.gw.batch(1)])] == [1]
+    for fragment in fragments:
+        assert fragment in err.details(), err.details()
+    assert counts(hub) == (1, 2)  # the batch accepted before it stays stored
+    assert [r.batch_seq for r in stream(hub, [hub.gw.batch(1)])] == [2]
 
 
 def test_blocks_are_sealed_and_status_reports_them(hub):

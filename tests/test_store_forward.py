@@ -283,29 +283,37 @@ def test_catch_up_of_an_hour_of_32_meters_while_live_readings_keep_arriving(tmp_
         assert seqs[m] == list(range(1, last + 1)), m
 
 
-def test_wire_messages_built_from_queued_bytes_match_the_checked_path():
-    from edge.uplink import entry_pb_from_canonical
-    from protos.canonical import CanonicalError, encode_entry
-    from protos.wire import entry_to_pb
+def test_the_agent_sends_its_queued_entry_bytes_verbatim_and_the_hub_checks_them(tmp_path):
+    """Wire v2: the bytes on the wire are the leaves the agent hashed into the signed header,
+    gaps included; the hub's check accepts them and stores exactly those bytes."""
+    from edge.uplink import load_pending
+    from hub.ingest.check import check_signed_batch
+    from protos.batch import seal_batch
+    from protos.canonical import decode_entry
 
-    rng = random.Random(5)
-    entries = [
-        Gap("MTR-1", 5, 9, "queue-full", 3),
-        Reading("MTR-1", 1, -5, ClockStatus.UNKNOWN, Quality(0), ()),
-        Reading("m.x:y/z-1", 2**63 - 1, 2**62, ClockStatus.INFORMATIVE,
-                Quality.PARTIAL | Quality.STALE, (Quantity("power_factor_total", "", -0.97),)),
-    ]
-    for i in range(200):
-        k = rng.randint(0, 40)
-        names = sorted(rng.sample([f"q{j:03d}" for j in range(100)], k))
-        entries.append(Reading(
-            f"MTR-{i}", rng.randint(1, 2**40), rng.randint(-2**62, 2**62), rng.choice(list(ClockStatus)),
-            Quality(rng.randint(0, 31)),
-            tuple(Quantity(n, rng.choice(["", "kWh", "°C", "VAr"]), rng.uniform(-1e9, 1e9)) for n in names),
-        ))
-    for e in entries:
-        assert entry_pb_from_canonical(encode_entry(e)) == entry_to_pb(e)
-    body = encode_entry(entries[5])
-    for damaged in (body[:-1], body + b"\x00", body[:30]):
-        with pytest.raises(CanonicalError):
-            entry_pb_from_canonical(damaged)
+    signer = Signer.generate()
+    queue = DurableQueue(tmp_path / "queue.sqlite", "gw-1")
+
+    def seal(seq, prev_hash, bodies, timestamps):
+        b = seal_batch(signer, "gw-1", seq, prev_hash, bodies, timestamps, time.time_ns())
+        return b.header, b.signature, b.hash
+
+    try:
+        t0 = time.time_ns()
+        queue.append_readings([
+            Reading("MTR-1", s, t0 + s, ClockStatus.SYNCHRONIZED, Quality.OK,
+                    (Quantity("energy_import", "kWh", 1.5 * s), Quantity("voltage_l1", "V", 230.0)))
+            for s in (1, 2, 3)
+        ])
+        queue.record_failure("MTR-2", t0, "timeout", report_after_ns=10**12)
+        queue.close_all_gaps()
+        assert queue.seal_next_batch(100, seal) is not None
+        ((seq, digest, msg),) = load_pending(queue, 0, 10)
+        raw = list(queue.pending_raw(0, 10))
+    finally:
+        queue.close()
+    assert list(msg.entry_bytes) == raw[0][4]
+    assert any(isinstance(decode_entry(b), Gap) for b in msg.entry_bytes)
+    checked = check_signed_batch(msg, {"gw-1": {signer.key_id: signer.public_key}})
+    assert checked.batch.hash == digest and seq == 1
+    assert [e.body for e in checked.batch.entries] == list(msg.entry_bytes)

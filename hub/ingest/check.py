@@ -1,23 +1,24 @@
 """What makes a batch acceptable: signature, structure, and its place in the gateway's chain.
 
-Pure functions over wire messages and known keys; they raise `Rejection` with
+Pure functions over wire messages (wire v2: each entry as its canonical bytes,
+docs/formats.md) and known keys; they raise `Rejection` with
 the gRPC status that fits and a message naming gateway, batch and problem.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-
 
 from hub.storage.schema import ENTRY_GAP, ENTRY_READING
 from hub.storage.store import EntryRow, NewBatch
 from protos import readings_pb2 as pb
 from protos.batch import BatchError, check_batch
-from protos.canonical import encode_batch_header, encode_gap, encode_reading_fields
-from protos.records import ZERO_HASH, BatchHeader, RecordError
+from protos.canonical import CanonicalError, encode_batch_header, scan_entry
+from protos.records import ZERO_HASH, BatchHeader
 from protos.signing import PublicKey
-from protos.wire import WireError, entry_from_pb, header_from_pb
+from protos.wire import WireError, header_from_pb
 
 
 class Reason(enum.Enum):
@@ -49,32 +50,21 @@ class CheckedBatch:
     batch: NewBatch
 
 
-def _entry_rows(msg: pb.SignedBatch) -> tuple[list[EntryRow], list[bytes], list[int]]:
-    """Canonical bytes and index rows of a batch's entries, straight from the wire message.
+def _entry_rows(bodies: Sequence[bytes]) -> tuple[list[EntryRow], list[int]]:
+    """Index rows and timestamps of a batch's entries, checked straight from their canonical bytes.
 
-    Readings go through `encode_reading_fields` without a record object per
-    reading or per value: this loop is the hub's per-reading cost.
+    This loop is the hub's per-reading cost: `scan_entry` recognises the fields a
+    meter repeats in every reading instead of decoding them again.
     """
-    rows, bodies, timestamps = [], [], []
-    for i, e in enumerate(msg.entries):
-        if e.WhichOneof("kind") == "reading":
-            r = e.reading
-            try:
-                body = encode_reading_fields(
-                    r.meter_id, r.seq, r.timestamp_ns, r.clock, r.quality, r.names, r.units, r.values
-                )
-            except RecordError as exc:
-                raise WireError(f"entry {i}: {exc}") from exc
-            rows.append(EntryRow(i, r.meter_id, ENTRY_READING, r.seq, r.timestamp_ns, body))
-            ts = r.timestamp_ns
-        else:
-            gap = entry_from_pb(e, i)
-            body = encode_gap(gap)
-            rows.append(EntryRow(i, gap.meter_id, ENTRY_GAP, None, gap.timestamp_ns, body))
-            ts = gap.timestamp_ns
-        bodies.append(body)
+    rows, timestamps = [], []
+    for i, body in enumerate(bodies):
+        try:
+            meter_id, seq, ts = scan_entry(body)
+        except CanonicalError as exc:
+            raise WireError(f"entry {i}: {exc}") from exc
+        rows.append(EntryRow(i, meter_id, ENTRY_GAP if seq is None else ENTRY_READING, seq, ts, body))
         timestamps.append(ts)
-    return rows, bodies, timestamps
+    return rows, timestamps
 
 
 def check_signed_batch(
@@ -95,12 +85,17 @@ def check_signed_batch(
     key = gw_keys.get(header.key_id)
     if key is None:
         raise Rejection(Reason.UNKNOWN_GATEWAY, f"{where}: key {header.key_id} is not registered for this gateway")
+    bodies = list(msg.entry_bytes)
+    if not bodies:
+        raise Rejection(
+            Reason.MALFORMED,
+            f"{where}: batch has no entries in entry_bytes (an agent older than wire v2 sends them in "
+            "field 3, which this hub no longer reads: upgrade the agent)",
+        )
     try:
-        rows, bodies, timestamps = _entry_rows(msg)
+        rows, timestamps = _entry_rows(bodies)
     except WireError as exc:
         raise Rejection(Reason.MALFORMED, f"{where}: {exc}") from exc
-    if not bodies:
-        raise Rejection(Reason.MALFORMED, f"{where}: batch has no entries")
     try:
         digest = check_batch(header, bytes(msg.signature), bodies, timestamps, key)
     except BatchError as exc:
