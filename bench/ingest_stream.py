@@ -1,7 +1,8 @@
 """Readings per second through one gRPC ingest stream into a real hub (SQLite, TLS off).
 
 The hub runs `hub.server.serve` in this process (a thread with its own event
-loop); the client streams pre-built signed batches and counts receipts. Client
+loop); the client streams pre-built, pre-serialized signed batches (wire v2) and counts
+receipts. Client
 and hub share this process and its GIL, so this is a floor for one hub core, not
 the separate-process load test (bench/ingest.py with `gridtrace sim fleet`,
 which comes with the production hub).
@@ -27,20 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from hubharness import RunningHub, init_hub, register_gateway  # noqa: E402
 from ingest_core import make_batches  # noqa: E402
-from protos import ingest_pb2_grpc  # noqa: E402
+from protos import ingest_pb2  # noqa: E402
 from protos.signing import Signer  # noqa: E402
 
 
-def run_once(n_batches: int, size: int) -> float:
+def run_once(n_batches: int, size: int, verifiers: int) -> float:
     with tempfile.TemporaryDirectory() as d:
-        cfg = init_hub(Path(d) / "hub", block_interval=1.0)
+        cfg = init_hub(Path(d) / "hub", block_interval=1.0, verifier_processes=verifiers)
         logging.disable(logging.INFO)  # the hub's per-block log lines would drown the figures
         signer = Signer.generate()
         register_gateway(cfg, "gw-bench", signer, Path(d))
-        batches = make_batches(n_batches, size, signer)
+        batches = [b.SerializeToString() for b in make_batches(n_batches, size, signer)]
         with RunningHub(cfg) as hub, grpc.insecure_channel(hub.address) as channel:
+            stream = channel.stream_stream(
+                "/gridtrace.v1.Ingest/Stream", request_serializer=None,
+                response_deserializer=ingest_pb2.Receipt.FromString,
+            )
             t = time.perf_counter()
-            receipts = list(ingest_pb2_grpc.IngestStub(channel).Stream(iter(batches), timeout=600))
+            receipts = list(stream(iter(batches), timeout=600))
             elapsed = time.perf_counter() - t
         assert len(receipts) == n_batches
     return n_batches * size / elapsed
@@ -51,16 +56,18 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--verifiers", type=int, default=1, help="[ingest] verifier_processes (0: check in the hub's process)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rates = [run_once(args.batches, args.batch_size) for _ in range(args.runs)]
+    rates = [run_once(args.batches, args.batch_size, args.verifiers) for _ in range(args.runs)]
     median = statistics.median(rates)
     print(f"one stream, {args.batches} batches of {args.batch_size} SDM630 readings (41 quantities), "
-          f"verified, durably stored and receipted: median {median:,.0f} readings/s over {args.runs} runs "
+          f"verified ({args.verifiers} verifier processes), durably stored and receipted: median {median:,.0f} readings/s over {args.runs} runs "
           f"({', '.join(f'{r:,.0f}' for r in rates)})")
     if args.json:
         print(json.dumps({"readings_per_s": round(median), "runs": [round(r) for r in rates],
-                          "batch_size": args.batch_size}))
+                          "batch_size": args.batch_size,
+                          "verifier_processes": args.verifiers}))
 
 
 if __name__ == "__main__":

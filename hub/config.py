@@ -23,17 +23,26 @@ class HubConfig:
     block_interval_s: float
     max_batches_per_block: int
     max_group_commit: int
+    verifier_processes: int = 1
+    max_pending_mb: int = 256
+    max_in_flight_per_stream: int = 16
 
 
 def load_hub_config(path: Path) -> HubConfig:
     path = Path(path)
-    doc = read_toml(path, {"hub", "server", "chain"})
+    doc = read_toml(path, {"hub", "server", "chain", "ingest"})
     hub = Section(path, "hub", doc.get("hub", {}), {"chain_id", "key", "database"})
     srv = Section(
         path, "server", doc.get("server", {}),
         {"listen", "tls_cert", "tls_key", "insecure_plaintext", "max_group_commit"},
     )
     chain = Section(path, "chain", doc.get("chain", {}), {"block_interval_s", "max_batches_per_block"})
+    ingest = Section(
+        path, "ingest", doc.get("ingest", {}), {"verifier_processes", "max_pending_mb", "max_in_flight_per_stream"}
+    )
+    verifiers = ingest.get("verifier_processes", int, 1)
+    if verifiers < 0:
+        raise ingest.fail("verifier_processes", f"must be 0 (check in the server process) or more, got {verifiers}")
 
     database = hub.get("database", str, "hub.sqlite")
     if "://" not in database:
@@ -62,6 +71,9 @@ def load_hub_config(path: Path) -> HubConfig:
         block_interval_s=chain.positive("block_interval_s", float, 2.0),
         max_batches_per_block=chain.positive("max_batches_per_block", int, 10_000),
         max_group_commit=srv.positive("max_group_commit", int, 256),
+        verifier_processes=verifiers,
+        max_pending_mb=ingest.positive("max_pending_mb", int, 256),
+        max_in_flight_per_stream=ingest.positive("max_in_flight_per_stream", int, 16),
     )
 
 

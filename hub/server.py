@@ -2,8 +2,10 @@
 
 All database work runs on one thread, in order, so SQLite sees one writer and
 the ingest writer and block producer never interleave inside a transaction.
-On SIGTERM/SIGINT the server stops taking streams, lets in-flight batches
-finish, seals everything it receipted into blocks, and exits.
+Batch checks run in verifier processes (`[ingest] verifier_processes`).
+On SIGTERM/SIGINT the hub reports NOT_SERVING, its streams stop reading and
+finish the batches they hold (checked, committed, receipted), the server stops,
+everything receipted is sealed into blocks, the verifiers stop, and it exits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gridtrace.signals import stop_on_signals
 from hub.chain.producer import BlockProducer
 from hub.config import HubConfig
 from hub.ingest.service import IngestService, Ingestor
+from hub.ingest.verifier import InlineVerifier, VerifierPool
 from hub.query import QueryService
 from hub.storage.store import Store, StoreError
 from protos import ingest_pb2, ingest_pb2_grpc
@@ -50,7 +53,12 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
     if stored_chain != cfg.chain_id:
         raise StoreError(f"database holds chain {stored_chain!r} but the config says {cfg.chain_id!r}")
 
-    ingestor = Ingestor(store, db, signer, cfg.chain_id, cfg.max_group_commit)
+    # Verifiers start before gRPC does, so the first batch finds them ready.
+    verifier = VerifierPool(cfg.verifier_processes) if cfg.verifier_processes else InlineVerifier()
+    ingestor = Ingestor(
+        store, db, signer, cfg.chain_id, cfg.max_group_commit, verifier,
+        max_pending_bytes=cfg.max_pending_mb << 20, max_in_flight_per_stream=cfg.max_in_flight_per_stream,
+    )
     await ingestor.start()
     producer = BlockProducer(store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block)
 
@@ -65,7 +73,7 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    ingest_pb2_grpc.add_IngestServicer_to_server(IngestService(ingestor), server)
+    server.add_generic_rpc_handlers((IngestService(ingestor).handler(),))
     ingest_pb2_grpc.add_QueryServicer_to_server(QueryService(store, db, signer, cfg.chain_id, ingestor), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -92,7 +100,10 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
         log.info("shutting down: finishing in-flight batches")
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(grace=5.0)
+        # Streams read nothing more, finish what they hold (checked, committed, receipted)
+        # and end with UNAVAILABLE; then the server stops and the writer drains.
+        await ingestor.close(grace_s=5.0)
+        await server.stop(grace=1.0)
         await ingestor.stop()
         producer_stop.set()
         await asyncio.gather(producer_task, return_exceptions=True)

@@ -52,7 +52,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_hub(directory: Path, insecure: bool = True, chain_id: str = "test-chain", block_interval: float = 0.3) -> HubConfig:
+def init_hub(
+    directory: Path, insecure: bool = True, chain_id: str = "test-chain", block_interval: float = 0.3,
+    verifier_processes: int | None = None,
+) -> HubConfig:
     listen = f"127.0.0.1:{free_port()}"
     args = ["hub", "init", "--dir", str(directory), "--chain-id", chain_id, "--listen", listen]
     if insecure:
@@ -60,6 +63,8 @@ def init_hub(directory: Path, insecure: bool = True, chain_id: str = "test-chain
     assert gridtrace_main(args) == 0
     cfg_path = directory / "hub.toml"
     text = cfg_path.read_text().replace("block_interval_s = 2.0", f"block_interval_s = {block_interval}")
+    if verifier_processes is not None:
+        text += f"\n[ingest]\nverifier_processes = {verifier_processes}\n"
     cfg_path.write_text(text)
     return load_hub_config(cfg_path)
 

@@ -11,6 +11,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from hub.storage.schema import ENTRY_GAP, ENTRY_READING
 from hub.storage.store import EntryRow, NewBatch
 from protos import readings_pb2 as pb
@@ -112,6 +114,15 @@ def check_signed_batch(
             entries=tuple(rows),
         ),
     )
+
+
+def check_raw_batch(raw: bytes, keys: dict[str, dict[str, PublicKey]]) -> CheckedBatch:
+    """`check_signed_batch` on the bytes of a SignedBatch message as they came off the wire."""
+    try:
+        msg = pb.SignedBatch.FromString(raw)
+    except DecodeError as exc:
+        raise Rejection(Reason.MALFORMED, f"not a SignedBatch message ({len(raw)} bytes): {exc}") from exc
+    return check_signed_batch(msg, keys)
 
 
 class Placement(enum.Enum):

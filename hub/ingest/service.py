@@ -1,10 +1,14 @@
 """The Ingest gRPC service: verify each batch, commit in groups, receipt only what is durable.
 
-Batches from all gateway streams are checked on arrival (structure, signature,
-chain position) and handed to one writer task that commits whatever has
-accumulated in a single transaction. Each stream answers with receipts in the
-order its batches arrived, each sent only after its batch's commit returned.
-A re-sent batch gets a receipt marked `duplicate` and is not stored again.
+Each stream's batches arrive as raw bytes and are checked (structure, entries,
+Merkle root, signature) by verifier processes (`hub.ingest.verifier`), several
+at a time; their chain position is then decided here, in the stream's order, and
+they go to one writer task that commits whatever has accumulated in a single
+transaction. Each stream answers with receipts in the order its batches arrived,
+each sent only after its batch's commit returned. A re-sent batch gets a receipt
+marked `duplicate` and is not stored again. The raw bytes held between arrival
+and commit are capped; above the cap no stream is read, so gRPC flow control
+slows the gateways down instead of the hub running out of memory.
 """
 
 from __future__ import annotations
@@ -12,19 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 import grpc
 
-from hub.ingest.check import Placement, Reason, Rejection, check_signed_batch, place_in_chain
+from hub.ingest.check import CheckedBatch, Placement, Reason, Rejection, place_in_chain
+from hub.ingest.verifier import InlineVerifier, VerifierPool
 from hub.storage.store import NewBatch, Store
 from protos import ingest_pb2 as ipb
-from protos import ingest_pb2_grpc
 from protos.canonical import encode_receipt
 from protos.records import ReceiptStatement
-from protos.signing import PublicKey, Signer, parse_public_key_pem
+from protos.signing import Signer
 
 log = logging.getLogger("gridtrace.hub.ingest")
 
@@ -36,18 +40,36 @@ class StoreFailure(Exception):
 class Ingestor:
     """The ingest core shared by all streams: gateway keys, chain heads, the group-commit writer."""
 
-    def __init__(self, store: Store, db: Executor, signer: Signer, chain_id: str, max_group: int = 256):
+    def __init__(
+        self,
+        store: Store,
+        db: Executor,
+        signer: Signer,
+        chain_id: str,
+        max_group: int = 256,
+        verifier: InlineVerifier | VerifierPool | None = None,
+        max_pending_bytes: int = 256 << 20,
+        max_in_flight_per_stream: int = 16,
+    ):
         self.store = store
         self.db = db
         self.signer = signer
         self.chain_id = chain_id
         self.max_group = max_group
-        self.keys: dict[str, dict[str, PublicKey]] = {}
+        self.verifier = verifier if verifier is not None else InlineVerifier()
+        self.max_pending_bytes = max_pending_bytes
+        self.max_in_flight_per_stream = max_in_flight_per_stream
         self.heads: dict[str, tuple[int, bytes]] = {}
         self.pending: dict[tuple[str, int], tuple[bytes, asyncio.Future]] = {}
         self.accepted = Counter()
         self.rejected = Counter()
         self.streams = 0
+        self.pending_bytes = 0  # raw bytes of batches between arrival and commit (or rejection)
+        self.room = asyncio.Event()  # set while pending_bytes is under the cap
+        self.room.set()
+        self.closing = asyncio.Event()  # shutdown: streams read nothing more
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
         self._queue: list[tuple[NewBatch, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task | None = None
@@ -59,39 +81,73 @@ class Ingestor:
         return await asyncio.get_running_loop().run_in_executor(self.db, fn, *args)
 
     async def start(self) -> None:
+        await self.verifier.start()
         await self._load_keys()
         self.heads = await self._run_db(self.store.gateway_heads)
         self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
 
+    async def close(self, grace_s: float) -> None:
+        """Shutdown, first step: streams stop reading, finish the batches in hand (checked,
+        committed, receipted) and end with UNAVAILABLE; wait at most `grace_s` for them."""
+        self.closing.set()
+        try:
+            await asyncio.wait_for(self._no_streams.wait(), grace_s)
+        except TimeoutError:
+            log.warning("%d ingest streams still open after %.0f s of shutdown", self.streams, grace_s)
+
     async def stop(self) -> None:
-        """Commit what was accepted, then stop the writer."""
+        """Commit what was accepted, then stop the writer and the verifiers."""
         while self._queue and self._writer is not None and not self._writer.done():
             self._wake.set()
             await asyncio.sleep(0.01)
         if self._writer:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        await self.verifier.stop()
+
+    def stream_opened(self) -> None:
+        self.streams += 1
+        self._no_streams.clear()
+
+    def stream_closed(self) -> None:
+        self.streams -= 1
+        if self.streams == 0:
+            self._no_streams.set()
+
+    def hold(self, size: int) -> None:
+        self.pending_bytes += size
+        if self.pending_bytes >= self.max_pending_bytes:
+            self.room.clear()
+
+    def release(self, size: int) -> None:
+        self.pending_bytes -= size
+        if self.pending_bytes < self.max_pending_bytes:
+            self.room.set()
 
     async def _load_keys(self) -> None:
-        raw = await self._run_db(self.store.gateway_keys)
-        self.keys = {
-            gw: {kid: parse_public_key_pem(pem, f"key {kid} of gateway {gw}") for kid, pem in ks.items()}
-            for gw, ks in raw.items()
-        }
+        self.verifier.update_keys(await self._run_db(self.store.gateway_keys))
         self._keys_loaded_at = time.monotonic()
 
-    async def submit(self, msg) -> asyncio.Future:
-        """Check one batch; return a future that resolves to its receipt once durable."""
+    async def check(self, raw: bytes) -> CheckedBatch:
+        """Structure, entries and signature, by a verifier; not yet the chain position."""
         try:
             try:
-                checked = check_signed_batch(msg, self.keys)
+                return await self.verifier.check(raw)
             except Rejection as exc:
                 # A gateway registered while we run: look again, at most once a second.
                 if exc.reason is not Reason.UNKNOWN_GATEWAY or time.monotonic() - self._keys_loaded_at < 1.0:
                     raise
                 await self._load_keys()
-                checked = check_signed_batch(msg, self.keys)
-            b = checked.batch
+                return await self.verifier.check(raw)
+        except Rejection as exc:
+            self.rejected[exc.reason.label] += 1
+            raise
+
+    async def accept(self, checked: CheckedBatch) -> asyncio.Future:
+        """Place a checked batch in its gateway's chain; return a future that resolves to its
+        receipt once durable. Called in each stream's order."""
+        b = checked.batch
+        try:
             if b.gateway_id in self._stale_heads:
                 await self._reload_head(b.gateway_id)
             if place_in_chain(checked.header, self.heads.get(b.gateway_id)) is Placement.SEEN:
@@ -105,6 +161,11 @@ class Ingestor:
         self._queue.append((b, fut))
         self._wake.set()
         return fut
+
+    async def submit(self, msg) -> asyncio.Future:  # noqa: ANN001 - a SignedBatch or its bytes
+        """Check one batch and place it; return a future that resolves to its receipt once durable."""
+        raw = msg if isinstance(msg, bytes) else msg.SerializeToString()
+        return await self.accept(await self.check(raw))
 
     async def _reload_head(self, gateway_id: str) -> None:
         try:
@@ -217,7 +278,7 @@ class Ingestor:
         self._stale_heads |= gateways
 
 
-async def _drain(requests, idle_s: float = 0.3, limit_s: float = 2.0) -> None:  # noqa: ANN001
+async def _drain(iterator, in_hand: asyncio.Future | None, idle_s: float = 0.3, limit_s: float = 2.0) -> None:  # noqa: ANN001
     """Read and drop what a gateway still has in flight before rejecting its stream.
 
     A gateway writing while the stream ends sees only a local write error, not our
@@ -226,50 +287,125 @@ async def _drain(requests, idle_s: float = 0.3, limit_s: float = 2.0) -> None:  
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
-    iterator = aiter(requests)
     while loop.time() < deadline:
+        nxt = in_hand if in_hand is not None else asyncio.ensure_future(anext(iterator))
+        in_hand = None
         try:
-            await asyncio.wait_for(anext(iterator), idle_s)
+            await asyncio.wait_for(nxt, idle_s)
         except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
             return
 
 
-class IngestService(ingest_pb2_grpc.IngestServicer):
+STREAM_METHOD = "/gridtrace.v1.Ingest/Stream"
+
+
+class IngestService:
+    """`Ingest.Stream` with a raw-bytes request deserializer: the server process never parses
+    a batch, the verifier processes do."""
+
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "gridtrace.v1.Ingest",
+            {
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    self.Stream, request_deserializer=None, response_serializer=ipb.Receipt.SerializeToString
+                )
+            },
+        )
+
+    async def _read(self, requests, results: asyncio.Queue, peer: str) -> None:  # noqa: ANN001
+        """Read raw batches, have up to a window of them checked at once, and place them in
+        the stream's order; put each receipt future (or the rejection that ends the stream)
+        on `results`."""
+        ing = self.ingestor
+        iterator = aiter(requests)
+        checking: deque[tuple[asyncio.Future, int]] = deque()  # (check, raw size), in arrival order
+        next_msg: asyncio.Future | None = None
+        closing = asyncio.ensure_future(ing.closing.wait())
+        ended = False
+        try:
+            while True:
+                while checking and checking[0][0].done():
+                    task, size = checking.popleft()
+                    try:
+                        fut = await ing.accept(task.result())
+                    except Rejection as exc:
+                        ing.release(size)
+                        for t, n in checking:
+                            t.cancel()
+                            ing.release(n)
+                        checking.clear()
+                        if not ended:
+                            await _drain(iterator, next_msg)
+                        next_msg = None
+                        await results.put(exc)
+                        return
+                    fut.add_done_callback(lambda _f, n=size: ing.release(n))
+                    await results.put(fut)
+                if ended or (ing.closing.is_set() and next_msg is None):
+                    if not checking:
+                        if not ended:
+                            await results.put(Rejection(
+                                Reason.UNAVAILABLE, "hub shutting down; batches not receipted must be re-sent"
+                            ))
+                        return
+                    await asyncio.wait({checking[0][0]})
+                    continue
+                if next_msg is None and len(checking) < ing.max_in_flight_per_stream and ing.room.is_set():
+                    next_msg = asyncio.ensure_future(anext(iterator))
+                waits: set[asyncio.Future] = {closing}
+                if checking:
+                    waits.add(checking[0][0])
+                room = None
+                if next_msg is not None:
+                    waits.add(next_msg)
+                elif not ing.room.is_set():
+                    room = asyncio.ensure_future(ing.room.wait())
+                    waits.add(room)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if room is not None:
+                    room.cancel()
+                if next_msg is not None and next_msg.done():
+                    done, next_msg = next_msg, None
+                    try:
+                        raw = done.result()
+                    except StopAsyncIteration:
+                        ended = True
+                        continue
+                    ing.hold(len(raw))
+                    checking.append((asyncio.ensure_future(ing.check(raw)), len(raw)))
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported to the gateway, not swallowed
+            log.exception("ingest stream from %s failed", peer)
+            await results.put(Rejection(Reason.INTERNAL, f"internal error: {exc}"))
+        finally:
+            closing.cancel()
+            if next_msg is not None:
+                next_msg.cancel()
+            for t, n in checking:
+                t.cancel()
+                ing.release(n)
+            await results.put(None)
 
     async def Stream(self, request_iterator, context: grpc.aio.ServicerContext) -> AsyncIterator[ipb.Receipt]:  # noqa: N802
         results: asyncio.Queue = asyncio.Queue()
         peer = context.peer()
-
-        async def read() -> None:
-            try:
-                async for msg in request_iterator:
-                    try:
-                        fut = await self.ingestor.submit(msg)
-                    except Rejection as exc:
-                        await _drain(request_iterator)
-                        await results.put(exc)
-                        return
-                    await results.put(fut)
-            except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                pass
-            except Exception as exc:  # noqa: BLE001 - reported to the gateway, not swallowed
-                log.exception("ingest stream from %s failed", peer)
-                await results.put(Rejection(Reason.INTERNAL, f"internal error: {exc}"))
-                return
-            finally:
-                await results.put(None)
-
-        self.ingestor.streams += 1
-        reader = asyncio.create_task(read())
+        self.ingestor.stream_opened()
+        reader = asyncio.create_task(self._read(request_iterator, results, peer))
         try:
             while True:
                 item = await results.get()
                 if item is None:
                     return
                 if isinstance(item, Rejection):
-                    log.warning("rejected from %s: %s", peer, item.message)
+                    if item.reason is Reason.UNAVAILABLE:
+                        log.info("ending stream from %s: %s", peer, item.message)
+                    else:
+                        log.warning("rejected from %s: %s", peer, item.message)
                     await context.abort(getattr(grpc.StatusCode, item.reason.value), item.message)
                 try:
                     # shield: a cancelled stream must not cancel a commit others wait on
@@ -278,5 +414,5 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 yield receipt
         finally:
-            self.ingestor.streams -= 1
+            self.ingestor.stream_closed()
             reader.cancel()
