@@ -155,8 +155,9 @@ def encode_reading_fields(
     """The canonical bytes of a reading, from its fields; checks them on the way.
 
     The one definition of a reading's bytes: `encode_reading` calls it with a
-    record's fields, the hub with a wire message's, so the hub does not build a
-    record per reading. Raises RecordError naming the field that is wrong.
+    record's fields; a caller holding columns (a load generator, a poller) can
+    call it without building a record. Raises RecordError naming the field that
+    is wrong.
     """
     names, units = tuple(names), tuple(units)
     if len(values) != len(names):

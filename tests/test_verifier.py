@@ -218,6 +218,37 @@ def test_graceful_shutdown_receipts_only_what_it_stored_and_seals_all_of_it(tmp_
     assert all(h is not None for _, h in rows)  # and all of it sealed
 
 
+def test_shutdown_ends_an_idle_stream_with_unavailable(tmp_path):
+    cfg = init_hub(tmp_path / "hub")
+    gw = GatewaySim.new()
+    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+    release = threading.Event()
+    outcome: list = []
+
+    def messages():
+        yield gw.batch(2)
+        release.wait(30)  # then idle: the gateway has nothing to send
+
+    with RunningHub(cfg) as hub:
+        def send() -> None:
+            with grpc.insecure_channel(hub.address) as ch:
+                try:
+                    outcome.extend(r.batch_seq for r in ingest_pb2_grpc.IngestStub(ch).Stream(messages(), timeout=60))
+                except grpc.RpcError as exc:
+                    outcome.append(exc)
+
+        client = threading.Thread(target=send)
+        client.start()
+        deadline = time.monotonic() + 20
+        while not outcome:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    release.set()
+    client.join(20)
+    assert outcome[0] == 1
+    assert outcome[1].code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in outcome[1].details()
+
+
 def test_config_rejects_a_negative_number_of_verifiers(tmp_path):
     from hub.config import ConfigError, load_hub_config
 

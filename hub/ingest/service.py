@@ -345,6 +345,9 @@ class IngestService:
                         return
                     fut.add_done_callback(lambda _f, n=size: ing.release(n))
                     await results.put(fut)
+                if ing.closing.is_set() and next_msg is not None and not next_msg.done():
+                    next_msg.cancel()  # nothing more is read; what did not arrive yet is re-sent later
+                    next_msg = None
                 if ended or (ing.closing.is_set() and next_msg is None):
                     if not checking:
                         if not ended:
