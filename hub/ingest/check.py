@@ -116,7 +116,7 @@ def check_signed_batch(
     )
 
 
-def check_raw_batch(raw: bytes, keys: dict[str, dict[str, PublicKey]]) -> CheckedBatch:
+def check_raw_batch(raw: bytes | memoryview, keys: dict[str, dict[str, PublicKey]]) -> CheckedBatch:
     """`check_signed_batch` on the bytes of a SignedBatch message as they came off the wire."""
     try:
         msg = pb.SignedBatch.FromString(raw)

@@ -72,7 +72,7 @@ class InlineVerifier:
 
 
 def _serve(conn: Connection) -> None:
-    """A verifier process: answer each batch with its id and the pickled result, until EOF."""
+    """A verifier process: answer each batch with (its id, the result) pickled, until EOF or quit."""
     keys: dict[str, dict[str, PublicKey]] = {}
     while True:
         try:
@@ -86,12 +86,12 @@ def _serve(conn: Connection) -> None:
             return
         (req,) = _ID.unpack_from(msg, 1)
         try:
-            result: object = check_raw_batch(msg[1 + _ID.size :], keys)
+            result: object = check_raw_batch(memoryview(msg)[1 + _ID.size :], keys)
         except Rejection as exc:
             result = (exc.reason.name, exc.message)
         except Exception as exc:  # noqa: BLE001 - a defect in a check must not kill the verifier
             result = (Reason.INTERNAL.name, f"internal error while checking the batch: {exc!r}")
-        conn.send_bytes(_ID.pack(req) + pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(pickle.dumps((req, result), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class _Worker:
@@ -187,8 +187,7 @@ class VerifierPool:
                 msg = w.conn.recv_bytes()
             except (EOFError, OSError):
                 break
-            (req,) = _ID.unpack_from(msg)
-            result = pickle.loads(msg[_ID.size :])
+            req, result = pickle.loads(msg)
             loop.call_soon_threadsafe(self._resolve, w, req, result)
         try:
             loop.call_soon_threadsafe(self._exited, w)
