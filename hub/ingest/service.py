@@ -13,12 +13,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from functools import partial
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 import grpc
 
 from hub.ingest.check import Placement, Reason, Rejection, check_signed_batch, place_in_chain
+from hub.metrics import HubMetrics
 from hub.storage.store import NewBatch, Store
 from protos import ingest_pb2 as ipb
 from protos import ingest_pb2_grpc
@@ -36,8 +38,12 @@ class StoreFailure(Exception):
 class Ingestor:
     """The ingest core shared by all streams: gateway keys, chain heads, the group-commit writer."""
 
-    def __init__(self, store: Store, db: Executor, signer: Signer, chain_id: str, max_group: int = 256):
+    def __init__(
+        self, store: Store, db: Executor, signer: Signer, chain_id: str, max_group: int = 256,
+        metrics: HubMetrics | None = None,
+    ):
         self.store = store
+        self.metrics = metrics
         self.db = db
         self.signer = signer
         self.chain_id = chain_id
@@ -82,6 +88,19 @@ class Ingestor:
 
     async def submit(self, msg) -> asyncio.Future:
         """Check one batch; return a future that resolves to its receipt once durable."""
+        if self.metrics is None:
+            return await self._submit(msg)
+        # metrics: outcome, latency and per-gateway activity of every batch (hub/metrics.py)
+        arrived, h = time.monotonic(), msg.header
+        try:
+            fut = await self._submit(msg)
+        except Rejection as exc:
+            self.metrics.batch_rejected(h.gateway_id, exc.reason.label, h.entry_count)
+            raise
+        fut.add_done_callback(partial(self.metrics.batch_done, h.gateway_id, h.seq, h.entry_count, arrived))
+        return fut
+
+    async def _submit(self, msg) -> asyncio.Future:
         try:
             try:
                 checked = check_signed_batch(msg, self.keys)
@@ -241,6 +260,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
     async def Stream(self, request_iterator, context: grpc.aio.ServicerContext) -> AsyncIterator[ipb.Receipt]:  # noqa: N802
         results: asyncio.Queue = asyncio.Queue()
         peer = context.peer()
+        metrics = self.ingestor.metrics
+        gateway: list[str] = []  # metrics: the gateway this stream carries, once a batch was accepted
 
         async def read() -> None:
             try:
@@ -251,6 +272,9 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                         await _drain(request_iterator)
                         await results.put(exc)
                         return
+                    if metrics is not None and not gateway:
+                        gateway.append(msg.header.gateway_id)
+                        metrics.stream_gateway(msg.header.gateway_id)
                     await results.put(fut)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
@@ -262,6 +286,8 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                 await results.put(None)
 
         self.ingestor.streams += 1
+        if metrics is not None:
+            metrics.stream_opened()
         reader = asyncio.create_task(read())
         try:
             while True:
@@ -279,4 +305,6 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                 yield receipt
         finally:
             self.ingestor.streams -= 1
+            if metrics is not None:
+                metrics.stream_closed(gateway[0] if gateway else None)
             reader.cancel()
