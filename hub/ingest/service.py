@@ -229,7 +229,10 @@ class Ingestor:
         later = [item for item in self._queue if item[0].gateway_id in gateways]
         self._queue = [item for item in self._queue if item[0].gateway_id not in gateways]
         for b, fut in [*items, *later]:
-            log.error("gateway %s batch %d not stored: %s", b.gateway_id, b.seq, why)
+            log.error(
+                "gateway %s batch %d not stored: %s", b.gateway_id, b.seq, why,
+                extra={"gateway": b.gateway_id, "batch_seq": b.seq, "reason": "unavailable"},
+            )
             self.pending.pop((b.gateway_id, b.seq), None)
             if not fut.done():
                 fut.set_exception(StoreFailure(why))
@@ -279,7 +282,7 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
             except Exception as exc:  # noqa: BLE001 - reported to the gateway, not swallowed
-                log.exception("ingest stream from %s failed", peer)
+                log.exception("ingest stream from %s failed", peer, extra={"peer": peer})
                 await results.put(Rejection(Reason.INTERNAL, f"internal error: {exc}"))
                 return
             finally:
@@ -295,8 +298,10 @@ class IngestService(ingest_pb2_grpc.IngestServicer):
                 if item is None:
                     return
                 if isinstance(item, Rejection):
-                    log.warning("rejected from %s: %s", peer, item.message)
-                    await context.abort(getattr(grpc.StatusCode, item.reason.value), item.message)
+                    log.warning(
+                        "rejected from %s: %s", peer, item.message, extra={"peer": peer, "reason": item.reason.label}
+                    )
+                    await context.abort(getattr(grpc.StatusCode, item.reason.status), item.message)
                 try:
                     # shield: a cancelled stream must not cancel a commit others wait on
                     receipt = await asyncio.shield(item)
