@@ -56,6 +56,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gws_p.add_argument("--timeout", type=float, default=10.0)
     gws_p.set_defaults(func=cmd_gateways)
 
+    verify_p = add_command(
+        hub_sub, "verify", "audit every stored block and batch (links, roots, seals, signatures, entries)",
+        "gridtrace hub verify --config hub/hub.toml",
+    )
+    verify_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    verify_p.add_argument("--seal-key", type=Path, action="append", default=[],
+                          help="public key (PEM) of another replica whose seals count (repeatable)")
+    verify_p.set_defaults(func=cmd_verify)
+
+    backup_p = add_command(
+        hub_sub, "backup", "copy the whole chain into a new SQLite file, then audit the copy",
+        "gridtrace hub backup --config hub/hub.toml --output /backup/substation-7.sqlite",
+    )
+    backup_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    backup_p.add_argument("--output", type=Path, required=True, help="a new file (an existing one is refused)")
+    backup_p.set_defaults(func=cmd_backup)
+
+    restore_p = add_command(
+        hub_sub, "restore", "copy a backup into the config's (empty) database, then audit every block",
+        "gridtrace hub restore --config hub/hub.toml --input /backup/substation-7.sqlite",
+    )
+    restore_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    restore_p.add_argument("--input", type=Path, required=True, help="a file written by `hub backup`")
+    restore_p.add_argument("--seal-key", type=Path, action="append", default=[],
+                           help="public key (PEM) of the hub that sealed the chain, if not this config's key")
+    restore_p.set_defaults(func=cmd_restore)
+
     gw = add_command(hub_sub, "gateway", "manage the gateways this hub accepts", "gridtrace hub gateway add gw1 --public-key gw1/gateway.pub.pem --config hub/hub.toml")
     gw_sub = gw.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
     add = add_command(gw_sub, "add", "register a gateway's public key", "gridtrace hub gateway add gw1 --public-key gw1/gateway.pub.pem --config hub/hub.toml")
@@ -251,3 +278,98 @@ def cmd_gateways(args: argparse.Namespace) -> int:
         print(f"{r['gateway']:<20} {'yes' if r['connected'] else 'no':<4} {r['last_seq']:>9} {r['last_stored']:<20} "
               f"{r['readings_per_s_1m']:>9.1f} {r['readings_per_s_15m']:>9.1f}  {rejects}")
     return 0
+
+
+def _seal_keys(cfg, extra: list[Path]) -> dict:  # noqa: ANN001
+    from protos.signing import Signer, key_id, load_public_key
+
+    own = Signer.from_file(cfg.key)
+    keys = {own.key_id: own.public_key}
+    for path in extra:
+        pub = load_public_key(path)
+        keys[key_id(pub)] = pub
+    return keys
+
+
+def _audit(store, cfg, seal_keys: dict, what: str) -> int:  # noqa: ANN001
+    from hub.chain.audit import audit_store
+
+    report = audit_store(store, cfg.chain_id, seal_keys)
+    if report.ok:
+        print(f"{what}: {report.blocks} blocks, {report.batches} batches, {report.entries} entries: all check out")
+        return 0
+    print(f"{what}: FAILED at {report.findings[0]}", file=sys.stderr)
+    for f in report.findings[1:20]:
+        print(f"  also: {f}", file=sys.stderr)
+    if len(report.findings) > 20:
+        print(f"  ... and {len(report.findings) - 20} more", file=sys.stderr)
+    return 1
+
+
+def _existing_store(cfg):  # noqa: ANN001, ANN202
+    from hub.storage.store import Store
+
+    store = Store(cfg.database_url)
+    store.chain_id()  # raises StoreError for a database that was never initialised
+    return store
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from hub.config import load_hub_config, redact_url
+    from hub.storage.store import StoreError
+
+    cfg = load_hub_config(args.config)
+    try:
+        store = _existing_store(cfg)
+    except StoreError as exc:
+        print(f"gridtrace hub verify: {exc}", file=sys.stderr)
+        return 2
+    return _audit(store, cfg, _seal_keys(cfg, args.seal_key), f"chain {cfg.chain_id} in {redact_url(cfg.database_url)}")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from hub.backup import BackupError, copy_chain
+    from hub.config import load_hub_config
+    from hub.storage.store import Store, StoreError, sqlite_url
+
+    cfg = load_hub_config(args.config)
+    if args.output.exists():
+        print(f"gridtrace hub backup: {args.output} exists; choose a new file", file=sys.stderr)
+        return 2
+    try:
+        src = _existing_store(cfg)
+        dst = Store(sqlite_url(args.output))
+        counts = copy_chain(src, dst, cfg.chain_id, time.time_ns())
+    except (BackupError, StoreError) as exc:
+        print(f"gridtrace hub backup: {exc}", file=sys.stderr)
+        args.output.unlink(missing_ok=True)
+        return 1
+    args.output.chmod(0o600)
+    print(f"wrote {args.output}: {counts.blocks} blocks, {counts.batches} batches, {counts.entries} entries, "
+          f"{counts.gateway_keys} gateway keys")
+    return _audit(dst, cfg, _seal_keys(cfg, []), f"backup {args.output}")
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from hub.backup import BackupError, copy_chain
+    from hub.config import load_hub_config, redact_url
+    from hub.storage.store import Store, StoreError, sqlite_url
+
+    cfg = load_hub_config(args.config)
+    if not args.input.exists():
+        print(f"gridtrace hub restore: {args.input} does not exist", file=sys.stderr)
+        return 2
+    try:
+        src = Store(sqlite_url(args.input))
+        src.chain_id()
+        counts = copy_chain(src, Store(cfg.database_url), cfg.chain_id, time.time_ns())
+    except (BackupError, StoreError) as exc:
+        print(f"gridtrace hub restore: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {counts.blocks} blocks, {counts.batches} batches, {counts.entries} entries into "
+          f"{redact_url(cfg.database_url)}")
+    status = _audit(Store(cfg.database_url), cfg, _seal_keys(cfg, args.seal_key), "restored chain")
+    if status:
+        print("gridtrace hub restore: the restored chain does not check out; do not start the hub on it",
+              file=sys.stderr)
+    return status
