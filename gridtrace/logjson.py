@@ -47,18 +47,35 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (as logging's last-resort
+    handler does), not to the object it was when the handler was made: that one may have
+    been replaced and closed since (test capture, daemon redirection)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Send all logging to `stream` (stderr) as JSON or text, replacing earlier handlers.
+    """Send all logging to `stream` (stderr) as JSON or text, replacing the handler an earlier
+    call installed.
 
     "auto" is JSON unless the stream is a terminal, where a person reads it.
     """
-    stream = stream or sys.stderr
     if fmt == "auto":
-        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream)
+        fmt = "text" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "json"
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.gridtrace = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    for old in list(root.handlers):
+    # Only our own earlier handler is replaced; others (pytest's capture, an embedding
+    # program's) stay.
+    for old in [h for h in root.handlers if getattr(h, "gridtrace", False)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -408,3 +408,22 @@ def test_json_formatter_copies_only_known_context_fields():
         assert "INFO a: plain" in buf3.getvalue()
     finally:
         configure_logging("INFO", "text")
+
+
+def test_default_handler_writes_to_the_current_stderr(monkeypatch):
+    import io
+    import logging
+
+    from gridtrace.logjson import configure_logging
+
+    try:
+        configure_logging("INFO", "json")
+        for _ in range(2):  # a replaced (and closed) stderr is not written to again
+            buf = io.StringIO()
+            monkeypatch.setattr(sys, "stderr", buf)
+            logging.getLogger("gridtrace.x").info("hello", extra={"height": 9})
+            assert json.loads(buf.getvalue())["height"] == 9
+            buf.close()
+        assert sum(1 for h in logging.getLogger().handlers if getattr(h, "gridtrace", False)) == 1
+    finally:
+        configure_logging("INFO", "text")
