@@ -63,6 +63,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     verify_p.add_argument("--config", type=Path, default=Path("hub.toml"))
     verify_p.add_argument("--seal-key", type=Path, action="append", default=[],
                           help="public key (PEM) of another replica whose seals count (repeatable)")
+    verify_p.add_argument("--deep", action="store_true",
+                          help="also decode every entry and check each batch's time range (slower)")
     verify_p.set_defaults(func=cmd_verify)
 
     backup_p = add_command(
@@ -291,10 +293,10 @@ def _seal_keys(cfg, extra: list[Path]) -> dict:  # noqa: ANN001
     return keys
 
 
-def _audit(store, cfg, seal_keys: dict, what: str) -> int:  # noqa: ANN001
+def _audit(store, cfg, seal_keys: dict, what: str, deep: bool = False) -> int:  # noqa: ANN001
     from hub.chain.audit import audit_store
 
-    report = audit_store(store, cfg.chain_id, seal_keys)
+    report = audit_store(store, cfg.chain_id, seal_keys, deep=deep)
     if report.ok:
         print(f"{what}: {report.blocks} blocks, {report.batches} batches, {report.entries} entries: all check out")
         return 0
@@ -324,7 +326,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"gridtrace hub verify: {exc}", file=sys.stderr)
         return 2
-    return _audit(store, cfg, _seal_keys(cfg, args.seal_key), f"chain {cfg.chain_id} in {redact_url(cfg.database_url)}")
+    return _audit(
+        store, cfg, _seal_keys(cfg, args.seal_key), f"chain {cfg.chain_id} in {redact_url(cfg.database_url)}",
+        deep=args.deep,
+    )
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

@@ -239,3 +239,26 @@ def test_restore_under_another_hub_key_needs_the_sealing_key(chain, tmp_path, ca
     other = init_hub(tmp_path / "other2")
     assert gridtrace_main(["hub", "restore", "--config", str(other.path), "--input", str(backup),
                            "--seal-key", str(chain.path.parent / "hub.pub.pem")]) == 0
+
+
+def test_deep_audit_decodes_every_entry(tmp_path, capsys):
+    """A batch the gateway signed over bytes that are not an entry: the signature and root hold,
+    so only the deep audit, which decodes each body, finds it."""
+    from hub.storage.store import EntryRow, NewBatch
+    from protos.batch import seal_batch
+    from protos.canonical import encode_batch_header
+    from protos.records import ZERO_HASH
+
+    cfg = init_hub(tmp_path / "hub")
+    gw = GatewaySim.new()
+    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+    now = time.time_ns()
+    sealed = seal_batch(gw.signer, gw.gateway_id, 1, ZERO_HASH, [b"\x01not an entry"], [now], now)
+    Store(cfg.database_url).store_batches(
+        [NewBatch(gw.gateway_id, 1, sealed.hash, encode_batch_header(sealed.header), sealed.signature,
+                  (EntryRow(0, "MTR-1", 0, 1, now, b"\x01not an entry"),))], now,
+    )
+    capsys.readouterr()
+    assert gridtrace_main(["hub", "verify", "--config", str(cfg.path)]) == 0
+    assert gridtrace_main(["hub", "verify", "--config", str(cfg.path), "--deep"]) == 1
+    assert "FAILED at unsealed, gateway gw-1 batch 1: entry 0 does not decode" in capsys.readouterr().err
