@@ -13,9 +13,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from functools import partial
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from functools import partial
 
 import grpc
 
