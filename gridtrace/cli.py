@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from gridtrace import __version__
+from gridtrace.logjson import configure_logging
 from gridtrace.tomlconfig import ConfigError
 
 EPILOG = """examples:
@@ -41,7 +41,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gridtrace {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO, or the config's)")
+    parser.add_argument(
+        "--log-format", default=None, choices=("auto", "json", "text"),
+        help="json: one object per line; auto (default, or the config's): json unless stderr is a terminal",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in PARTS.items():
         if command is None or command == name:
@@ -53,7 +57,7 @@ def command_named(argv: Sequence[str]) -> str | None:
     """The part `argv` runs, if its first word that is not an option names one."""
     words = iter(argv)
     for word in words:
-        if word == "--log-level":
+        if word in ("--log-level", "--log-format"):
             next(words, None)
         elif not word.startswith("-"):
             return word if word in PARTS else None
@@ -63,11 +67,8 @@ def command_named(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(command_named(argv)).parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Commands that read a config (hub serve) configure logging again from it; flags win.
+    configure_logging(args.log_level or "INFO", args.log_format or "text")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -154,7 +154,8 @@ def prepare_site(state: Path, n_meters: int, batch_age_s: float = 1.0, block_int
         state, state / "hub", state / GATEWAY_ID, free_port(), free_port(),
         tuple(f"MTR-{i:04d}" for i in range(1, n_meters + 1)),
     )
-    run_cli("hub", "init", "--dir", str(site.hub_dir), "--chain-id", CHAIN_ID, "--listen", site.hub_addr)
+    run_cli("hub", "init", "--dir", str(site.hub_dir), "--chain-id", CHAIN_ID, "--listen", site.hub_addr,
+            "--metrics-listen", "")
     meter_args = [
         x for i, m in enumerate(site.meters, 1)
         for x in ("--meter", f"{m}=modbus-tcp://127.0.0.1:{site.sim_port}?unit={i}")

@@ -26,11 +26,64 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--listen", default="127.0.0.1:7700")
     init.add_argument("--tls-name", action="append", default=[], help="DNS name or IP in the TLS certificate (repeatable; localhost and 127.0.0.1 are always added)")
     init.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
+    init.add_argument("--metrics-listen", default="127.0.0.1:9464", help='Prometheus /metrics address ("" = off)')
     init.set_defaults(func=cmd_init)
 
     serve_p = add_command(hub_sub, "serve", "run the hub until SIGTERM/SIGINT", "gridtrace hub serve --config hub/hub.toml")
     serve_p.add_argument("--config", type=Path, required=True)
     serve_p.set_defaults(func=cmd_serve)
+
+    health_p = add_command(
+        hub_sub, "health", "ask the running hub whether it serves (exit 0) or not (exit 1); for health checks",
+        "gridtrace hub health --config hub/hub.toml",
+    )
+    health_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    health_p.add_argument("--service", default="gridtrace.v1.Ingest", help='service to ask about ("" = the whole hub)')
+    health_p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health_p.set_defaults(func=cmd_health)
+
+    status_p = add_command(hub_sub, "status", "height, lag, unsealed batches, peers, gateways and streams of the running hub",
+                           "gridtrace hub status --config hub/hub.toml")
+    status_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    status_p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    status_p.add_argument("--timeout", type=float, default=10.0)
+    status_p.set_defaults(func=cmd_status)
+
+    gws_p = add_command(hub_sub, "gateways", "each gateway's last batch, rate and rejects, from the running hub",
+                        "gridtrace hub gateways --config hub/hub.toml")
+    gws_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    gws_p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    gws_p.add_argument("--timeout", type=float, default=10.0)
+    gws_p.set_defaults(func=cmd_gateways)
+
+    verify_p = add_command(
+        hub_sub, "verify", "audit every stored block and batch (links, roots, seals, signatures, entries)",
+        "gridtrace hub verify --config hub/hub.toml",
+    )
+    verify_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    verify_p.add_argument("--seal-key", type=Path, action="append", default=[],
+                          help="public key (PEM) of another replica whose seals count (repeatable)")
+    verify_p.add_argument("--deep", action="store_true",
+                          help="also decode every entry and check each batch's time range (slower)")
+    verify_p.set_defaults(func=cmd_verify)
+
+    backup_p = add_command(
+        hub_sub, "backup", "copy the whole chain into a new SQLite file, then audit the copy",
+        "gridtrace hub backup --config hub/hub.toml --output /backup/substation-7.sqlite",
+    )
+    backup_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    backup_p.add_argument("--output", type=Path, required=True, help="a new file (an existing one is refused)")
+    backup_p.set_defaults(func=cmd_backup)
+
+    restore_p = add_command(
+        hub_sub, "restore", "copy a backup into the config's (empty) database, then audit every block",
+        "gridtrace hub restore --config hub/hub.toml --input /backup/substation-7.sqlite",
+    )
+    restore_p.add_argument("--config", type=Path, default=Path("hub.toml"))
+    restore_p.add_argument("--input", type=Path, required=True, help="a file written by `hub backup`")
+    restore_p.add_argument("--seal-key", type=Path, action="append", default=[],
+                           help="public key (PEM) of the hub that sealed the chain, if not this config's key")
+    restore_p.set_defaults(func=cmd_restore)
 
     gw = add_command(hub_sub, "gateway", "manage the gateways this hub accepts", "gridtrace hub gateway add gw1 --public-key gw1/gateway.pub.pem --config hub/hub.toml")
     gw_sub = gw.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
@@ -68,7 +121,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if not args.insecure:
         names = list(dict.fromkeys(["localhost", "127.0.0.1", *args.tls_name]))
         create_tls_files(args.dir / "tls", names, args.chain_id)
-    config_path.write_text(render_hub_config(args.chain_id, args.listen, args.insecure), encoding="utf-8")
+    config_path.write_text(render_hub_config(args.chain_id, args.listen, args.insecure, args.metrics_listen), encoding="utf-8")
     Store(sqlite_url(args.dir / "hub.sqlite")).create(args.chain_id)
     print(f"created {config_path}, hub key {key_id(key.public_key)} and database {args.dir / 'hub.sqlite'}")
     if not args.insecure:
@@ -92,7 +145,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hub.storage.store import StoreError
     from protos.signing import KeyFileError
 
+    from gridtrace.logjson import configure_logging
+
     cfg = load_hub_config(args.config)
+    # the command line's --log-level/--log-format win over the config's [logging]
+    configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
     try:
         return asyncio.run(serve(cfg))
     except (KeyFileError, StoreError, OSError) as exc:
@@ -130,3 +187,194 @@ def cmd_trust(args: argparse.Namespace) -> int:
     args.output.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output}: chain {cfg.chain_id} (quorum 1) and {len(gateways)} gateways")
     return 0
+
+
+def _ask(args: argparse.Namespace, call):  # noqa: ANN001, ANN202
+    """Run `call(stub)` against the hub of --config; print why it failed and return None."""
+    import grpc
+
+    from hub.channel import HubUnreachable, describe_rpc_error, hub_channel
+    from hub.config import load_hub_config
+    from protos import ingest_pb2_grpc
+
+    cfg = load_hub_config(args.config)
+    try:
+        with hub_channel(cfg) as channel:
+            return call(ingest_pb2_grpc.QueryStub(channel), channel)
+    except HubUnreachable as exc:
+        print(f"gridtrace hub: {exc}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(f"gridtrace hub: {describe_rpc_error(cfg, exc)}", file=sys.stderr)
+    return None
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def call(_stub, channel):  # noqa: ANN001, ANN202
+        req = health_pb2.HealthCheckRequest(service=args.service)
+        return health_pb2_grpc.HealthStub(channel).Check(req, timeout=args.timeout)
+
+    reply = _ask(args, call)
+    if reply is None:
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.service or 'hub'}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _ns(ns: int) -> str:
+    if not ns:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from protos import ingest_pb2 as ipb
+
+    st = _ask(args, lambda stub, _ch: stub.GetStatus(ipb.StatusRequest(), timeout=args.timeout))
+    if st is None:
+        return 1
+    lag_s = (st.now_ns - st.head_time_ns) / 1e9 if st.head_time_ns else None
+    doc = {
+        "chain_id": st.chain_id, "height": st.height, "head_hash": st.head_hash.hex(),
+        "head_time": _ns(st.head_time_ns), "lag_s": None if lag_s is None else round(lag_s, 3),
+        "batches_stored": st.batches_stored, "batches_unsealed": st.batches_unsealed,
+        "entries_stored": st.entries_stored, "peers": list(st.peers), "gateways": list(st.gateways),
+        "connected_gateways": list(st.connected_gateways), "streams": st.streams,
+    }
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    print(f"chain     {st.chain_id}")
+    print(f"height    {st.height}  head {st.head_hash.hex()[:16] or '-'}  at {doc['head_time']}"
+          + (f"  (lag {lag_s:.1f} s)" if lag_s is not None else ""))
+    print(f"batches   {st.batches_stored} stored, {st.batches_unsealed} awaiting a block; {st.entries_stored} entries")
+    print(f"gateways  {len(st.gateways)} registered, {len(st.connected_gateways)} connected, {st.streams} streams")
+    print(f"peers     {', '.join(st.peers) or '(none configured)'}")
+    return 0
+
+
+def cmd_gateways(args: argparse.Namespace) -> int:
+    from protos import ingest_pb2 as ipb
+
+    gl = _ask(args, lambda stub, _ch: stub.GetGateways(ipb.GatewaysRequest(), timeout=args.timeout))
+    if gl is None:
+        return 1
+    rows = [
+        {
+            "gateway": g.gateway_id, "keys": list(g.key_ids), "connected": g.connected,
+            "last_seq": g.last_seq, "last_stored": _ns(g.last_stored_ns), "batches": g.batches,
+            "readings": g.readings, "duplicates": g.duplicates,
+            "readings_per_s_1m": round(g.readings_per_s_1m, 2), "readings_per_s_15m": round(g.readings_per_s_15m, 2),
+            "rejects": dict(sorted(g.rejects.items())),
+        }
+        for g in gl.gateways
+    ]
+    if args.json:
+        print(json.dumps({"gateways": rows}))
+        return 0
+    print(f"{'gateway':<20} {'conn':<4} {'last seq':>9} {'last stored':<20} {'r/s 1m':>9} {'r/s 15m':>9}  rejects")
+    for r in rows:
+        rejects = ", ".join(f"{k} {v}" for k, v in r["rejects"].items()) or "-"
+        print(f"{r['gateway']:<20} {'yes' if r['connected'] else 'no':<4} {r['last_seq']:>9} {r['last_stored']:<20} "
+              f"{r['readings_per_s_1m']:>9.1f} {r['readings_per_s_15m']:>9.1f}  {rejects}")
+    return 0
+
+
+def _seal_keys(cfg, extra: list[Path]) -> dict:  # noqa: ANN001
+    from protos.signing import Signer, key_id, load_public_key
+
+    own = Signer.from_file(cfg.key)
+    keys = {own.key_id: own.public_key}
+    for path in extra:
+        pub = load_public_key(path)
+        keys[key_id(pub)] = pub
+    return keys
+
+
+def _audit(store, cfg, seal_keys: dict, what: str, deep: bool = False) -> int:  # noqa: ANN001
+    from hub.chain.audit import audit_store
+
+    report = audit_store(store, cfg.chain_id, seal_keys, deep=deep)
+    if report.ok:
+        print(f"{what}: {report.blocks} blocks, {report.batches} batches, {report.entries} entries: all check out")
+        return 0
+    print(f"{what}: FAILED at {report.findings[0]}", file=sys.stderr)
+    for f in report.findings[1:20]:
+        print(f"  also: {f}", file=sys.stderr)
+    if len(report.findings) > 20:
+        print(f"  ... and {len(report.findings) - 20} more", file=sys.stderr)
+    return 1
+
+
+def _existing_store(cfg):  # noqa: ANN001, ANN202
+    from hub.storage.store import Store
+
+    store = Store(cfg.database_url)
+    store.chain_id()  # raises StoreError for a database that was never initialised
+    return store
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from hub.config import load_hub_config, redact_url
+    from hub.storage.store import StoreError
+
+    cfg = load_hub_config(args.config)
+    try:
+        store = _existing_store(cfg)
+    except StoreError as exc:
+        print(f"gridtrace hub verify: {exc}", file=sys.stderr)
+        return 2
+    return _audit(
+        store, cfg, _seal_keys(cfg, args.seal_key), f"chain {cfg.chain_id} in {redact_url(cfg.database_url)}",
+        deep=args.deep,
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from hub.backup import BackupError, copy_chain
+    from hub.config import load_hub_config
+    from hub.storage.store import Store, StoreError, sqlite_url
+
+    cfg = load_hub_config(args.config)
+    if args.output.exists():
+        print(f"gridtrace hub backup: {args.output} exists; choose a new file", file=sys.stderr)
+        return 2
+    try:
+        src = _existing_store(cfg)
+        dst = Store(sqlite_url(args.output))
+        counts = copy_chain(src, dst, cfg.chain_id, time.time_ns())
+    except (BackupError, StoreError) as exc:
+        print(f"gridtrace hub backup: {exc}", file=sys.stderr)
+        args.output.unlink(missing_ok=True)
+        return 1
+    args.output.chmod(0o600)
+    print(f"wrote {args.output}: {counts.blocks} blocks, {counts.batches} batches, {counts.entries} entries, "
+          f"{counts.gateway_keys} gateway keys")
+    return _audit(dst, cfg, _seal_keys(cfg, []), f"backup {args.output}")
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from hub.backup import BackupError, copy_chain
+    from hub.config import load_hub_config, redact_url
+    from hub.storage.store import Store, StoreError, sqlite_url
+
+    cfg = load_hub_config(args.config)
+    if not args.input.exists():
+        print(f"gridtrace hub restore: {args.input} does not exist", file=sys.stderr)
+        return 2
+    try:
+        src = Store(sqlite_url(args.input))
+        src.chain_id()
+        counts = copy_chain(src, Store(cfg.database_url), cfg.chain_id, time.time_ns())
+    except (BackupError, StoreError) as exc:
+        print(f"gridtrace hub restore: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {counts.blocks} blocks, {counts.batches} batches, {counts.entries} entries into "
+          f"{redact_url(cfg.database_url)}")
+    status = _audit(Store(cfg.database_url), cfg, _seal_keys(cfg, args.seal_key), "restored chain")
+    if status:
+        print("gridtrace hub restore: the restored chain does not check out; do not start the hub on it",
+              file=sys.stderr)
+    return status

@@ -7,7 +7,24 @@ from pathlib import Path
 
 from gridtrace.tomlconfig import ConfigError, Section, read_toml
 
-__all__ = ["ConfigError", "HubConfig", "load_hub_config", "render_hub_config"]
+__all__ = ["ConfigError", "HubConfig", "SETTINGS", "load_hub_config", "render_hub_config", "client_address"]
+
+# Every table and key the loader accepts; docs/hub.md documents exactly these (a test compares).
+SETTINGS: dict[str, frozenset[str]] = {
+    "hub": frozenset({"chain_id", "key", "database"}),
+    "server": frozenset({
+        "listen", "tls_cert", "tls_key", "tls_ca", "insecure_plaintext", "max_group_commit",
+        "health_interval_s",
+    }),
+    "chain": frozenset({"block_interval_s", "max_batches_per_block"}),
+    "ingest": frozenset({"verifier_processes", "max_pending_mb", "max_in_flight_per_stream"}),
+    "metrics": frozenset({"listen"}),
+    "logging": frozenset({"format", "level"}),
+    "peers": frozenset({"replicas"}),
+}
+
+LOG_FORMATS = ("auto", "json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -23,26 +40,29 @@ class HubConfig:
     block_interval_s: float
     max_batches_per_block: int
     max_group_commit: int
+    tls_ca: Path | None = None
+    health_interval_s: float = 5.0
+    metrics_listen: str = ""
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    replicas: tuple[str, ...] = ()
     verifier_processes: int = 1
     max_pending_mb: int = 256
     max_in_flight_per_stream: int = 16
 
 
+def _host_port(sec: Section, key: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise sec.fail(key, f"must be host:port (e.g. 127.0.0.1:9464), got {value!r}")
+    return value
+
+
 def load_hub_config(path: Path) -> HubConfig:
     path = Path(path)
-    doc = read_toml(path, {"hub", "server", "chain", "ingest"})
-    hub = Section(path, "hub", doc.get("hub", {}), {"chain_id", "key", "database"})
-    srv = Section(
-        path, "server", doc.get("server", {}),
-        {"listen", "tls_cert", "tls_key", "insecure_plaintext", "max_group_commit"},
-    )
-    chain = Section(path, "chain", doc.get("chain", {}), {"block_interval_s", "max_batches_per_block"})
-    ingest = Section(
-        path, "ingest", doc.get("ingest", {}), {"verifier_processes", "max_pending_mb", "max_in_flight_per_stream"}
-    )
-    verifiers = ingest.get("verifier_processes", int, 1)
-    if verifiers < 0:
-        raise ingest.fail("verifier_processes", f"must be 0 (check in the server process) or more, got {verifiers}")
+    doc = read_toml(path, set(SETTINGS))
+    sec = {name: Section(path, name, doc.get(name, {}), set(keys)) for name, keys in SETTINGS.items()}
+    hub, srv, chain = sec["hub"], sec["server"], sec["chain"]
 
     database = hub.get("database", str, "hub.sqlite")
     if "://" not in database:
@@ -59,25 +79,76 @@ def load_hub_config(path: Path) -> HubConfig:
             if p is None or not p.exists():
                 raise srv.fail(key, f"{p} does not exist; TLS is on unless insecure_plaintext = true")
 
+    metrics_listen = sec["metrics"].get("listen", str, "127.0.0.1:9464")
+    if metrics_listen:
+        _host_port(sec["metrics"], "listen", metrics_listen)
+
+    log = sec["logging"]
+    log_format = log.get("format", str, "auto")
+    if log_format not in LOG_FORMATS:
+        raise log.fail("format", f"must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    log_level = log.get("level", str, "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise log.fail("level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    ingest = sec["ingest"]
+    verifiers = ingest.get("verifier_processes", int, 1)
+    if verifiers < 0:
+        raise ingest.fail("verifier_processes", f"must be 0 (check in the server process) or more, got {verifiers}")
+
+    peers = sec["peers"]
+    replicas = peers.get("replicas", list, [])
+    for r in replicas:
+        if not isinstance(r, str):
+            raise peers.fail("replicas", f"must be a list of host:port strings, got {r!r}")
+        _host_port(peers, "replicas", r)
+
     return HubConfig(
         path=path,
         chain_id=hub.identifier("chain_id"),
         key=hub.path_value("key", "hub.key"),
         database_url=database,
-        listen=srv.get("listen", str, "127.0.0.1:7700"),
+        listen=_host_port(srv, "listen", srv.get("listen", str, "127.0.0.1:7700")),
         tls_cert=tls_cert,
         tls_key=tls_key,
         insecure_plaintext=insecure,
         block_interval_s=chain.positive("block_interval_s", float, 2.0),
         max_batches_per_block=chain.positive("max_batches_per_block", int, 10_000),
         max_group_commit=srv.positive("max_group_commit", int, 256),
+        tls_ca=srv.path_value("tls_ca", "tls/ca.pem"),
+        health_interval_s=srv.positive("health_interval_s", float, 5.0),
+        metrics_listen=metrics_listen,
+        log_format=log_format,
+        log_level=log_level,
+        replicas=tuple(replicas),
         verifier_processes=verifiers,
         max_pending_mb=ingest.positive("max_pending_mb", int, 256),
         max_in_flight_per_stream=ingest.positive("max_in_flight_per_stream", int, 16),
     )
 
 
-def render_hub_config(chain_id: str, listen: str, insecure_plaintext: bool = False) -> str:
+def client_address(listen: str) -> str:
+    """Where a client on this machine reaches a server listening on `listen`."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "", "*"):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "::"):
+        return f"[::1]:{port}"
+    return listen
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for logs and status output."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{hostpart}"
+
+
+def render_hub_config(
+    chain_id: str, listen: str, insecure_plaintext: bool = False, metrics_listen: str = "127.0.0.1:9464"
+) -> str:
     return f"""# gridtrace hub configuration (docs/hub.md lists every setting).
 # Relative paths are relative to this file.
 
@@ -90,10 +161,18 @@ database = "hub.sqlite"        # a file path (SQLite) or an SQLAlchemy URL
 listen = "{listen}"
 tls_cert = "tls/hub.pem"       # server certificate chain (PEM)
 tls_key = "tls/hub.key"        # its private key (mode 0600)
+tls_ca = "tls/ca.pem"          # CA that operator commands (status, health) check the hub with
 insecure_plaintext = {'true' if insecure_plaintext else 'false'}   # development only
 max_group_commit = 256         # batches committed together in one transaction at most
 
 [chain]
 block_interval_s = 2.0         # seal stored batches into a block this often
 max_batches_per_block = 10000
+
+[metrics]
+listen = "{metrics_listen}"      # Prometheus /metrics (plain HTTP: keep it on loopback or a management net); "" = off
+
+[logging]
+format = "auto"                # "json" (one object per line), "text", or "auto" (json unless a terminal)
+level = "INFO"
 """

@@ -20,12 +20,14 @@ from grpc_reflection.v1alpha import reflection
 
 from gridtrace.signals import stop_on_signals
 from hub.chain.producer import BlockProducer
-from hub.config import HubConfig
+from hub.config import HubConfig, redact_url
 from hub.ingest.service import IngestService, Ingestor
 from hub.ingest.verifier import InlineVerifier, VerifierPool
+from hub.metrics import HubMetrics
 from hub.query import QueryService
 from hub.storage.store import Store, StoreError
 from protos import ingest_pb2, ingest_pb2_grpc
+from protos.canonical import decode_block_header
 from protos.signing import Signer
 
 log = logging.getLogger("gridtrace.hub")
@@ -41,26 +43,93 @@ def server_credentials(cfg: HubConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())])
 
 
-async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> int:
+class DatabaseWatch:
+    """Keeps gRPC health in step with the database: a failing database (a health query that
+    fails or hangs, or an ingest commit that failed last) turns every service NOT_SERVING, so
+    load balancers and container health checks stop sending gateways to this hub."""
+
+    def __init__(self, store: Store, db: ThreadPoolExecutor, health_servicer: health.aio.HealthServicer,
+                 metrics: HubMetrics, interval_s: float) -> None:
+        self.store, self.db, self.health, self.metrics = store, db, health_servicer, metrics
+        self.interval_s = interval_s
+        self.serving: bool | None = None
+
+    async def check(self) -> bool:
+        loop = asyncio.get_running_loop()
+        problem = None
+        try:
+            # On the database thread: a writer stuck in a commit is a failing database too.
+            await asyncio.wait_for(loop.run_in_executor(self.db, self.store.chain_id), max(5.0, self.interval_s))
+        except TimeoutError:
+            problem = "the database did not answer in time"
+        except Exception as exc:  # noqa: BLE001 - any failure means not serving; the cause is logged
+            problem = f"the database failed: {exc}"
+        if problem is None and self.metrics.last_commit_failed:
+            problem = "the last ingest commit failed"
+        await self.set(problem is None, problem)
+        return problem is None
+
+    async def set(self, serving: bool, problem: str | None = None) -> None:
+        self.metrics.database_health(serving)
+        if serving == self.serving:
+            return
+        self.serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+        if serving:
+            log.info("database healthy: serving", extra={"status": "SERVING"})
+        elif problem is None:
+            log.info("not serving: shutting down", extra={"status": "NOT_SERVING"})
+        else:
+            log.error("%s: NOT_SERVING until it recovers", problem, extra={"status": "NOT_SERVING", "reason": problem})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            if not stop.is_set():
+                await self.check()
+
+
+async def serve(
+    cfg: HubConfig, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
+    metrics: HubMetrics | None = None,
+) -> int:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     loop = asyncio.get_running_loop()
+    metrics = metrics or HubMetrics()
 
     signer = Signer.from_file(cfg.key)
-    store = Store(cfg.database_url)
+    raw_store = Store(cfg.database_url)
+    store = metrics.timed_store(raw_store)
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
     stored_chain = await loop.run_in_executor(db, store.chain_id)
     if stored_chain != cfg.chain_id:
         raise StoreError(f"database holds chain {stored_chain!r} but the config says {cfg.chain_id!r}")
 
+    def chain_state() -> None:
+        head = store.head()
+        _, unsealed, _ = store.counts()
+        time_ns = decode_block_header(head.header).time_ns if head else 0
+        metrics.chain_state(head.height if head else 0, time_ns, unsealed)
+
+    await loop.run_in_executor(db, chain_state)
     # Verifiers start before gRPC does, so the first batch finds them ready.
     verifier = VerifierPool(cfg.verifier_processes) if cfg.verifier_processes else InlineVerifier()
     ingestor = Ingestor(
         store, db, signer, cfg.chain_id, cfg.max_group_commit, verifier,
         max_pending_bytes=cfg.max_pending_mb << 20, max_in_flight_per_stream=cfg.max_in_flight_per_stream,
+        metrics=metrics,
     )
     await ingestor.start()
-    producer = BlockProducer(store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block)
+    metrics.queue_depth.labels("commit").set_function(lambda: len(ingestor._queue))
+    producer = BlockProducer(
+        store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block, metrics=metrics
+    )
 
     server = grpc.aio.server(
         options=[
@@ -74,7 +143,9 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
         ]
     )
     server.add_generic_rpc_handlers((IngestService(ingestor).handler(),))
-    ingest_pb2_grpc.add_QueryServicer_to_server(QueryService(store, db, signer, cfg.chain_id, ingestor), server)
+    ingest_pb2_grpc.add_QueryServicer_to_server(
+        QueryService(store, db, signer, cfg.chain_id, ingestor, metrics=metrics, peers=cfg.replicas), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -85,21 +156,32 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
         port = server.add_secure_port(cfg.listen, server_credentials(cfg))
     if port == 0:
         raise OSError(f"cannot listen on {cfg.listen} (address in use or not available)")
+    try:
+        metrics_server = metrics.serve_http(cfg.metrics_listen) if cfg.metrics_listen else None
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {cfg.metrics_listen} ([metrics] listen): {exc.strerror}") from exc
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("hub %s (key %s) serving on %s", cfg.chain_id, signer.key_id, cfg.listen)
+    watch = DatabaseWatch(store, db, health_servicer, metrics, cfg.health_interval_s)
+    await watch.check()
+    log.info(
+        "hub %s (key %s) serving on %s, database %s, metrics %s", cfg.chain_id, signer.key_id, cfg.listen,
+        redact_url(cfg.database_url), cfg.metrics_listen or "off",
+        extra={"chain": cfg.chain_id, "key_id": signer.key_id, "address": cfg.listen},
+    )
 
     producer_stop = asyncio.Event()
     producer_task = asyncio.create_task(producer.run(producer_stop), name="block-producer")
+    watch_stop = asyncio.Event()
+    watch_task = asyncio.create_task(watch.run(watch_stop), name="database-watch")
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
         log.info("shutting down: finishing in-flight batches")
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        watch_stop.set()
+        await asyncio.gather(watch_task, return_exceptions=True)
+        await watch.set(False)
         # Streams read nothing more, finish what they hold (checked, committed, receipted)
         # and end with UNAVAILABLE; then the server stops and the writer drains.
         await ingestor.close(grace_s=5.0)
@@ -109,7 +191,10 @@ async def serve(cfg: HubConfig, stop: asyncio.Event | None = None, ready: asynci
         await asyncio.gather(producer_task, return_exceptions=True)
         sealed = await loop.run_in_executor(db, producer.seal_all)
         if sealed:
-            log.info("sealed %d final blocks", sealed)
+            log.info("sealed %d final blocks", sealed, extra={"height": producer.height})
         db.shutdown(wait=True)
-        store.close()
+        raw_store.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     return 0

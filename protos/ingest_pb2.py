@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos import readings_pb2 as protos_dot_readings__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/ingest.proto\x12\x0cgridtrace.v1\x1a\x15protos/readings.proto\"\x9f\x01\n\x07Receipt\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\t\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x11\n\tbatch_seq\x18\x03 \x01(\x04\x12\x12\n\nbatch_hash\x18\x04 \x01(\x0c\x12\x11\n\tstored_ns\x18\x05 \x01(\x03\x12\x11\n\tduplicate\x18\x06 \x01(\x08\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"F\n\x12\x43\x65rtificateRequest\x12\x10\n\x08meter_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66rom_ns\x18\x02 \x01(\x03\x12\r\n\x05to_ns\x18\x03 \x01(\x03\"I\n\x13\x43\x65rtificateResponse\x12\x18\n\x10\x63\x65rtificate_json\x18\x01 \x01(\t\x12\x18\n\x10unsealed_entries\x18\x02 \x01(\x04\"\x0f\n\rStatusRequest\"\x9c\x01\n\tHubStatus\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x62\x61tches_stored\x18\x04 \x01(\x04\x12\x18\n\x10\x62\x61tches_unsealed\x18\x05 \x01(\x04\x12\x16\n\x0e\x65ntries_stored\x18\x06 \x01(\x04\x12\x10\n\x08gateways\x18\x07 \x03(\t2H\n\x06Ingest\x12>\n\x06Stream\x12\x19.gridtrace.v1.SignedBatch\x1a\x15.gridtrace.v1.Receipt(\x01\x30\x01\x32\xa1\x01\n\x05Query\x12U\n\x0eGetCertificate\x12 .gridtrace.v1.CertificateRequest\x1a!.gridtrace.v1.CertificateResponse\x12\x41\n\tGetStatus\x12\x1b.gridtrace.v1.StatusRequest\x1a\x17.gridtrace.v1.HubStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/ingest.proto\x12\x0cgridtrace.v1\x1a\x15protos/readings.proto\"\x9f\x01\n\x07Receipt\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\t\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x11\n\tbatch_seq\x18\x03 \x01(\x04\x12\x12\n\nbatch_hash\x18\x04 \x01(\x0c\x12\x11\n\tstored_ns\x18\x05 \x01(\x03\x12\x11\n\tduplicate\x18\x06 \x01(\x08\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"F\n\x12\x43\x65rtificateRequest\x12\x10\n\x08meter_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66rom_ns\x18\x02 \x01(\x03\x12\r\n\x05to_ns\x18\x03 \x01(\x03\"I\n\x13\x43\x65rtificateResponse\x12\x18\n\x10\x63\x65rtificate_json\x18\x01 \x01(\t\x12\x18\n\x10unsealed_entries\x18\x02 \x01(\x04\"\x0f\n\rStatusRequest\"\xfe\x01\n\tHubStatus\x12\x10\n\x08\x63hain_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x62\x61tches_stored\x18\x04 \x01(\x04\x12\x18\n\x10\x62\x61tches_unsealed\x18\x05 \x01(\x04\x12\x16\n\x0e\x65ntries_stored\x18\x06 \x01(\x04\x12\x10\n\x08gateways\x18\x07 \x03(\t\x12\x14\n\x0chead_time_ns\x18\x08 \x01(\x03\x12\x0e\n\x06now_ns\x18\t \x01(\x03\x12\x0f\n\x07streams\x18\n \x01(\r\x12\x1a\n\x12\x63onnected_gateways\x18\x0b \x03(\t\x12\r\n\x05peers\x18\x0c \x03(\t\"\x11\n\x0fGatewaysRequest\"\xce\x02\n\x0fGatewayActivity\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0f\n\x07key_ids\x18\x02 \x03(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x16\n\x0elast_stored_ns\x18\x04 \x01(\x03\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x0f\n\x07\x62\x61tches\x18\x06 \x01(\x04\x12\x10\n\x08readings\x18\x07 \x01(\x04\x12\x19\n\x11readings_per_s_1m\x18\x08 \x01(\x01\x12\x1a\n\x12readings_per_s_15m\x18\t \x01(\x01\x12;\n\x07rejects\x18\n \x03(\x0b\x32*.gridtrace.v1.GatewayActivity.RejectsEntry\x12\x12\n\nduplicates\x18\x0b \x01(\x04\x1a.\n\x0cRejectsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\">\n\x0bGatewayList\x12/\n\x08gateways\x18\x01 \x03(\x0b\x32\x1d.gridtrace.v1.GatewayActivity2H\n\x06Ingest\x12>\n\x06Stream\x12\x19.gridtrace.v1.SignedBatch\x1a\x15.gridtrace.v1.Receipt(\x01\x30\x01\x32\xea\x01\n\x05Query\x12U\n\x0eGetCertificate\x12 .gridtrace.v1.CertificateRequest\x1a!.gridtrace.v1.CertificateResponse\x12\x41\n\tGetStatus\x12\x1b.gridtrace.v1.StatusRequest\x1a\x17.gridtrace.v1.HubStatus\x12G\n\x0bGetGateways\x12\x1d.gridtrace.v1.GatewaysRequest\x1a\x19.gridtrace.v1.GatewayListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GATEWAYACTIVITY_REJECTSENTRY']._loaded_options = None
+  _globals['_GATEWAYACTIVITY_REJECTSENTRY']._serialized_options = b'8\001'
   _globals['_RECEIPT']._serialized_start=61
   _globals['_RECEIPT']._serialized_end=220
   _globals['_CERTIFICATEREQUEST']._serialized_start=222
@@ -41,9 +43,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=369
   _globals['_STATUSREQUEST']._serialized_end=384
   _globals['_HUBSTATUS']._serialized_start=387
-  _globals['_HUBSTATUS']._serialized_end=543
-  _globals['_INGEST']._serialized_start=545
-  _globals['_INGEST']._serialized_end=617
-  _globals['_QUERY']._serialized_start=620
-  _globals['_QUERY']._serialized_end=781
+  _globals['_HUBSTATUS']._serialized_end=641
+  _globals['_GATEWAYSREQUEST']._serialized_start=643
+  _globals['_GATEWAYSREQUEST']._serialized_end=660
+  _globals['_GATEWAYACTIVITY']._serialized_start=663
+  _globals['_GATEWAYACTIVITY']._serialized_end=997
+  _globals['_GATEWAYACTIVITY_REJECTSENTRY']._serialized_start=951
+  _globals['_GATEWAYACTIVITY_REJECTSENTRY']._serialized_end=997
+  _globals['_GATEWAYLIST']._serialized_start=999
+  _globals['_GATEWAYLIST']._serialized_end=1061
+  _globals['_INGEST']._serialized_start=1063
+  _globals['_INGEST']._serialized_end=1135
+  _globals['_QUERY']._serialized_start=1138
+  _globals['_QUERY']._serialized_end=1372
 # @@protoc_insertion_point(module_scope)

@@ -118,6 +118,11 @@ class QueryStub:
                 request_serializer=protos_dot_ingest__pb2.StatusRequest.SerializeToString,
                 response_deserializer=protos_dot_ingest__pb2.HubStatus.FromString,
                 _registered_method=True)
+        self.GetGateways = channel.unary_unary(
+                '/gridtrace.v1.Query/GetGateways',
+                request_serializer=protos_dot_ingest__pb2.GatewaysRequest.SerializeToString,
+                response_deserializer=protos_dot_ingest__pb2.GatewayList.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -135,6 +140,12 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGateways(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +158,11 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=protos_dot_ingest__pb2.StatusRequest.FromString,
                     response_serializer=protos_dot_ingest__pb2.HubStatus.SerializeToString,
+            ),
+            'GetGateways': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGateways,
+                    request_deserializer=protos_dot_ingest__pb2.GatewaysRequest.FromString,
+                    response_serializer=protos_dot_ingest__pb2.GatewayList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -203,6 +219,33 @@ class Query:
             '/gridtrace.v1.Query/GetStatus',
             protos_dot_ingest__pb2.StatusRequest.SerializeToString,
             protos_dot_ingest__pb2.HubStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGateways(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridtrace.v1.Query/GetGateways',
+            protos_dot_ingest__pb2.GatewaysRequest.SerializeToString,
+            protos_dot_ingest__pb2.GatewayList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@
 #   mosquitto:        a real MQTT broker for the MQTT meter source's tests
 #   socat:            a pseudo-terminal pair standing in for an RS-485 line (Modbus RTU tests)
 #   mbpoll:           an independent Modbus client that must read the simulator's registers
+#   systemd:          systemd-analyze verify checks the units in deploy/
 set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
@@ -12,6 +13,7 @@ command -v xxd >/dev/null || need+=(xxd)
 command -v socat >/dev/null || need+=(socat)
 command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

@@ -54,10 +54,14 @@ def free_port() -> int:
 
 def init_hub(
     directory: Path, insecure: bool = True, chain_id: str = "test-chain", block_interval: float = 0.3,
-    verifier_processes: int | None = None,
+    verifier_processes: int | None = None, metrics: bool = False,
 ) -> HubConfig:
+    """A hub directory made by `hub init`; metrics (off unless asked: hubs in one test
+    process must not share a port) listen on a free loopback port."""
     listen = f"127.0.0.1:{free_port()}"
-    args = ["hub", "init", "--dir", str(directory), "--chain-id", chain_id, "--listen", listen]
+    metrics_listen = f"127.0.0.1:{free_port()}" if metrics else ""
+    args = ["hub", "init", "--dir", str(directory), "--chain-id", chain_id, "--listen", listen,
+            "--metrics-listen", metrics_listen]
     if insecure:
         args.append("--insecure")
     assert gridtrace_main(args) == 0

@@ -434,3 +434,94 @@ def test_hub_missing_chain_id(tmp_path):
 def test_hub_invalid_toml(tmp_path):
     _expect_hub(_hub(tmp_path, _hub_rendered() + "\n[chain]\n"), "not valid TOML")
     _expect_hub(_hub(tmp_path, "[hub\n"), "not valid TOML")
+
+
+# ---------------------------------------------------------------------------
+# The hub's settings: docs, example, new tables.
+# ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _documented_hub_settings() -> dict[str, set[str]]:
+    """(table -> keys) from the settings table of docs/hub.md."""
+    text = (ROOT / "docs" / "hub.md").read_text(encoding="utf-8")
+    section = text.split("## hub.toml", 1)[1].split("\n## ", 1)[0]
+    out: dict[str, set[str]] = {}
+    table = None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[1].startswith("`"):
+            continue
+        if cells[0]:
+            table = re.fullmatch(r"`\[(\w+)\]`", cells[0]).group(1)
+        out.setdefault(table, set()).update(re.findall(r"`(\w+)`", cells[1]))
+    return out
+
+
+def test_docs_table_lists_exactly_the_settings_the_loader_accepts():
+    from hub.config import SETTINGS
+
+    assert _documented_hub_settings() == {t: set(keys) for t, keys in SETTINGS.items()}
+
+
+def test_docs_defaults_are_the_loaders_defaults(tmp_path):
+    # A config with only the required key: every other value is the default docs/hub.md states.
+    path = tmp_path / "hub.toml"
+    path.write_text('[hub]\nchain_id = "substation-7"\n[server]\ninsecure_plaintext = true\n')
+    cfg = load_hub_config(path)
+    assert (cfg.listen, cfg.max_group_commit, cfg.health_interval_s) == ("127.0.0.1:7700", 256, 5.0)
+    assert (cfg.block_interval_s, cfg.max_batches_per_block) == (2.0, 10_000)
+    assert cfg.metrics_listen == "127.0.0.1:9464"
+    assert (cfg.log_format, cfg.log_level, cfg.replicas) == ("auto", "INFO", ())
+    assert cfg.tls_ca == tmp_path / "tls" / "ca.pem"
+    assert cfg.database_url == f"sqlite:///{(tmp_path / 'hub.sqlite').resolve()}"
+    docs = (ROOT / "docs" / "hub.md").read_text()
+    for shown in ("`127.0.0.1:7700`", "`256`", "`5.0`", "`2.0`", "`10000`", "`127.0.0.1:9464`", "`auto`",
+                  "`INFO`", "`[]`", "`tls/ca.pem`", "`hub.sqlite`"):
+        assert shown in docs
+
+
+def test_example_hub_config_loads_and_sets_every_table(tmp_path):
+    from hub.config import SETTINGS
+
+    example = ROOT / "deploy" / "hub.example.toml"
+    copy = _hub(tmp_path, example.read_text(encoding="utf-8"))
+    cfg = load_hub_config(copy)
+    assert cfg.chain_id == "substation-7"
+    assert cfg.database_url.startswith("postgresql+psycopg://")
+    assert cfg.listen == "0.0.0.0:7700" and cfg.metrics_listen == "0.0.0.0:9464"
+    assert cfg.log_format == "json" and cfg.replicas == ("hub7-b.example.net:7700", "hub7-c.example.net:7700")
+    import tomllib
+
+    doc = tomllib.loads(example.read_text())
+    assert {t: set(v) for t, v in doc.items()} == {t: set(k) for t, k in SETTINGS.items()}
+
+
+@pytest.mark.parametrize(
+    "table,line,fragment",
+    [
+        ("metrics", 'listen = "9464"', "must be host:port"),
+        ("logging", 'format = "xml"', "must be one of auto, json, text"),
+        ("logging", 'level = "LOUD"', "must be one of DEBUG"),
+        ("peers", "replicas = [7700]", "host:port strings"),
+        ("peers", 'replicas = ["hub-b"]', "must be host:port"),
+        ("chain", "block_interval_s = 0", "must be > 0"),
+    ],
+)
+def test_bad_new_hub_settings_name_file_line_and_key(tmp_path, table, line, fragment):
+    text = _hub_rendered(insecure=True)
+    text = re.sub(rf"^\[{table}\]\n(?:(?!\[).*\n)*", "", text, flags=re.MULTILINE)  # drop the rendered table
+    text += f"\n[{table}]\n{line}\n"
+    path = _hub(tmp_path, text, tls=False)
+    key = line.split(" ")[0]
+    lineno = text.splitlines().index(line) + 1
+    _expect_hub(path, f"{path}:{lineno}: [{table}] {key}:", fragment)
+
+
+def test_redacted_database_url_hides_the_password():
+    from hub.config import redact_url
+
+    assert redact_url("postgresql+psycopg://hub:s3cret@db:5432/g") == "postgresql+psycopg://hub:***@db:5432/g"
+    assert "s3cret" not in redact_url("postgresql://u:s3cret@h/d")
+    assert redact_url("sqlite:////var/lib/hub.sqlite") == "sqlite:////var/lib/hub.sqlite"

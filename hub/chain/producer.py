@@ -8,6 +8,7 @@ import time
 from concurrent.futures import Executor
 
 from hub.chain.block import next_block, seal
+from hub.metrics import HubMetrics
 from hub.storage.store import Store
 from protos.canonical import block_hash, decode_block_header, encode_block_header
 from protos.records import BlockHeader
@@ -17,8 +18,12 @@ log = logging.getLogger("gridtrace.hub.chain")
 
 
 class BlockProducer:
-    def __init__(self, store: Store, db: Executor, signer: Signer, chain_id: str, interval_s: float, max_batches: int):
+    def __init__(
+        self, store: Store, db: Executor, signer: Signer, chain_id: str, interval_s: float, max_batches: int,
+        metrics: HubMetrics | None = None,
+    ):
         self.store = store
+        self.metrics = metrics
         self.db = db
         self.signer = signer
         self.chain_id = chain_id
@@ -47,7 +52,12 @@ class BlockProducer:
             [seal(header, self.signer)],
         )
         self.height = header.height
-        log.info("sealed block %d: %d batches, %d entries", header.height, header.batch_count, header.entry_count)
+        if self.metrics is not None:
+            self.metrics.block_sealed(header.height, header.time_ns, header.batch_count)
+        log.info(
+            "sealed block %d: %d batches, %d entries", header.height, header.batch_count, header.entry_count,
+            extra={"height": header.height, "batches": header.batch_count, "entries": header.entry_count},
+        )
         return header
 
     def seal_all(self) -> int:
@@ -67,4 +77,4 @@ class BlockProducer:
             try:
                 await loop.run_in_executor(self.db, self.seal_pending)
             except Exception:  # noqa: BLE001 - keep producing; the cause is logged
-                log.exception("sealing a block failed; will retry")
+                log.exception("sealing a block failed; will retry", extra={"height": self.height + 1})

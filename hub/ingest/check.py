@@ -24,19 +24,37 @@ from protos.wire import WireError, header_from_pb
 
 
 class Reason(enum.Enum):
-    """Why a batch was rejected; each maps to one gRPC status code."""
+    """Why a batch was rejected (the value is its label in metrics and logs); each maps to
+    one gRPC status code. Values must differ: two equal values would make one reason an
+    alias of the other (bad signatures were counted as unknown gateways that way)."""
 
-    MALFORMED = "INVALID_ARGUMENT"
-    UNKNOWN_GATEWAY = "UNAUTHENTICATED"
-    BAD_SIGNATURE = "UNAUTHENTICATED"
-    GAP = "FAILED_PRECONDITION"
-    FORK = "ALREADY_EXISTS"
-    UNAVAILABLE = "UNAVAILABLE"
-    INTERNAL = "INTERNAL"
+    MALFORMED = "malformed"
+    UNKNOWN_GATEWAY = "unknown-gateway"
+    BAD_SIGNATURE = "bad-signature"
+    GAP = "gap"
+    FORK = "fork"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
 
     @property
     def label(self) -> str:
-        return self.name.lower().replace("_", "-")
+        return self.value
+
+    @property
+    def status(self) -> str:
+        """The grpc.StatusCode name the stream ends with."""
+        return _STATUS[self]
+
+
+_STATUS = {
+    Reason.MALFORMED: "INVALID_ARGUMENT",
+    Reason.UNKNOWN_GATEWAY: "UNAUTHENTICATED",
+    Reason.BAD_SIGNATURE: "UNAUTHENTICATED",
+    Reason.GAP: "FAILED_PRECONDITION",
+    Reason.FORK: "ALREADY_EXISTS",
+    Reason.UNAVAILABLE: "UNAVAILABLE",
+    Reason.INTERNAL: "INTERNAL",
+}
 
 
 class Rejection(Exception):

@@ -18,14 +18,17 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
+from functools import partial
 from concurrent.futures import Executor
 
 import grpc
 
 from hub.ingest.check import CheckedBatch, Placement, Reason, Rejection, place_in_chain
 from hub.ingest.verifier import InlineVerifier, VerifierPool
+from hub.metrics import HubMetrics
 from hub.storage.store import NewBatch, Store
 from protos import ingest_pb2 as ipb
+from protos import readings_pb2 as pb
 from protos.canonical import encode_receipt
 from protos.records import ReceiptStatement
 from protos.signing import Signer
@@ -50,8 +53,10 @@ class Ingestor:
         verifier: InlineVerifier | VerifierPool | None = None,
         max_pending_bytes: int = 256 << 20,
         max_in_flight_per_stream: int = 16,
+        metrics: HubMetrics | None = None,
     ):
         self.store = store
+        self.metrics = metrics
         self.db = db
         self.signer = signer
         self.chain_id = chain_id
@@ -141,9 +146,12 @@ class Ingestor:
                 return await self.verifier.check(raw)
         except Rejection as exc:
             self.rejected[exc.reason.label] += 1
+            if self.metrics is not None:
+                gateway_id, entries = _claimed_gateway(raw)
+                self.metrics.batch_rejected(gateway_id, exc.reason.label, entries)
             raise
 
-    async def accept(self, checked: CheckedBatch) -> asyncio.Future:
+    async def accept(self, checked: CheckedBatch, arrived: float | None = None) -> asyncio.Future:
         """Place a checked batch in its gateway's chain; return a future that resolves to its
         receipt once durable. Called in each stream's order."""
         b = checked.batch
@@ -151,15 +159,22 @@ class Ingestor:
             if b.gateway_id in self._stale_heads:
                 await self._reload_head(b.gateway_id)
             if place_in_chain(checked.header, self.heads.get(b.gateway_id)) is Placement.SEEN:
-                return await self._resent(b)
+                fut = await self._resent(b)
+            else:
+                self.heads[b.gateway_id] = (b.seq, b.hash)
+                fut = asyncio.get_running_loop().create_future()
+                self.pending[(b.gateway_id, b.seq)] = (b.hash, fut)
+                self._queue.append((b, fut))
+                self._wake.set()
         except Rejection as exc:
             self.rejected[exc.reason.label] += 1
+            if self.metrics is not None:
+                self.metrics.batch_rejected(b.gateway_id, exc.reason.label, len(b.entries))
             raise
-        self.heads[b.gateway_id] = (b.seq, b.hash)
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[(b.gateway_id, b.seq)] = (b.hash, fut)
-        self._queue.append((b, fut))
-        self._wake.set()
+        if self.metrics is not None:
+            # metrics: outcome, latency (from arrival) and per-gateway activity (hub/metrics.py)
+            started = time.monotonic() if arrived is None else arrived
+            fut.add_done_callback(partial(self.metrics.batch_done, b.gateway_id, b.seq, len(b.entries), started))
         return fut
 
     async def submit(self, msg) -> asyncio.Future:  # noqa: ANN001 - a SignedBatch or its bytes
@@ -271,7 +286,10 @@ class Ingestor:
         later = [item for item in self._queue if item[0].gateway_id in gateways]
         self._queue = [item for item in self._queue if item[0].gateway_id not in gateways]
         for b, fut in [*items, *later]:
-            log.error("gateway %s batch %d not stored: %s", b.gateway_id, b.seq, why)
+            log.error(
+                "gateway %s batch %d not stored: %s", b.gateway_id, b.seq, why,
+                extra={"gateway": b.gateway_id, "batch_seq": b.seq, "reason": "unavailable"},
+            )
             self.pending.pop((b.gateway_id, b.seq), None)
             if not fut.done():
                 fut.set_exception(StoreFailure(why))
@@ -296,6 +314,16 @@ async def _drain(iterator, in_hand: asyncio.Future | None, idle_s: float = 0.3, 
             return
 
 
+def _claimed_gateway(raw: bytes) -> tuple[str, int]:
+    """The gateway id and entry count a rejected batch claims in its header, for the
+    per-gateway reject counts; parsed again only on this rare path."""
+    try:
+        h = pb.SignedBatch.FromString(raw).header
+    except Exception:  # noqa: BLE001 - not even a message: nobody to count it against
+        return "", 0
+    return h.gateway_id, h.entry_count
+
+
 STREAM_METHOD = "/gridtrace.v1.Ingest/Stream"
 
 
@@ -316,25 +344,25 @@ class IngestService:
             },
         )
 
-    async def _read(self, requests, results: asyncio.Queue, peer: str) -> None:  # noqa: ANN001
+    async def _read(self, requests, results: asyncio.Queue, peer: str, gateway: list[str] | None = None) -> None:  # noqa: ANN001
         """Read raw batches, have up to a window of them checked at once, and place them in
         the stream's order; put each receipt future (or the rejection that ends the stream)
         on `results`."""
         ing = self.ingestor
         iterator = aiter(requests)
-        checking: deque[tuple[asyncio.Future, int]] = deque()  # (check, raw size), in arrival order
+        checking: deque[tuple[asyncio.Future, int, float]] = deque()  # (check, raw size, arrival), in arrival order
         next_msg: asyncio.Future | None = None
         closing = asyncio.ensure_future(ing.closing.wait())
         ended = False
         try:
             while True:
                 while checking and checking[0][0].done():
-                    task, size = checking.popleft()
+                    task, size, arrived = checking.popleft()
                     try:
-                        fut = await ing.accept(task.result())
+                        fut = await ing.accept(task.result(), arrived)
                     except Rejection as exc:
                         ing.release(size)
-                        for t, n in checking:
+                        for t, n, _ in checking:
                             t.cancel()
                             ing.release(n)
                         checking.clear()
@@ -344,6 +372,9 @@ class IngestService:
                         await results.put(exc)
                         return
                     fut.add_done_callback(lambda _f, n=size: ing.release(n))
+                    if ing.metrics is not None and gateway is not None and not gateway:
+                        gateway.append(task.result().batch.gateway_id)
+                        ing.metrics.stream_gateway(gateway[0])
                     await results.put(fut)
                 if ing.closing.is_set() and next_msg is not None and not next_msg.done():
                     next_msg.cancel()  # nothing more is read; what did not arrive yet is re-sent later
@@ -379,17 +410,17 @@ class IngestService:
                         ended = True
                         continue
                     ing.hold(len(raw))
-                    checking.append((asyncio.ensure_future(ing.check(raw)), len(raw)))
+                    checking.append((asyncio.ensure_future(ing.check(raw)), len(raw), time.monotonic()))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception as exc:  # noqa: BLE001 - reported to the gateway, not swallowed
-            log.exception("ingest stream from %s failed", peer)
+            log.exception("ingest stream from %s failed", peer, extra={"peer": peer})
             await results.put(Rejection(Reason.INTERNAL, f"internal error: {exc}"))
         finally:
             closing.cancel()
             if next_msg is not None:
                 next_msg.cancel()
-            for t, n in checking:
+            for t, n, _ in checking:
                 t.cancel()
                 ing.release(n)
             await results.put(None)
@@ -397,8 +428,12 @@ class IngestService:
     async def Stream(self, request_iterator, context: grpc.aio.ServicerContext) -> AsyncIterator[ipb.Receipt]:  # noqa: N802
         results: asyncio.Queue = asyncio.Queue()
         peer = context.peer()
+        metrics = self.ingestor.metrics
+        gateway: list[str] = []  # metrics: the gateway this stream carries, once a batch was accepted
         self.ingestor.stream_opened()
-        reader = asyncio.create_task(self._read(request_iterator, results, peer))
+        if metrics is not None:
+            metrics.stream_opened()
+        reader = asyncio.create_task(self._read(request_iterator, results, peer, gateway))
         try:
             while True:
                 item = await results.get()
@@ -408,8 +443,10 @@ class IngestService:
                     if item.reason is Reason.UNAVAILABLE:
                         log.info("ending stream from %s: %s", peer, item.message)
                     else:
-                        log.warning("rejected from %s: %s", peer, item.message)
-                    await context.abort(getattr(grpc.StatusCode, item.reason.value), item.message)
+                        log.warning(
+                            "rejected from %s: %s", peer, item.message, extra={"peer": peer, "reason": item.reason.label}
+                        )
+                    await context.abort(getattr(grpc.StatusCode, item.reason.status), item.message)
                 try:
                     # shield: a cancelled stream must not cancel a commit others wait on
                     receipt = await asyncio.shield(item)
@@ -418,4 +455,6 @@ class IngestService:
                 yield receipt
         finally:
             self.ingestor.stream_closed()
+            if metrics is not None:
+                metrics.stream_closed(gateway[0] if gateway else None)
             reader.cancel()

@@ -281,6 +281,14 @@ class Store:
             ).all()
         return [bytes(r.hash) for r in rows]
 
+    def block_batches(self, height: int) -> list[StoredBatch]:
+        """The batches sealed in block `height`, in block order (audit, backup)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(batches).where(batches.c.block_height == height).order_by(batches.c.block_index)
+            ).all()
+        return [_batch(r) for r in rows]
+
     def log_hashes(self, size: int) -> list[bytes]:
         """The first `size` batch hashes of the log, in log order."""
         with self.engine.connect() as c:

@@ -1,0 +1,102 @@
+"""Backup and restore: a chain copied block by block through `Store`'s public methods.
+
+A backup is a hub database of its own (SQLite, written by the same `Store`), so it is
+portable between backends, inspectable with `sqlite3`, and restorable with the same copy.
+The copy takes stored bytes as they are (headers, signatures, seals, entry bodies, the
+stored_ns receipts name); it does not judge them. Judging is the audit's job
+(hub/chain/audit.py), run on the result of every backup and restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import groupby
+
+from hub.chain.audit import batch_record
+from hub.storage.schema import ENTRY_GAP, ENTRY_READING
+from hub.storage.store import EntryRow, NewBatch, StoredBatch
+from protos import merkle
+from protos.canonical import CanonicalError, decode_block_header, decode_entry
+from protos.merkle import CompactRange
+from protos.records import Reading, RecordError
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CopyCounts:
+    blocks: int
+    batches: int
+    entries: int
+    gateway_keys: int
+
+
+def entry_rows(bodies: Iterable[bytes], where: str) -> tuple[EntryRow, ...]:
+    """The lookup columns of each entry, recovered from its canonical bytes."""
+    rows = []
+    for i, body in enumerate(bodies):
+        try:
+            e = decode_entry(body)
+        except (CanonicalError, RecordError) as exc:
+            raise BackupError(f"{where}: entry {i} does not decode ({exc}); the source is damaged") from exc
+        if isinstance(e, Reading):
+            rows.append(EntryRow(i, e.meter_id, ENTRY_READING, e.seq, e.timestamp_ns, body))
+        else:
+            rows.append(EntryRow(i, e.meter_id, ENTRY_GAP, None, e.timestamp_ns, body))
+    return tuple(rows)
+
+
+def _copy_batches(src, dst, batches: list[StoredBatch]) -> list[int]:  # noqa: ANN001
+    """Store `batches` in `dst` (grouped by their original commit time); return their new ids."""
+    ids = []
+    for stored_ns, group in groupby(batches, key=lambda b: b.stored_ns):
+        new = []
+        for b in group:
+            rec = batch_record(src, b)
+            where = f"gateway {b.gateway_id} batch {b.seq}"
+            new.append(NewBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, entry_rows(rec.bodies, where)))
+        dst.store_batches(new, stored_ns)
+        ids.extend(dst.find_batch(n.gateway_id, n.seq).id for n in new)
+    return ids
+
+
+def copy_chain(src, dst, chain_id: str, now_ns: int) -> CopyCounts:  # noqa: ANN001
+    """Copy gateways, blocks with their seals, and unsealed batches from `src` into the empty `dst`."""
+    if src.chain_id() != chain_id:
+        raise BackupError(f"the source holds chain {src.chain_id()!r}, not {chain_id!r}")
+    dst.create(chain_id)
+    if dst.head() is not None or dst.counts()[0] != 0:
+        raise BackupError(f"the target {dst.url} already holds batches or blocks; restore needs an empty database")
+    n_keys = 0
+    for gw, keys in src.gateway_keys().items():
+        for kid, pem in keys.items():
+            dst.add_gateway(gw, kid, pem, now_ns)
+            n_keys += 1
+    log = CompactRange()
+    head = src.head()
+    n_batches = n_entries = 0
+    for height in range(1, (head.height if head else 0) + 1):
+        blk = src.block(height)
+        if blk is None:
+            raise BackupError(f"block {height} is missing from the source")
+        batches = src.block_batches(height)
+        ids = _copy_batches(src, dst, batches)
+        for b in batches:
+            log.append(merkle.leaf_hash(b.hash))
+        try:
+            time_ns = decode_block_header(blk.header).time_ns
+        except (CanonicalError, RecordError) as exc:
+            raise BackupError(f"block {height}: stored header does not decode ({exc}); the source is damaged") from exc
+        dst.append_block(
+            height, blk.hash, blk.header, time_ns, ids, blk.entry_count, log.size, log, blk.seals,
+        )
+        n_batches += len(batches)
+        n_entries += sum(b.entry_count for b in batches)
+    unsealed = src.unsealed_batches(10**9)
+    _copy_batches(src, dst, unsealed)
+    n_batches += len(unsealed)
+    n_entries += sum(b.entry_count for b in unsealed)
+    return CopyCounts(head.height if head else 0, n_batches, n_entries, n_keys)
