@@ -2,30 +2,31 @@
 against a baseline that only decodes and stores the same rows.
 
 For each backend (SQLite; PostgreSQL with --backend postgresql|both, on a throwaway
-server on loopback), in one run:
+server on loopback, started as in the plan: initdb + pg_ctl as the postgres user):
 
-1. `gridtrace hub init` (TLS on, as in production), the fleet's gateway keys
-   registered with `gridtrace hub gateway add`, `gridtrace hub serve` started as
-   its own process;
-2. **full rate**: `gridtrace sim fleet` (separate processes, batches prebuilt before
-   the clock starts) sends as fast as the hub receipts (or at --rate). Figures:
-   receipted readings/s over the window (first send to last receipt), CPU per
-   reading of the hub's process tree (and PostgreSQL's) from /proc, from the fleet's
-   start until every receipted batch is sealed. Then the hub's database must hold
-   exactly what was receipted (readings, batches, each gateway's head), all sealed;
-3. **half rate**: a fleet paced at half the full-rate figure, for receipt latency
-   p50/p99 (send of a batch to its checked receipt);
-4. **baseline**: bench/ingest_baseline.py on the same TLS and a fresh database of the
-   same kind receives the same fleet, decodes each batch with the hub's decode and
-   inserts the same rows through the hub's Store, without signatures, Merkle roots,
-   chaining, blocks or signed receipts; it must also hold every acked reading.
+1. `gridtrace hub init` (TLS on, as in production), the fleets' gateway keys
+   registered with `gridtrace hub gateway add`, then `gridtrace hub serve` and the
+   baseline server (bench/ingest_baseline.py) started as processes of their own;
+2. **full rate**, --runs times, hub and baseline alternated: `gridtrace sim fleet`
+   (separate processes, batches prebuilt before the clock starts) sends as fast as
+   the server answers (or at --rate). Figures: receipted readings/s over the window
+   (first send to last receipt) and CPU per reading of the server's process tree
+   (plus PostgreSQL's) from /proc, from the fleet's start until every receipted
+   batch is sealed. After each run the database must hold exactly what was receipted
+   (readings, batches, each gateway's head) and, for the hub, all of it sealed;
+3. **half rate**: one hub run paced at half the median full-rate figure, for the
+   receipt latency p50/p99 (send of a batch to its checked receipt);
+4. the **baseline** receives the same kind of fleet on the same TLS, decodes each
+   batch with the hub's decode and inserts the same rows through the hub's Store
+   into a fresh database of the same kind, without signatures, Merkle roots,
+   chaining, blocks or signed receipts (plain acks after the commit).
 
-Prints both rates, their ratio, CPU/reading and p50/p99; with --json the last line
-is one JSON object. --profile DIR records the hub with py-spy during one more full
-rate run (the figures above come from runs without the profiler) and prints the top
-frames. The machine's other load counts: quote the median of several runs.
+Prints the medians of both rates, their ratio, CPU/reading and p50/p99; with --json
+the last line is one JSON object. --profile DIR records the hub with py-spy during
+one more full-rate run (the figures above come from runs without the profiler) and
+prints the top leaf frames. The machine's other load counts: say how busy it was.
 
-    .venv/bin/python bench/ingest.py --gateways 8 --seconds 10 --max-rate 120000 --json
+    .venv/bin/python bench/ingest.py --gateways 8 --seconds 10 --runs 3 --max-rate 120000 --json
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -316,7 +318,7 @@ def measure_backend(args: argparse.Namespace, backend: str, work: Path) -> dict:
         port, base_port = free_port(), free_port()
         run([GRIDTRACE, "hub", "init", "--dir", str(hub_dir), "--chain-id", f"bench-{backend}",
              "--listen", f"127.0.0.1:{port}"], "gridtrace hub init")
-        hub_toml, tls = hub_dir / "hub.toml", hub_dir / "tls"
+        hub_toml, tls, hub_key = hub_dir / "hub.toml", hub_dir / "tls", hub_dir / "hub.pub.pem"
         extra_pids: list[int] = []
         if backend == "postgresql":
             pg = stack.enter_context(postgres_server())
@@ -330,28 +332,54 @@ def measure_backend(args: argparse.Namespace, backend: str, work: Path) -> dict:
 
         from firmware_sim.loadgen import ensure_keys, gateway_ids
 
-        prefixes = ["full", "half"] + (["prof"] if args.profile else [])
-        for prefix in prefixes:
+        # Fresh gateway ids per run: a gateway's chain starts at batch 1 in each.
+        rounds = [f"r{i + 1}" for i in range(args.runs)]
+        for prefix in [*rounds, "half", *(["prof"] if args.profile else [])]:
             ids = gateway_ids(prefix, args.gateways)
             ensure_keys(keys, ids)
             register(hub_toml, keys, ids)
 
+        # Both servers stay up; an idle one costs nothing measurable, and alternating them
+        # run by run spreads the machine's other load over both figures.
         hub = Server([GRIDTRACE, "--log-level", "WARNING", "hub", "serve", "--config", str(hub_toml)],
                      work / "hub.log", "gridtrace hub serve")
         stack.callback(hub.stop)
+        base = Server([sys.executable, str(ROOT / "bench" / "ingest_baseline.py"), "--listen",
+                       f"127.0.0.1:{base_port}", "--database", base_url, "--tls-cert", str(tls / "hub.pem"),
+                       "--tls-key", str(tls / "hub.key")], work / "baseline.log", "baseline server")
+        stack.callback(base.stop)
         hub.wait_listening(port)
-        measured = [hub.pid, *extra_pids]
-        print(f"[{backend}] hub serving on 127.0.0.1:{port} (pid {hub.pid}); full-rate run", flush=True)
+        base.wait_listening(base_port)
+        print(f"[{backend}] hub on 127.0.0.1:{port} (pid {hub.pid}), baseline on 127.0.0.1:{base_port} "
+              f"(pid {base.pid})", flush=True)
 
-        full = fleet(args, port, keys, "full", args.rate, measured, tls, hub_dir / "hub.pub.pem",
-                     work / "fleet-full.log", stored_check(hub_url, counts(hub_url), sealed=True))
-        full_rate = full.figures["readings_per_s"]
-        if not full_rate:
-            raise BenchError(f"[{backend}] the full-rate run receipted nothing: see {work / 'fleet-full.log'}")
-        half_rate = (args.rate or full_rate) / 2
-        print(f"[{backend}] {full_rate:,} readings/s; half-rate run at {half_rate:,.0f} readings/s", flush=True)
-        half = fleet(args, port, keys, "half", half_rate, measured, tls, hub_dir / "hub.pub.pem",
-                     work / "fleet-half.log", stored_check(hub_url, counts(hub_url), sealed=True))
+        def hub_run(prefix: str, rate: float, profiled: bool = False) -> FleetRun:
+            check = None if profiled else stored_check(hub_url, counts(hub_url), sealed=True)
+            return fleet(args, port, keys, prefix, rate, [hub.pid, *extra_pids], tls, hub_key,
+                         work / f"fleet-hub-{prefix}.log", check)
+
+        def base_run(prefix: str) -> FleetRun:
+            return fleet(args, base_port, keys, prefix, args.rate, [base.pid, *extra_pids], tls, None,
+                         work / f"fleet-baseline-{prefix}.log", stored_check(base_url, counts(base_url), sealed=False))
+
+        pairs: list[tuple[FleetRun, FleetRun]] = []
+        for i, prefix in enumerate(rounds):
+            if i % 2 == 0:
+                h = hub_run(prefix, args.rate)
+                b = base_run(prefix)
+            else:
+                b = base_run(prefix)
+                h = hub_run(prefix, args.rate)
+            pairs.append((h, b))
+            print(f"[{backend}] run {i + 1}: hub {h.figures['readings_per_s']:,} readings/s, "
+                  f"baseline {b.figures['readings_per_s']:,} readings/s", flush=True)
+        hub_rate = statistics.median(h.figures["readings_per_s"] for h, _ in pairs)
+        base_rate = statistics.median(b.figures["readings_per_s"] for _, b in pairs)
+        if not hub_rate:
+            raise BenchError(f"[{backend}] the hub receipted nothing: see {work}/fleet-hub-*.log")
+        half_rate = (args.rate or hub_rate) / 2
+        print(f"[{backend}] half-rate run at {half_rate:,.0f} readings/s", flush=True)
+        half = hub_run("half", half_rate)
 
         profile = None
         if args.profile:
@@ -362,8 +390,7 @@ def measure_backend(args: argparse.Namespace, backend: str, work: Path) -> dict:
                                    stderr=subprocess.PIPE, text=True)
             try:
                 print(f"[{backend}] profiled full-rate run (py-spy -> {raw})", flush=True)
-                fleet(args, port, keys, "prof", args.rate, measured, tls, hub_dir / "hub.pub.pem",
-                      work / "fleet-prof.log")
+                hub_run("prof", args.rate, profiled=True)
             finally:
                 spy.send_signal(signal.SIGINT)
                 _, err = spy.communicate(timeout=60)
@@ -371,39 +398,29 @@ def measure_backend(args: argparse.Namespace, backend: str, work: Path) -> dict:
                 raise BenchError(f"py-spy wrote no profile: {err.strip()[-1000:]}")
             profile = {"file": str(raw), "top": [[leaf, round(pct, 1)] for leaf, pct in top_frames(raw)]}
 
-        hub.stop()  # before the baseline, so they never share the cores (PostgreSQL stays up)
+    def per_reading(r: FleetRun) -> float:
+        return 1e6 * r.cpu_s / r.figures["readings_receipted"]
 
-        base = Server([sys.executable, str(ROOT / "bench" / "ingest_baseline.py"), "--listen",
-                       f"127.0.0.1:{base_port}", "--database", base_url, "--tls-cert", str(tls / "hub.pem"),
-                       "--tls-key", str(tls / "hub.key")], work / "baseline.log", "baseline server")
-        try:
-            base.wait_listening(base_port)
-            print(f"[{backend}] baseline serving on 127.0.0.1:{base_port}; full-rate run", flush=True)
-            baseline = fleet(args, base_port, keys, "full", args.rate, [base.pid, *extra_pids], tls, None,
-                             work / "fleet-baseline.log", stored_check(base_url, (0, 0, 0), sealed=False))
-        finally:
-            base.stop()
-
-    f, h, b = full.figures, half.figures, baseline.figures
+    h_mid = min(pairs, key=lambda p: abs(p[0].figures["readings_per_s"] - hub_rate))[0]
     return {
         "backend": backend,
         "available": True,
-        "readings_per_s": f["readings_per_s"],
-        "baseline_readings_per_s": b["readings_per_s"],
-        "ratio": round(f["readings_per_s"] / b["readings_per_s"], 3) if b["readings_per_s"] else None,
-        "cpu_us_per_reading": round(1e6 * full.cpu_s / f["readings_receipted"], 2),
-        "baseline_cpu_us_per_reading": round(1e6 * baseline.cpu_s / b["readings_receipted"], 2),
-        "receipt_p50_ms": h["receipt_p50_ms"],
-        "receipt_p99_ms": h["receipt_p99_ms"],
+        "readings_per_s": round(hub_rate),
+        "baseline_readings_per_s": round(base_rate),
+        "ratio": round(hub_rate / base_rate, 3) if base_rate else None,
+        "cpu_us_per_reading": round(statistics.median(per_reading(h) for h, _ in pairs), 2),
+        "baseline_cpu_us_per_reading": round(statistics.median(per_reading(b) for _, b in pairs), 2),
+        "fleet_cpu_us_per_reading": statistics.median(h.figures["fleet_cpu_us_per_reading"] for h, _ in pairs),
+        "receipt_p50_ms": half.figures["receipt_p50_ms"],
+        "receipt_p99_ms": half.figures["receipt_p99_ms"],
         "half_rate": round(half_rate),
-        "half_readings_per_s": h["readings_per_s"],
-        "full_receipt_p50_ms": f["receipt_p50_ms"],
-        "full_receipt_p99_ms": f["receipt_p99_ms"],
-        "baseline_receipt_p50_ms": b["receipt_p50_ms"],
-        "baseline_receipt_p99_ms": b["receipt_p99_ms"],
-        "readings_receipted": f["readings_receipted"],
-        "window_s": f["window_s"],
-        "seal_wait_s": round(full.seal_wait_s or 0, 2),
+        "half_readings_per_s": half.figures["readings_per_s"],
+        "full_receipt_p50_ms": h_mid.figures["receipt_p50_ms"],
+        "full_receipt_p99_ms": h_mid.figures["receipt_p99_ms"],
+        "runs": [[h.figures["readings_per_s"], b.figures["readings_per_s"]] for h, b in pairs],
+        "readings_receipted": h_mid.figures["readings_receipted"],
+        "window_s": h_mid.figures["window_s"],
+        "seal_wait_s": round(max(h.seal_wait_s or 0 for h, _ in pairs), 2),
         "stored_and_sealed": True,
         "profile": profile,
     }
@@ -414,10 +431,12 @@ def report(r: dict) -> None:
         print(f"[{r['backend']}] UNAVAILABLE: {r['reason']}")
         return
     print(f"[{r['backend']}] hub:      {r['readings_per_s']:>9,} readings/s verified, stored, receipted and sealed "
-          f"({r['readings_receipted']:,} in {r['window_s']:.2f} s; all sealed {r['seal_wait_s']:.1f} s after the "
-          f"last receipt), {r['cpu_us_per_reading']:.1f} us CPU/reading")
+          f"(median of {len(r['runs'])}; all sealed at most {r['seal_wait_s']:.1f} s after the last receipt), "
+          f"{r['cpu_us_per_reading']:.1f} us CPU/reading")
     print(f"[{r['backend']}] baseline: {r['baseline_readings_per_s']:>9,} readings/s decoded, stored and acked, "
           f"{r['baseline_cpu_us_per_reading']:.1f} us CPU/reading")
+    print(f"[{r['backend']}] load generator during the hub's runs: {r['fleet_cpu_us_per_reading']:.1f} us CPU/reading "
+          f"(batches prebuilt)")
     print(f"[{r['backend']}] ratio hub/baseline {r['ratio']}; receipt latency at {r['half_rate']:,} readings/s: "
           f"p50 {r['receipt_p50_ms']} ms, p99 {r['receipt_p99_ms']} ms (at full rate: p50 "
           f"{r['full_receipt_p50_ms']} ms, p99 {r['full_receipt_p99_ms']} ms)")
@@ -435,6 +454,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=10.0, help="sending time of each fleet run")
     ap.add_argument("--processes", type=int, default=2, help="load processes of each fleet")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="full-rate runs of hub and baseline, alternated; medians are reported")
     ap.add_argument("--rate", type=float, default=0.0,
                     help="full-run rate in readings/s; 0 (default) = as fast as the hub receipts")
     ap.add_argument("--max-rate", type=float, default=120_000,

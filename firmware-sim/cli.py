@@ -333,8 +333,10 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if s["receipt_p50_ms"] is not None:
         print(f"receipt latency: p50 {s['receipt_p50_ms']:.1f} ms, p99 {s['receipt_p99_ms']:.1f} ms, "
               f"max {s['receipt_max_ms']:.1f} ms")
-    for err in s["errors"]:
+    for err in s["errors"][:3]:
         print(f"gridtrace sim fleet: {err}", file=sys.stderr)
+    if len(s["errors"]) > 3:
+        print(f"gridtrace sim fleet: ... and {len(s['errors']) - 3} more gateways failed", file=sys.stderr)
     if args.json:
         s.update(gateways=args.gateways, meters=args.meters, processes=args.processes, rate=args.rate,
                  seconds=args.seconds, batch_size=args.batch_size, prebuild=args.prebuild)

@@ -103,6 +103,7 @@ class FleetResult:
     gateways: tuple[GatewayStats, ...]
     prebuild_s: float
     built_readings: int
+    cpu_s: float = 0.0  # the load processes' own CPU from the start to their last receipt
 
     @property
     def readings_sent(self) -> int:
@@ -158,6 +159,9 @@ class FleetResult:
             "receipt_max_ms": _round(lat[-1] if lat else None),
             "prebuild_s": round(self.prebuild_s, 3),
             "built_readings": self.built_readings,
+            "fleet_cpu_us_per_reading": (
+                round(1e6 * self.cpu_s / self.readings_receipted, 2) if self.readings_receipted else None
+            ),
             "duplicates": sum(g.duplicates for g in self.gateways),
             "last_seq": {g.gateway_id: g.last_seq for g in self.gateways},
             "errors": self.errors,
@@ -505,6 +509,7 @@ async def _run_worker(spec: FleetSpec, index: int, conn) -> None:  # noqa: ANN00
         await asyncio.sleep(max(0.0, (start_ns - time.monotonic_ns()) / 1e9))
         stats = [GatewayStats(g.gateway_id) for g in loads]
         n = len(spec.gateways)
+        cpu0 = time.process_time()
         await asyncio.gather(*(
             _stream_gateway(
                 spec, ch, g, st, prebuilt.get(g.gateway_id), start_ns,
@@ -512,7 +517,7 @@ async def _run_worker(spec: FleetSpec, index: int, conn) -> None:  # noqa: ANN00
             )
             for ch, g, st in zip(channels, loads, stats)
         ))
-        conn.send(("done", stats))
+        conn.send(("done", stats, time.process_time() - cpu0))
     finally:
         await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
 
@@ -568,11 +573,13 @@ def run_fleet(spec: FleetSpec, on_ready=None) -> FleetResult:  # noqa: ANN001
         for c in conns:
             c.send(("go", start_ns))
         stats: list[GatewayStats] = []
+        cpu_s = 0.0
         for c in conns:
             msg = _recv(c)
             if msg[0] == "error":
                 raise FleetError(msg[1])
             stats.extend(msg[1])
+            cpu_s += msg[2]
     finally:
         for c in conns:
             c.close()
@@ -582,7 +589,7 @@ def run_fleet(spec: FleetSpec, on_ready=None) -> FleetResult:  # noqa: ANN001
                 p.terminate()
                 p.join(5)
     order = {gw: i for i, gw in enumerate(spec.gateways)}
-    return FleetResult(start_ns, tuple(sorted(stats, key=lambda s: order[s.gateway_id])), prebuild_s, built)
+    return FleetResult(start_ns, tuple(sorted(stats, key=lambda s: order[s.gateway_id])), prebuild_s, built, cpu_s)
 
 
 def _recv(conn):  # noqa: ANN001, ANN202

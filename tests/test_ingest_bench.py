@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 def test_ingest_bench_smoke():
     p = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "ingest.py"), "--gateways", "2", "--meters", "2", "--batch-size", "20",
-         "--seconds", "1", "--processes", "1", "--max-rate", "2000", "--json"],
+         "--seconds", "1", "--processes", "1", "--runs", "1", "--max-rate", "2000", "--json"],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert p.returncode == 0, p.stdout + p.stderr
