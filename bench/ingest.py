@@ -187,6 +187,17 @@ def set_database(hub_toml: Path, url: str) -> None:
     hub_toml.write_text(new)
 
 
+def migrate(hub_toml: Path) -> None:
+    """Bring a database named in hub.toml after `hub init` to the hub's schema, with the
+    hub's own command where it has one (`gridtrace hub migrate`)."""
+    if " migrate " not in run([GRIDTRACE, "hub", "--help"], "gridtrace hub --help").stdout:
+        return  # this hub makes its schema on first use
+    p = subprocess.run([GRIDTRACE, "hub", "migrate", "--config", str(hub_toml)], capture_output=True, text=True,
+                       timeout=300)
+    if p.returncode != 0:
+        raise BackendUnavailable(f"`gridtrace hub migrate` failed on this database: {(p.stderr or p.stdout).strip()}")
+
+
 def register(hub_toml: Path, keys_dir: Path, ids: tuple[str, ...]) -> None:
     from gridtrace.cli import main as gridtrace_main
 
@@ -325,6 +336,7 @@ def measure_backend(args: argparse.Namespace, backend: str, work: Path) -> dict:
             hub_url = pg.create_database("hub")
             base_url = pg.create_database("baseline")
             set_database(hub_toml, hub_url)
+            migrate(hub_toml)
             extra_pids = [pg.pid()]
         else:
             hub_url = f"sqlite:///{(hub_dir / 'hub.sqlite').resolve()}"

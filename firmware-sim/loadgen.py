@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
-import os
 import struct
 import time
 from collections import deque
@@ -34,7 +33,15 @@ from protos import ingest_pb2 as ipb
 from protos.batch import seal_batch
 from protos.canonical import encode_batch_header, encode_reading_fields
 from protos.records import ZERO_HASH, ClockStatus, Quality
-from protos.signing import KeyFileError, PublicKey, Signer, create_key_pair, key_id, load_private_key
+from protos.signing import (
+    KeyFileError,
+    PublicKey,
+    Signer,
+    create_key_pair,
+    key_id,
+    load_private_key,
+    load_public_key,
+)
 
 __all__ = [
     "FleetError",
@@ -71,7 +78,7 @@ class FleetSpec:
     processes: int = 1
     window: int = 8  # batches in flight per stream, as the agent's uplink.max_in_flight
     prebuild: bool = False
-    max_readings: int | None = None  # cap on readings built/sent (the fleet)
+    max_readings: int | None = None  # most readings to build and send, over the whole fleet
     ca: Path | None = None
     insecure: bool = False
     server_name: str | None = None
@@ -474,8 +481,6 @@ async def _run_worker(spec: FleetSpec, index: int, conn) -> None:  # noqa: ANN00
     hub_keys: dict[str, PublicKey] = {}
     if not spec.unsigned_acks:
         assert spec.hub_key is not None
-        from protos.signing import load_public_key
-
         try:
             pub = load_public_key(spec.hub_key)
         except KeyFileError as exc:
@@ -598,6 +603,3 @@ def _recv(conn):  # noqa: ANN001, ANN202
     except EOFError:
         raise FleetError("a load process died without a word (out of memory?)") from None
 
-
-def default_processes() -> int:
-    return max(1, min(4, (os.cpu_count() or 1)))

@@ -143,13 +143,20 @@ def test_fleet_streams_signed_batches_that_the_hub_stores_and_receipts(tls_hub, 
     assert {gw: seq for gw, (seq, _) in heads.items()} == figures["last_seq"]
 
 
-def test_unpaced_fleet_sends_everything_it_built(tls_hub, tmp_path, capsys):
+def test_unpaced_fleet_sends_everything_it_built_to_a_plaintext_hub(tmp_path, capsys):
+    cfg = init_hub(tmp_path / "hub", insecure=True)
     keys = tmp_path / "keys"
-    capsys.readouterr()
-    code = gridtrace_main(_fleet(tls_hub, keys, "--gateways", "1", "--meters", "2", "--batch-size", "10",
-                                 "--rate", "0", "--max-readings", "200", "--seconds", "30", "--prebuild", "--json"))
-    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and figures["readings_receipted"] == 200 and figures["window_s"] < 30
+    _register(cfg.path, keys, gateways=1)
+    with RunningHub(cfg) as hub:
+        capsys.readouterr()
+        code = gridtrace_main(["sim", "fleet", "--hub", hub.address, "--insecure", "--hub-key",
+                               str(cfg.path.parent / "hub.pub.pem"), "--keys-dir", str(keys), "--gateway-prefix",
+                               "lg", "--gateways", "1", "--meters", "2", "--batch-size", "10", "--rate", "0",
+                               "--max-readings", "200", "--seconds", "30", "--prebuild", "--json"])
+        figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert code == 0 and figures["readings_receipted"] == 200 and figures["window_s"] < 30
+        n_batches, _, n_entries = hub.store().counts()
+        assert (n_batches, n_entries) == (20, 200)
 
 
 def test_unregistered_gateway_is_named_with_the_fix(tls_hub, tmp_path, capsys):
