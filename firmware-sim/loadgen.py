@@ -531,11 +531,20 @@ def _worker(spec: FleetSpec, index: int, conn) -> None:  # noqa: ANN001
     try:
         asyncio.run(_run_worker(spec, index, conn))
     except FleetError as exc:
-        conn.send(("error", str(exc)))
+        _tell(conn, ("error", str(exc)))
+    except EOFError:
+        pass  # the parent gave up (another process failed) and has its reason already
     except Exception as exc:  # noqa: BLE001 - reported by the parent, with its type
-        conn.send(("error", f"load process {index} failed: {type(exc).__name__}: {exc}"))
+        _tell(conn, ("error", f"load process {index} failed: {type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+def _tell(conn, msg: tuple) -> None:  # noqa: ANN001
+    try:
+        conn.send(msg)
+    except OSError:
+        pass  # the parent is gone
 
 
 def run_fleet(spec: FleetSpec, on_ready=None) -> FleetResult:  # noqa: ANN001
