@@ -84,7 +84,7 @@ class Verdict:
     timestamps: list[int]
 
 
-def _scan_entries(bodies: Sequence[bytes]) -> tuple[list[str], list[int | None], list[int]]:
+def scan_entries(bodies: Sequence[bytes]) -> tuple[list[str], list[int | None], list[int]]:
     """Meter ids, sequence numbers and timestamps of a batch's entries, checked straight from
     their canonical bytes.
 
@@ -127,7 +127,7 @@ def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey
             "field 3, which this hub no longer reads: upgrade the agent)",
         )
     try:
-        meter_ids, seqs, timestamps = _scan_entries(bodies)
+        meter_ids, seqs, timestamps = scan_entries(bodies)
     except WireError as exc:
         raise Rejection(Reason.MALFORMED, f"{where}: {exc}") from exc
     signature = bytes(msg.signature)
