@@ -1,9 +1,9 @@
 """The hub's store: every read and write of the database goes through here.
 
-Calls are synchronous and meant to run on one dedicated thread (see
-`hub.storage.executor`); each write method is one transaction, and on SQLite the
-connection runs WAL with synchronous=FULL, so when a write method returns the
-data is on disk and may be acknowledged.
+Calls are synchronous and meant to run on one dedicated thread (the hub's "hub-db"
+executor); each write method is one transaction on a durable connection (see
+`hub.storage.engine`), so when a write method returns the data is on disk and may be
+acknowledged.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import func, select, update
 
-from hub.storage.schema import batches, blocks, chain_state, entries, gateways, metadata, seals
+from hub.storage import migrate
+from hub.storage.engine import StoreError, engine_for, sqlite_url
+from hub.storage.schema import batches, blocks, chain_state, entries, gateways, seals
 from protos.merkle import CompactRange
 
-
-class StoreError(Exception):
-    """The database is not usable for this hub (wrong chain, damaged, unreachable)."""
+__all__ = ["EntryRow", "NewBatch", "Store", "StoreError", "StoredBatch", "StoredBlock", "engine_for", "sqlite_url"]
 
 
 @dataclass(frozen=True)
@@ -71,26 +70,6 @@ class StoredBlock:
     seals: tuple[tuple[str, bytes], ...]
 
 
-def engine_for(url: str) -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # FULL: receipts are sent after commit, so commit must mean "on disk".
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-    return engine
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
-
-
 def _batch(row) -> StoredBatch:  # noqa: ANN001
     return StoredBatch(
         row.id, row.gateway_id, row.seq, bytes(row.hash), bytes(row.header), bytes(row.signature),
@@ -102,6 +81,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = engine_for(url)
+        # The URL as it may be shown: in messages and logs, never a password.
+        self.where = self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -109,8 +90,8 @@ class Store:
     # -- setup -------------------------------------------------------------------
 
     def create(self, chain_id: str) -> None:
-        """Create the schema and bind the database to `chain_id` (idempotent)."""
-        metadata.create_all(self.engine)
+        """Migrate the schema to head and bind the database to `chain_id` (idempotent)."""
+        migrate.upgrade(self.engine)
         with self.engine.begin() as c:
             row = c.execute(select(chain_state.c.chain_id)).first()
             if row is None:
@@ -120,13 +101,20 @@ class Store:
                     )
                 )
             elif row.chain_id != chain_id:
-                raise StoreError(f"database {self.url} holds chain {row.chain_id!r}, not {chain_id!r}")
+                raise StoreError(f"database {self.where} holds chain {row.chain_id!r}, not {chain_id!r}")
+
+    def open_existing(self, chain_id: str, config_hint: str = "hub.toml") -> None:
+        """Check the database is at the schema head and holds `chain_id`; never changes it."""
+        migrate.require_head(self.engine, config_hint)
+        stored = self.chain_id()
+        if stored != chain_id:
+            raise StoreError(f"database {self.where} holds chain {stored!r}, not {chain_id!r}")
 
     def chain_id(self) -> str:
         with self.engine.connect() as c:
             row = c.execute(select(chain_state.c.chain_id)).first()
         if row is None:
-            raise StoreError(f"database {self.url} is not initialised; run `gridtrace hub init`")
+            raise StoreError(f"database {self.where} is not initialised; run `gridtrace hub init`")
         return row.chain_id
 
     # -- gateways ----------------------------------------------------------------
@@ -201,6 +189,8 @@ class Store:
                         signature=b.signature, entry_count=len(b.entries), stored_ns=stored_ns,
                     )
                 ).inserted_primary_key[0]
+                if not b.entries:
+                    continue
                 c.execute(
                     entries.insert(),
                     [

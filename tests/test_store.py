@@ -1,0 +1,172 @@
+"""The hub's store on both backends: SQLite and a real PostgreSQL (tests/pgserver.py).
+
+The chain comes from `chainfixture`: real ingest checks, real `Store.store_batches`, real
+block producer, so certificates built from each backend must verify offline, and what a
+backend hands back must be exactly what was stored.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, update
+
+from chainfixture import Chain, build_chain
+from hub.certificates.build import CertificateUnavailable, build_certificate
+from hub.certificates.verify import VerificationError, verify_certificate
+from hub.storage.engine import StoreError, engine_for
+from hub.storage.schema import entries
+from hub.storage.store import NewBatch, Store
+from protos.records import Reading
+
+
+@pytest.fixture()
+def chain(database_url: str, tmp_path) -> Chain:  # noqa: ANN001
+    c = build_chain(tmp_path / "chain", database_url)
+    yield c
+    c.store.close()
+
+
+def _cert(chain: Chain, meter: str, lo: int | None = None, hi: int | None = None) -> dict:
+    lo = chain.from_ns if lo is None else lo
+    hi = chain.to_ns if hi is None else hi
+    return build_certificate(chain.store, chain.hub_signer, chain.chain_id, meter, lo, hi, hi).document
+
+
+def test_certificates_from_each_backend_verify_and_hold_every_entry(chain: Chain) -> None:
+    trust = chain.trust()
+    for meter in chain.meter_ids:
+        doc = _cert(chain, meter)
+        s = verify_certificate(doc, trust)
+        assert s.readings == len(chain.readings(meter)) and len(s.gaps) == len(chain.gaps(meter))
+        got = [
+            ("r", e["reading"]["seq"], e["reading"]["timestamp_ns"]) if "reading" in e
+            else ("g", e["gap"]["from_ns"], e["gap"]["to_ns"])
+            for e in doc["entries"]
+        ]
+        want = [
+            ("r", x.seq, x.timestamp_ns) if isinstance(x, Reading) else ("g", x.from_ns, x.to_ns)
+            for x in chain.entries[meter]
+        ]
+        assert got == want
+    # Multi-block certificates carry consistency proofs, read from the stored log.
+    assert _cert(chain, "MTR-1")["consistency"]
+    readings = chain.readings("MTR-1")
+    s = verify_certificate(_cert(chain, "MTR-1", readings[4].timestamp_ns, readings[15].timestamp_ns), trust)
+    assert (s.first_seq, s.last_seq, s.readings) == (5, 15, 11)
+
+
+def test_a_period_without_entries_is_unavailable(chain: Chain) -> None:
+    with pytest.raises(CertificateUnavailable, match="no sealed entries for meter MTR-1"):
+        _cert(chain, "MTR-1", chain.to_ns + 10**9, chain.to_ns + 2 * 10**9)
+    with pytest.raises(CertificateUnavailable):
+        _cert(chain, "MTR-404")
+
+
+def test_a_changed_stored_body_fails_the_certificate(chain: Chain) -> None:
+    """A byte flipped in the database is caught by the clerk's check, whichever backend."""
+    with chain.store.engine.begin() as c:
+        row = c.execute(
+            select(entries.c.batch_id, entries.c.idx, entries.c.body)
+            .where(entries.c.meter_id == "MTR-3").order_by(entries.c.ts_ns).limit(1)
+        ).one()
+        body = bytearray(row.body)
+        body[-1] ^= 0x01
+        c.execute(
+            update(entries).where(entries.c.batch_id == row.batch_id, entries.c.idx == row.idx)
+            .values(body=bytes(body))
+        )
+    with pytest.raises((VerificationError, ValueError)):
+        verify_certificate(_cert(chain, "MTR-3"), chain.trust())
+
+
+def test_counts_heads_and_lookups(chain: Chain) -> None:
+    store = chain.store
+    n_entries = sum(len(es) for es in chain.entries.values())
+    assert store.counts() == (12, 0, n_entries)
+    heads = store.gateway_heads()
+    assert sorted(heads) == ["gw-a", "gw-b"] and {seq for seq, _ in heads.values()} == {6}
+    for gw, (seq, digest) in heads.items():
+        assert store.gateway_head(gw) == (seq, digest)
+        b = store.find_batch(gw, seq)
+        assert b is not None and b.hash == digest and b.block_height is not None
+    assert store.find_batch("gw-a", 7) is None
+    head = store.head()
+    assert head is not None and head.height == len(chain.block_heights) and head.seals
+    assert sum(store.block(h).batch_count for h in chain.block_heights) == 12
+    assert store.unsealed_batches(10) == []
+
+
+def test_a_group_with_a_duplicate_stores_nothing(chain: Chain) -> None:
+    """One transaction per group: if any batch cannot be stored, none of the group is."""
+    store = chain.store
+    before = store.counts()
+    stored = store.find_batch("gw-a", 6)
+    bodies = store.batch_bodies(stored.id)
+    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, ())
+    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, ())
+    with pytest.raises(sa_exc.IntegrityError):
+        store.store_batches([fresh, again], 1)
+    assert store.counts() == before and store.find_batch("gw-x", 1) is None
+    assert store.batch_bodies(stored.id) == bodies
+
+
+def test_sealing_a_batch_twice_is_refused_and_rolled_back(chain: Chain) -> None:
+    store = chain.store
+    head = store.head()
+    sealed = store.find_batch("gw-b", 1)
+    with pytest.raises(StoreError, match=f"batch {sealed.id} was sealed twice"):
+        store.append_block(
+            head.height + 1, b"\x02" * 32, b"header", 0, [sealed.id], 1, head.log_size + 1,
+            store.log_frontier(), [("k", b"\x00" * 64)],
+        )
+    assert store.head() == head
+
+
+def test_a_database_of_another_chain_is_refused(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        store.create("chain-a")
+        with pytest.raises(StoreError, match="holds chain 'chain-a', not 'chain-b'"):
+            store.create("chain-b")
+        with pytest.raises(StoreError, match="holds chain 'chain-a', not 'chain-b'"):
+            store.open_existing("chain-b")
+        store.open_existing("chain-a")
+    finally:
+        store.close()
+
+
+def test_postgresql_without_synchronous_commit_is_refused(postgres_server) -> None:  # noqa: ANN001
+    name = postgres_server.new_database()
+    try:
+        postgres_server.admin(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        engine = engine_for(postgres_server.url(name))
+        with pytest.raises(StoreError, match="synchronous_commit = off"):
+            engine.connect().close()
+        engine.dispose()
+        postgres_server.admin(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+        engine = engine_for(postgres_server.url(name))
+        engine.connect().close()
+        engine.dispose()
+    finally:
+        postgres_server.drop_database(name)
+
+
+def test_postgresql_without_fsync_is_refused(postgres_server) -> None:  # noqa: ANN001
+    name = postgres_server.new_database()
+    try:
+        postgres_server.admin("ALTER SYSTEM SET fsync = off")
+        postgres_server.admin("SELECT pg_reload_conf()")
+        engine = engine_for(postgres_server.url(name))
+        with pytest.raises(StoreError, match="fsync = off"):
+            engine.connect().close()
+        engine.dispose()
+    finally:
+        postgres_server.admin("ALTER SYSTEM RESET fsync")
+        postgres_server.admin("SELECT pg_reload_conf()")
+        postgres_server.drop_database(name)
+
+
+def test_a_postgresql_url_without_psycopg_is_refused() -> None:
+    with pytest.raises(StoreError, match="use the psycopg driver"):
+        engine_for("postgresql+psycopg2://gridtrace@127.0.0.1:1/hub")
