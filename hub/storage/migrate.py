@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
 from hub.storage.engine import StoreError
@@ -90,7 +91,7 @@ def status(engine: Engine) -> MigrationStatus:
 def _unknown(script: ScriptDirectory, revision: str) -> bool:
     try:
         script.get_revision(revision)
-    except ResolutionError:
+    except (ResolutionError, CommandError):
         return True
     return False
 
