@@ -15,7 +15,8 @@ from chainfixture import Chain, build_chain
 from hub.certificates.build import CertificateUnavailable, build_certificate
 from hub.certificates.verify import VerificationError, verify_certificate
 from hub.storage.engine import StoreError, engine_for
-from hub.storage.schema import entries
+from hub.storage.payload import PayloadError
+from hub.storage.schema import batch_payloads
 from hub.storage.store import NewBatch, Store
 from protos.records import Reading
 
@@ -65,19 +66,36 @@ def test_a_period_without_entries_is_unavailable(chain: Chain) -> None:
 
 def test_a_changed_stored_body_fails_the_certificate(chain: Chain) -> None:
     """A byte flipped in the database is caught by the clerk's check, whichever backend."""
-    with chain.store.engine.begin() as c:
-        row = c.execute(
-            select(entries.c.batch_id, entries.c.idx, entries.c.body)
-            .where(entries.c.meter_id == "MTR-3").order_by(entries.c.ts_ns).limit(1)
-        ).one()
-        body = bytearray(row.body)
-        body[-1] ^= 0x01
-        c.execute(
-            update(entries).where(entries.c.batch_id == row.batch_id, entries.c.idx == row.idx)
-            .values(body=bytes(body))
-        )
-    with pytest.raises((VerificationError, ValueError)):
+    batch_id = chain.store.find_batch("gw-b", 2).id
+    first_body_len = len(chain.store.batch_bodies(batch_id)[0])
+    # The last byte of the first body is the low byte of a reading's last value: still decodes.
+    _flip(chain, batch_id, first_body_len - 1)
+    with pytest.raises(VerificationError, match="entries_root|proof"):
         verify_certificate(_cert(chain, "MTR-3"), chain.trust())
+
+
+def test_a_body_that_no_longer_decodes_is_named(chain: Chain) -> None:
+    batch_id = chain.store.find_batch("gw-b", 2).id
+    _flip(chain, batch_id, 3)  # inside the domain tag of entry 0
+    with pytest.raises(PayloadError, match=f"batch {batch_id} entry 0: stored entry does not decode"):
+        _cert(chain, "MTR-3")
+
+
+def _flip(chain: Chain, batch_id: int, pos: int) -> None:
+    with chain.store.engine.begin() as c:
+        blob = bytearray(c.execute(
+            select(batch_payloads.c.bodies).where(batch_payloads.c.batch_id == batch_id)
+        ).scalar_one())
+        blob[pos] ^= 0x01
+        c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values(bodies=bytes(blob)))
+
+
+def test_a_damaged_payload_offsets_blob_is_named(chain: Chain) -> None:
+    batch_id = chain.store.find_batch("gw-a", 1).id
+    with chain.store.engine.begin() as c:
+        c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values(offsets=b"\x00\x01"))
+    with pytest.raises(PayloadError, match=f"payload of batch {batch_id}: offsets"):
+        _cert(chain, "MTR-1")
 
 
 def test_counts_heads_and_lookups(chain: Chain) -> None:
@@ -103,12 +121,20 @@ def test_a_group_with_a_duplicate_stores_nothing(chain: Chain) -> None:
     before = store.counts()
     stored = store.find_batch("gw-a", 6)
     bodies = store.batch_bodies(stored.id)
-    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, ())
-    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, ())
+    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, (bodies[0],), ("MTR-9",), (1,))
+    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, (bodies[0],), ("MTR-9",), (1,))
     with pytest.raises(sa_exc.IntegrityError):
         store.store_batches([fresh, again], 1)
     assert store.counts() == before and store.find_batch("gw-x", 1) is None
     assert store.batch_bodies(stored.id) == bodies
+    assert store.gateway_heads()["gw-a"] == (6, stored.hash) and "gw-x" not in store.gateway_heads()
+    assert store.meter_entries("MTR-9", 0, 2**62) == []
+    # The meter key made by the failed transaction must not linger in the writer's cache: the span
+    # is found under MTR-9 (and its body, which is MTR-1's, is then caught as misfiled).
+    store.store_batches([fresh], 2)
+    with pytest.raises(PayloadError, match="indexed under meter MTR-9 but holds MTR-1"):
+        store.meter_entries("MTR-9", 0, 2**62)
+    assert store.counts()[0] == before[0] + 1 and store.gateway_heads()["gw-x"] == (1, fresh.hash)
 
 
 def test_sealing_a_batch_twice_is_refused_and_rolled_back(chain: Chain) -> None:

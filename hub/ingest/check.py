@@ -10,8 +10,7 @@ import enum
 from dataclasses import dataclass
 
 
-from hub.storage.schema import ENTRY_GAP, ENTRY_READING
-from hub.storage.store import EntryRow, NewBatch
+from hub.storage.store import NewBatch
 from protos import readings_pb2 as pb
 from protos.batch import BatchError, check_batch
 from protos.canonical import encode_batch_header, encode_gap, encode_reading_fields
@@ -49,8 +48,8 @@ class CheckedBatch:
     batch: NewBatch
 
 
-def _entry_rows(msg: pb.SignedBatch) -> tuple[list[EntryRow], list[bytes], list[int]]:
-    """Canonical bytes and index rows of a batch's entries, straight from the wire message.
+def _entry_rows(msg: pb.SignedBatch) -> tuple[list[str], list[bytes], list[int]]:
+    """Meter ids, canonical bytes and timestamps of a batch's entries, straight from the wire message.
 
     Readings go through `encode_reading_fields` without a record object per
     reading or per value: this loop is the hub's per-reading cost.
@@ -65,12 +64,12 @@ def _entry_rows(msg: pb.SignedBatch) -> tuple[list[EntryRow], list[bytes], list[
                 )
             except RecordError as exc:
                 raise WireError(f"entry {i}: {exc}") from exc
-            rows.append(EntryRow(i, r.meter_id, ENTRY_READING, r.seq, r.timestamp_ns, body))
+            rows.append(r.meter_id)
             ts = r.timestamp_ns
         else:
             gap = entry_from_pb(e, i)
             body = encode_gap(gap)
-            rows.append(EntryRow(i, gap.meter_id, ENTRY_GAP, None, gap.timestamp_ns, body))
+            rows.append(gap.meter_id)
             ts = gap.timestamp_ns
         bodies.append(body)
         timestamps.append(ts)
@@ -114,7 +113,9 @@ def check_signed_batch(
             hash=digest,
             header=encode_batch_header(header),
             signature=bytes(msg.signature),
-            entries=tuple(rows),
+            bodies=tuple(bodies),
+            meter_ids=tuple(rows),
+            ts_ns=tuple(timestamps),
         ),
     )
 

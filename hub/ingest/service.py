@@ -200,7 +200,7 @@ class Ingestor:
     def _stored(self, b: NewBatch, fut: asyncio.Future, stored_ns: int) -> None:
         self.pending.pop((b.gateway_id, b.seq), None)
         self.accepted["batches"] += 1
-        self.accepted["entries"] += len(b.entries)
+        self.accepted["entries"] += b.entry_count
         if not fut.done():
             fut.set_result(self._receipt(b, stored_ns, duplicate=False))
 
