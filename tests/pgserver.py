@@ -11,6 +11,7 @@ Without PostgreSQL the postgresql case fails in CI (CI=true) and is skipped else
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -53,13 +54,11 @@ class PostgresServer:
         self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _pg_bindir() -> str:
+def find_pg_bindir() -> str | None:
+    """Debian's newest /usr/lib/postgresql/*/bin holding initdb, else initdb on PATH, else None."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    initdb = require_tool(
-        "initdb", "postgresql", "the storage tests run on a real PostgreSQL server",
-        fallback=found[-1] if found else None,
-    )
-    return str(Path(initdb).parent)
+    initdb = found[-1] if found else shutil.which("initdb")
+    return str(Path(initdb).parent) if initdb else None
 
 
 def _free_port() -> int:
@@ -74,9 +73,13 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bindir = _pg_bindir()
+class PostgresStartError(Exception):
+    """initdb or pg_ctl failed; the message carries their output and the server log's tail."""
+
+
+@contextlib.contextmanager
+def running_postgres(bindir: str) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server on a loopback port (also used by benchmarks), removed on exit."""
     root = Path(tempfile.mkdtemp(prefix="gridtrace-pg-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -85,26 +88,29 @@ def postgres_server() -> Iterator[PostgresServer]:
     port = _free_port()
     started = False
     try:
-        subprocess.run(
-            _as_postgres([f"{bindir}/initdb", "-D", str(data), "-U", PG_USER, "--auth=trust",
-                          "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-            check=True, capture_output=True, text=True, timeout=120,
-        )
-        # fsync and synchronous_commit stay on (the defaults): the hub refuses a server without them.
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='{root}' "
-            "-c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=200"
-        )
-        subprocess.run(
-            _as_postgres([f"{bindir}/pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
-                          "-o", options, "start"]),
-            check=True, capture_output=True, text=True, timeout=120,
-        )
+        try:
+            subprocess.run(
+                _as_postgres([f"{bindir}/initdb", "-D", str(data), "-U", PG_USER, "--auth=trust",
+                              "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+                check=True, capture_output=True, text=True, timeout=120,
+            )
+            # fsync and synchronous_commit stay on (the defaults): the hub refuses a server without them.
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='{root}' "
+                "-c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=200"
+            )
+            subprocess.run(
+                _as_postgres([f"{bindir}/pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
+                              "-o", options, "start"]),
+                check=True, capture_output=True, text=True, timeout=120,
+            )
+        except subprocess.CalledProcessError as exc:
+            log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
+            raise PostgresStartError(
+                f"PostgreSQL did not start: {' '.join(exc.cmd)}: {exc.stderr}\n{log[-2000:]}"
+            ) from exc
         started = True
         yield PostgresServer("127.0.0.1", port, data)
-    except subprocess.CalledProcessError as exc:
-        log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
-        pytest.fail(f"PostgreSQL did not start: {exc.cmd[-1]}: {exc.stderr}\n{log[-2000:]}")
     finally:
         if started:
             subprocess.run(
@@ -112,6 +118,20 @@ def postgres_server() -> Iterator[PostgresServer]:
                 capture_output=True, timeout=60,
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = find_pg_bindir()
+    initdb = require_tool(
+        "initdb", "postgresql", "the storage tests run on a real PostgreSQL server",
+        fallback=f"{bindir}/initdb" if bindir else None,
+    )
+    try:
+        with running_postgres(str(Path(initdb).parent)) as server:
+            yield server
+    except PostgresStartError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

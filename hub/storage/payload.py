@@ -11,10 +11,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hub.storage.engine import StoreError
 from hub.storage.schema import HOUR_NS
 
 
-class PayloadError(Exception):
+class PayloadError(StoreError):
     """A stored payload or span does not decode: the database was changed or damaged."""
 
 
