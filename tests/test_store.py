@@ -196,3 +196,33 @@ def test_postgresql_without_fsync_is_refused(postgres_server) -> None:  # noqa: 
 def test_a_postgresql_url_without_psycopg_is_refused() -> None:
     with pytest.raises(StoreError, match="use the psycopg driver"):
         engine_for("postgresql+psycopg2://gridtrace@127.0.0.1:1/hub")
+
+
+def test_bulk_rows_read_back_exactly(database_url: str) -> None:
+    """The bulk writer (executemany on SQLite, COPY BINARY on PostgreSQL) keeps every value as given."""
+    from hub.storage.bulk import insert_rows
+    from hub.storage.schema import entry_spans
+
+    store = Store(database_url)
+    try:
+        store.create("bulk")
+        rows = [
+            (1, -5, 2**62, -(2**62), 2**63 - 1, 0, b""),
+            (2**31 - 1, 0, 1, 0, 0, 7, bytes(range(256)) * 3),
+            (3, 123_456, 9, 10**18, -(10**18), 2**31 - 1, b"\x00\xff" * 1000),
+        ]
+        cols = ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs")
+        with store.engine.begin() as c:
+            insert_rows(c, entry_spans, cols, rows)
+        with store.engine.connect() as c:
+            got = [tuple(bytes(v) if isinstance(v, memoryview | bytes) else v for v in r)
+                   for r in c.execute(select(*[entry_spans.c[k] for k in cols]).order_by(entry_spans.c.meter_key))]
+        assert got == sorted(rows)
+        # Inside a transaction that fails, nothing of the bulk write stays.
+        with pytest.raises(sa_exc.IntegrityError), store.engine.begin() as c:
+            insert_rows(c, entry_spans, cols, [(9, 9, 9, 0, 0, 0, b"")])
+            insert_rows(c, entry_spans, cols, rows[:1])  # duplicate primary key
+        with store.engine.connect() as c:
+            assert c.execute(select(entry_spans.c.meter_key).where(entry_spans.c.meter_key == 9)).first() is None
+    finally:
+        store.close()

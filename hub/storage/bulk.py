@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import BigInteger, Connection, Integer, LargeBinary, SmallInteger, String, Table, Text
+from sqlalchemy.exc import DBAPIError
 
 # COPY ... (FORMAT BINARY) needs each column's PostgreSQL type spelled out for the driver.
 _PG_TYPES = ((BigInteger, "int8"), (SmallInteger, "int2"), (Integer, "int4"), (LargeBinary, "bytea"),
@@ -30,12 +31,16 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Se
         return
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
+        statement = f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)"
         cursor = conn.connection.driver_connection.cursor()
         try:
-            with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            with cursor.copy(statement) as copy:
                 copy.set_types([_pg_type(table, c) for c in columns])
                 for row in rows:
                     copy.write_row(row)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # The same exception classes as every other statement (IntegrityError, OperationalError...).
+            raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error) from exc
         finally:
             cursor.close()
         return

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.storage import migrate
@@ -44,6 +44,11 @@ __all__ = [
 
 _PAYLOAD_COLUMNS = ("batch_id", "bodies", "offsets")
 _SPAN_COLUMNS = ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs")
+_INSERT_BATCH = batches.insert()
+_ADD_COUNTS = update(chain_state).values(
+    batches_stored=chain_state.c.batches_stored + bindparam("n_batches"),
+    entries_stored=chain_state.c.entries_stored + bindparam("n_entries"),
+)
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,6 @@ def _entry_fields(body: bytes, where: str) -> tuple[str, int, int | None, int]:
     return e.meter_id, ENTRY_GAP, None, e.timestamp_ns
 
 
-def _dialect_insert(conn: Connection):  # noqa: ANN202 - the dialect's Insert with on_conflict_*
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
 def _batch(row) -> StoredBatch:  # noqa: ANN001
     return StoredBatch(
         row.id, row.gateway_id, row.seq, bytes(row.hash), bytes(row.header), bytes(row.signature),
@@ -144,6 +145,20 @@ class Store:
         self.where = self.engine.url.render_as_string(hide_password=True)
         # meter id -> meter_key of meters committed to `meters`; filled only after a commit.
         self._meter_keys: dict[str, int] = {}
+        # Statements built once: building them per commit costs more than running them.
+        dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        ins = dialect_insert(gateway_heads)
+        self._upsert_heads = ins.on_conflict_do_update(
+            index_elements=["gateway_id"],
+            set_={
+                "seq": ins.excluded.seq,
+                "hash": ins.excluded.hash,
+                "batches": gateway_heads.c.batches + ins.excluded.batches,
+                "entries": gateway_heads.c.entries + ins.excluded.entries,
+                "last_stored_ns": ins.excluded.last_stored_ns,
+            },
+        )
+        self._insert_meters = dialect_insert(meters).on_conflict_do_nothing(index_elements=["meter_id"])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -239,10 +254,9 @@ class Store:
             heads: dict[str, dict] = {}
             for b in new:
                 batch_id = c.execute(
-                    batches.insert().values(
-                        gateway_id=b.gateway_id, seq=b.seq, hash=b.hash, header=b.header,
-                        signature=b.signature, entry_count=b.entry_count, stored_ns=stored_ns,
-                    )
+                    _INSERT_BATCH,
+                    {"gateway_id": b.gateway_id, "seq": b.seq, "hash": b.hash, "header": b.header,
+                     "signature": b.signature, "entry_count": b.entry_count, "stored_ns": stored_ns},
                 ).inserted_primary_key[0]
                 payload_rows.append((batch_id, *pack_bodies(b.bodies)))
                 for sp in spans_of(b.meter_ids, b.ts_ns):
@@ -258,25 +272,8 @@ class Store:
                 h["entries"] += b.entry_count
             insert_rows(c, batch_payloads, _PAYLOAD_COLUMNS, payload_rows)
             insert_rows(c, entry_spans, _SPAN_COLUMNS, span_rows)
-            ins = _dialect_insert(c)(gateway_heads).values(list(heads.values()))
-            c.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["gateway_id"],
-                    set_={
-                        "seq": ins.excluded.seq,
-                        "hash": ins.excluded.hash,
-                        "batches": gateway_heads.c.batches + ins.excluded.batches,
-                        "entries": gateway_heads.c.entries + ins.excluded.entries,
-                        "last_stored_ns": ins.excluded.last_stored_ns,
-                    },
-                )
-            )
-            c.execute(
-                update(chain_state).values(
-                    batches_stored=chain_state.c.batches_stored + len(new),
-                    entries_stored=chain_state.c.entries_stored + sum(b.entry_count for b in new),
-                )
-            )
+            c.execute(self._upsert_heads, list(heads.values()))
+            c.execute(_ADD_COUNTS, {"n_batches": len(new), "n_entries": sum(b.entry_count for b in new)})
         self._meter_keys.update(keys)
 
     def _meter_keys_for(self, c: Connection, meter_ids: set[str]) -> dict[str, int]:
@@ -284,10 +281,7 @@ class Store:
         missing = meter_ids - self._meter_keys.keys()
         if not missing:
             return self._meter_keys
-        c.execute(
-            _dialect_insert(c)(meters).on_conflict_do_nothing(index_elements=["meter_id"]),
-            [{"meter_id": m} for m in sorted(missing)],
-        )
+        c.execute(self._insert_meters, [{"meter_id": m} for m in sorted(missing)])
         rows = c.execute(select(meters.c.meter_id, meters.c.meter_key).where(meters.c.meter_id.in_(missing))).all()
         return {**self._meter_keys, **{r.meter_id: r.meter_key for r in rows}}
 
