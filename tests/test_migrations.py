@@ -211,3 +211,26 @@ def test_data_survives_0002_down_and_up_from_an_unversioned_0_1_database(databas
         assert snapshot(store) == before
     finally:
         store.close()
+
+
+def test_a_failed_data_migration_leaves_the_database_as_it_was(engine) -> None:  # noqa: ANN001
+    """0002 refuses entries that are not numbered 0..n-1; nothing of its DDL may stay behind."""
+    _old_database(engine)
+    md = schema_0_1.metadata
+    with engine.begin() as c:
+        c.execute(md.tables["blocks"].insert().values(
+            height=1, hash=b"\x01" * 32, header=b"h", time_ns=1, batch_count=1, entry_count=2, log_size=1))
+        c.execute(md.tables["batches"].insert().values(
+            id=1, gateway_id="gw", seq=1, hash=b"\x02" * 32, header=b"h", signature=b"s" * 64, entry_count=2,
+            stored_ns=1, block_height=1, block_index=0, log_index=0))
+        for idx in (0, 2):  # entry 1 is missing
+            c.execute(md.tables["entries"].insert().values(
+                batch_id=1, idx=idx, meter_id="M", kind=0, seq=idx + 1, ts_ns=idx, body=b"b"))
+    tables_before = sorted(inspect(engine).get_table_names())
+    with pytest.raises(RuntimeError, match="batch 1: its entries are not numbered 0..1"):
+        migrate.upgrade(engine)
+    engine.dispose()
+    assert sorted(inspect(engine).get_table_names()) == tables_before  # no meters, spans, alembic_version
+    with engine.connect() as c:
+        assert [c2["name"] for c2 in inspect(c).get_columns("chain_state")] == ["id", "chain_id", "log_frontier"]
+        assert c.execute(text("SELECT count(*) FROM entries")).scalar_one() == 2

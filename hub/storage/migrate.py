@@ -9,6 +9,8 @@ the frozen 0.1.0 schema and, only if it matches exactly, recorded as being at re
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from alembic import command
@@ -96,17 +98,43 @@ def _unknown(script: ScriptDirectory, revision: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _all_or_nothing(engine: Engine) -> Iterator[Connection]:
+    """One transaction that covers DDL too, so a failed migration leaves the database as it was.
+
+    PostgreSQL's DDL is transactional as it is. Python's sqlite3 module (3.11) commits nothing
+    on its own but opens its transaction only at the first INSERT/UPDATE/DELETE, so the CREATE
+    and DROP before it would stay; here the transaction is opened explicitly instead.
+    """
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            saved = driver.isolation_level
+            driver.isolation_level = None
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            if sqlite:
+                driver.isolation_level = saved
+
+
 def upgrade(engine: Engine, target: str = "head") -> MigrationStatus:
     """Migrate the database to `target` in one transaction (adopting a 0.1.0 database first)."""
     where = engine.url.render_as_string(hide_password=True)
-    with engine.begin() as conn:
+    with _all_or_nothing(engine) as conn:
         adopt_unversioned(conn, where)
         command.upgrade(alembic_config(conn), target)
     return status(engine)
 
 
 def downgrade(engine: Engine, target: str) -> MigrationStatus:
-    with engine.begin() as conn:
+    with _all_or_nothing(engine) as conn:
         command.downgrade(alembic_config(conn), target)
     return status(engine)
 

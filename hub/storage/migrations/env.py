@@ -9,16 +9,6 @@ from hub.storage.schema import metadata
 config = context.config
 
 
-def _run_offline() -> None:
-    url = config.get_main_option("sqlalchemy.url")
-    context.configure(
-        url=url, target_metadata=metadata, literal_binds=True,
-        render_as_batch=url is not None and url.startswith("sqlite"),
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-
-
 def _run_online() -> None:
     connection = config.attributes["connection"]
     context.configure(
@@ -32,6 +22,6 @@ def _run_online() -> None:
 
 
 if context.is_offline_mode():
-    _run_offline()
-else:
-    _run_online()
+    # Revision 0002 migrates data in Python, which an SQL script cannot do.
+    raise RuntimeError("gridtrace migrations run on a live database only: use `gridtrace hub migrate`")
+_run_online()
