@@ -84,7 +84,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         create_tls_files(args.dir / "tls", names, args.chain_id)
     text = render_hub_config(args.chain_id, args.listen, args.insecure)
     if args.database != "hub.sqlite":
-        text = re.sub(r'(?m)^database = "hub\.sqlite"', lambda _: f"database = {json.dumps(args.database)}", text)
+        text, n = re.subn(r'(?m)^database = "hub\.sqlite"', lambda _: f"database = {json.dumps(args.database)}", text)
+        if n != 1:
+            raise ConfigError("--database: the hub.toml template has no `database = \"hub.sqlite\"` line to set")
     url = args.database if "://" in args.database else sqlite_url(args.dir / args.database)
     store = Store(url)
     try:
