@@ -27,7 +27,6 @@ import itertools
 import json
 import random
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -138,12 +137,11 @@ def analyse(hub_db: Path, backlog_per_meter: int, t_start_ns: int, t_end_ns: int
     """Cadence, delay and sequence checks from the hub's own database."""
     from protos.canonical import decode_entry
 
-    db = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
-    rows = db.execute(
-        "SELECT e.meter_id, e.kind, e.seq, e.ts_ns, b.stored_ns, e.body FROM entries e "
-        "JOIN batches b ON b.id = e.batch_id"
-    ).fetchall()
-    db.close()
+    from hub.storage.store import Store, sqlite_url
+
+    store = Store(sqlite_url(hub_db))
+    rows = [(e.meter_id, e.kind, e.seq, e.ts_ns, e.stored_ns, e.body) for e in store.iter_entries()]
+    store.close()
     seqs: dict[str, list[int]] = {}
     live: dict[str, list[tuple[int, int]]] = {}
     gaps = 0

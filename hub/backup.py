@@ -9,17 +9,16 @@ stored_ns receipts name); it does not judge them. Judging is the audit's job
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
 from hub.chain.audit import batch_record
-from hub.storage.schema import ENTRY_GAP, ENTRY_READING
-from hub.storage.store import EntryRow, NewBatch, StoredBatch
+from hub.storage.store import NewBatch, StoredBatch
 from protos import merkle
-from protos.canonical import CanonicalError, decode_block_header, decode_entry
+from protos.canonical import CanonicalError, decode_block_header, scan_entry
 from protos.merkle import CompactRange
-from protos.records import Reading, RecordError
+from protos.records import RecordError
 
 
 class BackupError(Exception):
@@ -34,19 +33,20 @@ class CopyCounts:
     gateway_keys: int
 
 
-def entry_rows(bodies: Iterable[bytes], where: str) -> tuple[EntryRow, ...]:
-    """The lookup columns of each entry, recovered from its canonical bytes."""
-    rows = []
+def new_batch(b: StoredBatch, bodies: Sequence[bytes]) -> NewBatch:
+    """A stored batch as `Store.store_batches` takes it, its lookup columns recovered from
+    the canonical bytes (the same strict scan the hub's ingest uses)."""
+    meter_ids, timestamps = [], []
     for i, body in enumerate(bodies):
         try:
-            e = decode_entry(body)
-        except (CanonicalError, RecordError) as exc:
-            raise BackupError(f"{where}: entry {i} does not decode ({exc}); the source is damaged") from exc
-        if isinstance(e, Reading):
-            rows.append(EntryRow(i, e.meter_id, ENTRY_READING, e.seq, e.timestamp_ns, body))
-        else:
-            rows.append(EntryRow(i, e.meter_id, ENTRY_GAP, None, e.timestamp_ns, body))
-    return tuple(rows)
+            meter_id, _seq, ts = scan_entry(body)
+        except CanonicalError as exc:
+            raise BackupError(
+                f"gateway {b.gateway_id} batch {b.seq}: entry {i} does not decode ({exc}); the source is damaged"
+            ) from exc
+        meter_ids.append(meter_id)
+        timestamps.append(ts)
+    return NewBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, tuple(bodies), tuple(meter_ids), tuple(timestamps))
 
 
 def _copy_batches(src, dst, batches: list[StoredBatch]) -> list[int]:  # noqa: ANN001
@@ -55,9 +55,7 @@ def _copy_batches(src, dst, batches: list[StoredBatch]) -> list[int]:  # noqa: A
     for stored_ns, group in groupby(batches, key=lambda b: b.stored_ns):
         new = []
         for b in group:
-            rec = batch_record(src, b)
-            where = f"gateway {b.gateway_id} batch {b.seq}"
-            new.append(NewBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, entry_rows(rec.bodies, where)))
+            new.append(new_batch(b, batch_record(src, b).bodies))
         dst.store_batches(new, stored_ns)
         ids.extend(dst.find_batch(n.gateway_id, n.seq).id for n in new)
     return ids

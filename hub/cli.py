@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--tls-name", action="append", default=[], help="DNS name or IP in the TLS certificate (repeatable; localhost and 127.0.0.1 are always added)")
     init.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
     init.add_argument("--metrics-listen", default="127.0.0.1:9464", help='Prometheus /metrics address ("" = off)')
+    init.add_argument(
+        "--database", default="hub.sqlite",
+        help="SQLite file (relative to --dir) or an SQLAlchemy URL such as "
+             "postgresql+psycopg://gridtrace@db.example.net/gridtrace; migrated to the current schema",
+    )
     init.set_defaults(func=cmd_init)
 
     serve_p = add_command(hub_sub, "serve", "run the hub until SIGTERM/SIGINT", "gridtrace hub serve --config hub/hub.toml")
@@ -85,6 +91,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                            help="public key (PEM) of the hub that sealed the chain, if not this config's key")
     restore_p.set_defaults(func=cmd_restore)
 
+    mig = add_command(
+        hub_sub, "migrate", "bring the hub's database to the schema this version needs",
+        "gridtrace hub migrate --config hub/hub.toml",
+    )
+    mig.add_argument("--config", type=Path, required=True)
+    mig.add_argument("--status", action="store_true", help="only show the database's schema revision and what is pending")
+    mig.set_defaults(func=cmd_migrate)
+
     gw = add_command(hub_sub, "gateway", "manage the gateways this hub accepts", "gridtrace hub gateway add gw1 --public-key gw1/gateway.pub.pem --config hub/hub.toml")
     gw_sub = gw.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
     add = add_command(gw_sub, "add", "register a gateway's public key", "gridtrace hub gateway add gw1 --public-key gw1/gateway.pub.pem --config hub/hub.toml")
@@ -101,7 +115,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from hub.config import render_hub_config
-    from hub.storage.store import Store, sqlite_url
+    from hub.storage.store import Store, StoreError, sqlite_url
     from hub.tls import create_tls_files
     from protos.records import RecordError, check_id
     from protos.signing import KeyFileError, create_key_pair, key_id
@@ -121,36 +135,90 @@ def cmd_init(args: argparse.Namespace) -> int:
     if not args.insecure:
         names = list(dict.fromkeys(["localhost", "127.0.0.1", *args.tls_name]))
         create_tls_files(args.dir / "tls", names, args.chain_id)
-    config_path.write_text(render_hub_config(args.chain_id, args.listen, args.insecure, args.metrics_listen), encoding="utf-8")
-    Store(sqlite_url(args.dir / "hub.sqlite")).create(args.chain_id)
-    print(f"created {config_path}, hub key {key_id(key.public_key)} and database {args.dir / 'hub.sqlite'}")
+    text = render_hub_config(args.chain_id, args.listen, args.insecure, args.metrics_listen)
+    if args.database != "hub.sqlite":
+        text, n = re.subn(r'(?m)^database = "hub\.sqlite"', lambda _: f"database = {json.dumps(args.database)}", text)
+        if n != 1:
+            raise ConfigError("--database: the hub.toml template has no `database = \"hub.sqlite\"` line to set")
+    url = args.database if "://" in args.database else sqlite_url(args.dir / args.database)
+    store = Store(url)
+    try:
+        store.create(args.chain_id)
+    except StoreError as exc:
+        raise ConfigError(f"--database: {exc}") from exc
+    finally:
+        store.close()
+    config_path.write_text(text, encoding="utf-8")
+    print(f"created {config_path}, hub key {key_id(key.public_key)} and database {store.where}")
     if not args.insecure:
         print(f"gateways need {args.dir / 'tls/ca.pem'} (TLS) and {args.dir / 'hub.pub.pem'} (receipts)")
     return 0
 
 
 def _store(config: Path):
+    """The configured store, checked to be at the schema head and on the configured chain."""
     from hub.config import load_hub_config
     from hub.storage.store import Store
 
+    from hub.storage.store import StoreError
+
     cfg = load_hub_config(config)
     store = Store(cfg.database_url)
-    store.create(cfg.chain_id)
+    try:
+        store.open_existing(cfg.chain_id, str(config))
+    except StoreError as exc:
+        # Reported like a config problem: the operator fixes the file or runs `hub migrate`.
+        raise ConfigError(str(exc)) from exc
     return cfg, store
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_migrate(args: argparse.Namespace) -> int:
     from hub.config import load_hub_config
-    from hub.server import serve
-    from hub.storage.store import StoreError
-    from protos.signing import KeyFileError
-
-    from gridtrace.logjson import configure_logging
+    from hub.storage import migrate
+    from hub.storage.engine import StoreError, engine_for
 
     cfg = load_hub_config(args.config)
-    # the command line's --log-level/--log-format win over the config's [logging]
-    configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
+    engine = engine_for(cfg.database_url)
+    where = engine.url.render_as_string(hide_password=True)
     try:
+        before = migrate.status(engine)
+        if args.status:
+            pending = " ".join(before.pending) or "none"
+            print(f"database {where}: revision {before.current or 'none (empty)'}, head {before.head}, "
+                  f"pending: {pending}")
+            return 0 if before.at_head else 1
+        after = migrate.upgrade(engine)
+    except StoreError as exc:
+        print(f"gridtrace hub migrate: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if before.current == after.current:
+        print(f"database {where} is at revision {after.current} (head); nothing to do")
+    else:
+        print(f"database {where} migrated from {before.current or 'empty'} to {after.current}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gridtrace.logjson import configure_logging
+    from hub.config import load_hub_config
+
+    cfg = load_hub_config(args.config)
+    # the command line's --log-level/--log-format win over the config's [logging]; set before
+    # the server's modules are imported, so that whatever they log comes out in that format
+    configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
+    from hub.server import serve
+    from hub.storage.store import Store, StoreError
+    from protos.signing import KeyFileError
+
+    try:
+        # Refuse to serve an old or foreign schema before binding ports or touching the chain.
+        store = Store(cfg.database_url)
+        try:
+            store.open_existing(cfg.chain_id, str(args.config))
+        finally:
+            store.close()
         return asyncio.run(serve(cfg))
     except (KeyFileError, StoreError, OSError) as exc:
         print(f"gridtrace hub: {exc}", file=sys.stderr)

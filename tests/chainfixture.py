@@ -3,7 +3,7 @@
 `build_chain(tmp_dir)` does what the edge agent and the hub do, through the same
 code paths, minus gRPC:
 
-* two gateways with fresh Ed25519 keys, registered in a SQLite store;
+* two gateways with fresh Ed25519 keys, registered in the store (SQLite unless a URL is given);
 * meters polled every `POLL_NS` with contiguous per-meter seqs and plausible
   values (voltage around 230 V, power in W, energy counters in kWh that are the
   integral of power), one meter missing three polls and recording a Gap;
@@ -124,12 +124,13 @@ def _reading(meter_id: str, meter_no: int, seq: int, ts_ns: int, energy_kwh: flo
     )
 
 
-def build_chain(tmp_dir: Path) -> Chain:
-    """Build the chain described in the module docstring in `tmp_dir` (a fresh directory)."""
+def build_chain(tmp_dir: Path, database_url: str | None = None) -> Chain:
+    """Build the chain described in the module docstring in `tmp_dir` (a fresh directory), in the
+    empty database `database_url` (default: a SQLite file in `tmp_dir`)."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     db_path = tmp_dir / "hub.sqlite"
-    store = Store(sqlite_url(db_path))
+    store = Store(database_url or sqlite_url(db_path))
     store.create(CHAIN_ID)
 
     hub_signer = Signer.generate()

@@ -4,6 +4,8 @@ Tampering is done on the stored bytes, as damage or an attacker with database ac
 
 from __future__ import annotations
 
+import struct
+
 import shutil
 import time
 
@@ -15,7 +17,7 @@ from gridtrace.cli import main as gridtrace_main
 from hub.chain.audit import BatchRecord, BlockRecord, ChainAudit, audit_store
 from hub.config import load_hub_config
 from hub.ingest.check import check_signed_batch
-from hub.storage.schema import batches, blocks, entries, seals
+from hub.storage.schema import batch_payloads, batches, blocks, seals
 from hub.storage.store import Store
 from protos import ingest_pb2_grpc
 from protos.signing import Signer, parse_public_key_pem
@@ -69,6 +71,21 @@ def _batch_id(store: Store, gateway: str, seq: int) -> int:
     return store.find_batch(gateway, seq).id
 
 
+def _edit_entries(c, bid: int, change) -> None:  # noqa: ANN001
+    """Rewrite a stored batch's entry bodies (the payload blob and its offsets) with `change`
+    applied to the list of bodies, as someone with write access to the database could."""
+    row = c.execute(select(batch_payloads.c.bodies, batch_payloads.c.offsets)
+                    .where(batch_payloads.c.batch_id == bid)).one()
+    blob, raw = bytes(row.bodies), bytes(row.offsets)
+    offs = struct.unpack(f">{len(raw) // 4}I", raw)
+    bodies = change([blob[a:b] for a, b in zip(offs, offs[1:])])
+    new_offs = [0]
+    for body in bodies:
+        new_offs.append(new_offs[-1] + len(body))
+    c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == bid).values(
+        bodies=b"".join(bodies), offsets=struct.pack(f">{len(new_offs)}I", *new_offs)))
+
+
 @pytest.mark.parametrize(
     "tamper,expected",
     [
@@ -87,12 +104,10 @@ def test_tampering_is_found_and_named(chain, capsys, tamper, expected):
         if tamper in ("body", "unsealed-body", "missing-entry"):
             gw, seq = ("gw-2", 4) if tamper == "unsealed-body" else ("gw-1", 3)
             bid = _batch_id(store, gw, seq)
-            row = c.execute(select(entries.c.idx, entries.c.body).where(entries.c.batch_id == bid, entries.c.idx == 1)).one()
             if tamper == "missing-entry":
-                c.execute(entries.delete().where(entries.c.batch_id == bid, entries.c.idx == 1))
+                _edit_entries(c, bid, lambda bodies: bodies[:1] + bodies[2:])
             else:
-                c.execute(update(entries).where(entries.c.batch_id == bid, entries.c.idx == 1)
-                          .values(body=_flip(bytes(row.body))))
+                _edit_entries(c, bid, lambda bodies: [bodies[0], _flip(bodies[1]), *bodies[2:]])
         elif tamper == "batch-signature":
             bid = _batch_id(store, "gw-1", 4)
             sig = c.execute(select(batches.c.signature).where(batches.c.id == bid)).scalar_one()
@@ -145,7 +160,7 @@ def test_the_core_finds_a_batch_that_skips_the_gateways_chain():
     audit = ChainAudit("c", {}, keys, quorum=0)
     checked = check_signed_batch(second, keys).batch
     rec = BatchRecord(checked.gateway_id, checked.seq, checked.hash, checked.header, checked.signature,
-                      tuple(e.body for e in checked.entries))
+                      checked.bodies)
     (finding,) = audit.check_unsealed([rec])
     assert "gateway gw-1 batch 2: does not follow the gateway's previous batch (expected batch 1)" in str(finding)
     assert first is not None
@@ -218,8 +233,7 @@ def test_restore_of_a_damaged_backup_fails_naming_the_first_bad_batch(chain, tmp
     damaged = Store(f"sqlite:///{backup}")
     bid = damaged.find_batch("gw-2", 2).id
     with damaged.engine.begin() as c:
-        body = c.execute(select(entries.c.body).where(entries.c.batch_id == bid, entries.c.idx == 0)).scalar_one()
-        c.execute(update(entries).where(entries.c.batch_id == bid, entries.c.idx == 0).values(body=_flip(bytes(body), 40)))
+        _edit_entries(c, bid, lambda bodies: [_flip(bodies[0], 40), *bodies[1:]])
     damaged.close()
     target = _new_hub_with_same_key(tmp_path, chain)
     capsys.readouterr()
@@ -244,7 +258,7 @@ def test_restore_under_another_hub_key_needs_the_sealing_key(chain, tmp_path, ca
 def test_deep_audit_decodes_every_entry(tmp_path, capsys):
     """A batch the gateway signed over bytes that are not an entry: the signature and root hold,
     so only the deep audit, which decodes each body, finds it."""
-    from hub.storage.store import EntryRow, NewBatch
+    from hub.storage.store import NewBatch
     from protos.batch import seal_batch
     from protos.canonical import encode_batch_header
     from protos.records import ZERO_HASH
@@ -256,7 +270,7 @@ def test_deep_audit_decodes_every_entry(tmp_path, capsys):
     sealed = seal_batch(gw.signer, gw.gateway_id, 1, ZERO_HASH, [b"\x01not an entry"], [now], now)
     Store(cfg.database_url).store_batches(
         [NewBatch(gw.gateway_id, 1, sealed.hash, encode_batch_header(sealed.header), sealed.signature,
-                  (EntryRow(0, "MTR-1", 0, 1, now, b"\x01not an entry"),))], now,
+                  (b"\x01not an entry",), ("MTR-1",), (now,))], now,
     )
     capsys.readouterr()
     assert gridtrace_main(["hub", "verify", "--config", str(cfg.path)]) == 0

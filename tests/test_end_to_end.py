@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import grpc
-from sqlalchemy import select
 
 from edge.queue import DurableQueue
 from gridtrace.demo import GATEWAY_ID, Processes, hub_status, prepare_site, wait_for_port
@@ -24,7 +23,7 @@ from hub.certificates.cli import pull_certificate
 from hub.certificates.trust import load_trust
 from hub.certificates.verify import verify_certificate
 from hub.config import load_hub_config
-from hub.storage.schema import ENTRY_GAP, ENTRY_READING, entries
+from hub.storage.schema import ENTRY_GAP, ENTRY_READING
 from hub.storage.store import Store
 from protos.canonical import decode_gap
 
@@ -45,8 +44,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 def hub_rows(site) -> list:
     store = Store(load_hub_config(site.hub_dir / "hub.toml").database_url)
-    with store.engine.connect() as c:
-        rows = c.execute(select(entries.c.meter_id, entries.c.kind, entries.c.seq, entries.c.body)).all()
+    rows = list(store.iter_entries())
     store.close()
     return rows
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from hub.storage.schema import ENTRY_GAP, ENTRY_READING
-from hub.storage.store import EntryRow, NewBatch
+from hub.storage.store import NewBatch
 from protos import readings_pb2 as pb
 from protos.batch import BatchError, check_batch
 from protos.canonical import CanonicalError, encode_batch_header, scan_entry
@@ -141,7 +140,6 @@ def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey
 
 def checked_batch(v: Verdict, bodies: Sequence[bytes]) -> CheckedBatch:
     """The batch to store, from a verdict and the entry bytes it was reached on."""
-    kinds = [ENTRY_READING if s is not None else ENTRY_GAP for s in v.seqs]
     return CheckedBatch(
         v.header,
         NewBatch(
@@ -150,7 +148,9 @@ def checked_batch(v: Verdict, bodies: Sequence[bytes]) -> CheckedBatch:
             hash=v.hash,
             header=encode_batch_header(v.header),
             signature=v.signature,
-            entries=tuple(map(EntryRow, range(len(bodies)), v.meter_ids, kinds, v.seqs, v.timestamps, bodies)),
+            bodies=tuple(bodies),
+            meter_ids=tuple(v.meter_ids),
+            ts_ns=tuple(v.timestamps),
         ),
     )
 

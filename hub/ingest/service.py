@@ -169,12 +169,12 @@ class Ingestor:
         except Rejection as exc:
             self.rejected[exc.reason.label] += 1
             if self.metrics is not None:
-                self.metrics.batch_rejected(b.gateway_id, exc.reason.label, len(b.entries))
+                self.metrics.batch_rejected(b.gateway_id, exc.reason.label, b.entry_count)
             raise
         if self.metrics is not None:
             # metrics: outcome, latency (from arrival) and per-gateway activity (hub/metrics.py)
             started = time.monotonic() if arrived is None else arrived
-            fut.add_done_callback(partial(self.metrics.batch_done, b.gateway_id, b.seq, len(b.entries), started))
+            fut.add_done_callback(partial(self.metrics.batch_done, b.gateway_id, b.seq, b.entry_count, started))
         return fut
 
     async def submit(self, msg) -> asyncio.Future:  # noqa: ANN001 - a SignedBatch or its bytes
@@ -276,7 +276,7 @@ class Ingestor:
     def _stored(self, b: NewBatch, fut: asyncio.Future, stored_ns: int) -> None:
         self.pending.pop((b.gateway_id, b.seq), None)
         self.accepted["batches"] += 1
-        self.accepted["entries"] += len(b.entries)
+        self.accepted["entries"] += b.entry_count
         if not fut.done():
             fut.set_result(self._receipt(b, stored_ns, duplicate=False))
 

@@ -1,9 +1,18 @@
-"""Table definitions of the hub database.
+"""Table definitions of the hub database at the head revision (0002).
 
-Canonical bytes are stored as they were hashed and signed (`header`, `body`),
-so a certificate is assembled from stored bytes, never re-derived; the other
-columns exist to find rows. Indexes serve the queries clerks run: a meter's
-entries over a period, a block by height, the batches of a block.
+Canonical bytes are stored as they were hashed and signed: each batch's entry bodies are kept
+together in one payload row (bodies concatenated in Merkle-leaf order, plus their offsets), so a
+certificate is assembled from stored bytes, never re-derived, and ingest writes one row per batch
+instead of one per reading. The other tables exist to find things:
+
+* `entry_spans`: one row per (meter, UTC hour, batch) listing which entries of the batch belong
+  to that meter in that hour; the clerks' "a meter's readings over a period" is a primary-key
+  range scan here, then the payloads of the batches found.
+* `meters`: the meter id dictionary, so spans carry a small integer.
+* `gateway_heads` and the counters in `chain_state`: what ingest start-up and status need,
+  kept up to date by each commit instead of scanning the batches.
+
+docs/hub-storage.md describes the queries, their indexes and the PostgreSQL partitioning plan.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -54,17 +64,44 @@ batches = Table(
     Index("batches_by_block", "block_height", "block_index"),
 )
 
-entries = Table(
-    "entries",
+batch_payloads = Table(
+    "batch_payloads",
     metadata,
-    Column("batch_id", BigInteger, ForeignKey("batches.id"), primary_key=True),
-    Column("idx", Integer, primary_key=True),
-    Column("meter_id", String(128), nullable=False),
-    Column("kind", SmallInteger, nullable=False),  # 0 reading, 1 gap
-    Column("seq", BigInteger, nullable=True),  # readings only
-    Column("ts_ns", BigInteger, nullable=False),
-    Column("body", LargeBinary, nullable=False),  # canonical bytes, the Merkle leaf
-    Index("entries_meter_time", "meter_id", "ts_ns"),
+    Column("batch_id", BigInteger, ForeignKey("batches.id"), primary_key=True, autoincrement=False),
+    Column("bodies", LargeBinary, nullable=False),  # canonical entry bytes, concatenated in idx order
+    Column("offsets", LargeBinary, nullable=False),  # entry_count + 1 big-endian u32: body i = bodies[o[i]:o[i+1]]
+)
+
+meters = Table(
+    "meters",
+    metadata,
+    Column("meter_key", Integer, primary_key=True, autoincrement=True),
+    Column("meter_id", String(128), nullable=False, unique=True),
+)
+
+entry_spans = Table(
+    "entry_spans",
+    metadata,
+    Column("meter_key", Integer, primary_key=True, autoincrement=False),
+    Column("hour", BigInteger, primary_key=True, autoincrement=False),  # ts_ns // HOUR_NS (UTC hours)
+    Column("batch_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("first_ns", BigInteger, nullable=False),
+    Column("last_ns", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("idxs", LargeBinary, nullable=False),  # n big-endian u32: the entries' positions in the batch
+    # SQLite: the rows live in the primary-key B-tree, so a meter's range scan reads them directly.
+    sqlite_with_rowid=False,
+)
+
+gateway_heads = Table(
+    "gateway_heads",
+    metadata,
+    Column("gateway_id", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("batches", BigInteger, nullable=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("last_stored_ns", BigInteger, nullable=False),
 )
 
 blocks = Table(
@@ -93,7 +130,10 @@ chain_state = Table(
     Column("id", SmallInteger, primary_key=True),
     Column("chain_id", String(128), nullable=False),
     Column("log_frontier", Text, nullable=False),  # protos.merkle.CompactRange.to_json()
+    Column("batches_stored", BigInteger, nullable=False, server_default=text("0")),
+    Column("entries_stored", BigInteger, nullable=False, server_default=text("0")),
 )
 
 ENTRY_READING = 0
 ENTRY_GAP = 1
+HOUR_NS = 3_600_000_000_000

@@ -1,26 +1,54 @@
 """The hub's store: every read and write of the database goes through here.
 
-Calls are synchronous and meant to run on one dedicated thread (see
-`hub.storage.executor`); each write method is one transaction, and on SQLite the
-connection runs WAL with synchronous=FULL, so when a write method returns the
-data is on disk and may be acknowledged.
+Calls are synchronous and meant to run on one dedicated thread (the hub's "hub-db"
+executor); each write method is one transaction on a durable connection (see
+`hub.storage.engine`), so when a write method returns the data is on disk and may be
+acknowledged.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from hub.storage.schema import batches, blocks, chain_state, entries, gateways, metadata, seals
+from hub.storage import migrate
+from hub.storage.bulk import insert_rows
+from hub.storage.engine import StoreError, engine_for, sqlite_url
+from hub.storage.payload import PayloadError, pack_bodies, pack_idxs, spans_of, unpack_bodies, unpack_idxs
+from hub.storage.schema import (
+    ENTRY_GAP,
+    ENTRY_READING,
+    HOUR_NS,
+    batch_payloads,
+    batches,
+    blocks,
+    chain_state,
+    entry_spans,
+    gateway_heads,
+    gateways,
+    meters,
+    seals,
+)
+from protos.canonical import CanonicalError, decode_entry
 from protos.merkle import CompactRange
+from protos.records import Reading, RecordError
 
+__all__ = [
+    "EntryRow", "NewBatch", "Store", "StoreError", "StoredBatch", "StoredBlock", "StoredEntry",
+    "engine_for", "sqlite_url",
+]
 
-class StoreError(Exception):
-    """The database is not usable for this hub (wrong chain, damaged, unreachable)."""
+_PAYLOAD_COLUMNS = ("batch_id", "bodies", "offsets")
+_SPAN_COLUMNS = ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs")
+_INSERT_BATCH = batches.insert()
+_ADD_COUNTS = update(chain_state).values(
+    batches_stored=chain_state.c.batches_stored + bindparam("n_batches"),
+    entries_stored=chain_state.c.entries_stored + bindparam("n_entries"),
+)
 
 
 @dataclass(frozen=True)
@@ -34,15 +62,35 @@ class EntryRow:
 
 
 @dataclass(frozen=True)
+class StoredEntry:
+    """One stored entry with where it came from (for audits, exports and tests)."""
+
+    batch_id: int
+    idx: int
+    meter_id: str
+    kind: int
+    seq: int | None
+    ts_ns: int
+    body: bytes
+    stored_ns: int
+
+
+@dataclass(frozen=True)
 class NewBatch:
-    """A verified batch ready to be stored."""
+    """A verified batch ready to be stored, its entries as columns (index i is entry i)."""
 
     gateway_id: str
     seq: int
     hash: bytes
     header: bytes
     signature: bytes
-    entries: tuple[EntryRow, ...]
+    bodies: tuple[bytes, ...]  # canonical entry bytes, the Merkle leaves, in order
+    meter_ids: tuple[str, ...]
+    ts_ns: tuple[int, ...]
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.bodies)
 
 
 @dataclass(frozen=True)
@@ -71,24 +119,15 @@ class StoredBlock:
     seals: tuple[tuple[str, bytes], ...]
 
 
-def engine_for(url: str) -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # FULL: receipts are sent after commit, so commit must mean "on disk".
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-    return engine
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
+def _entry_fields(body: bytes, where: str) -> tuple[str, int, int | None, int]:
+    """(meter id, kind, seq, ts_ns) of a stored canonical body."""
+    try:
+        e = decode_entry(body)
+    except (CanonicalError, RecordError, ValueError) as exc:
+        raise PayloadError(f"{where}: stored entry does not decode: {exc}") from exc
+    if isinstance(e, Reading):
+        return e.meter_id, ENTRY_READING, e.seq, e.timestamp_ns
+    return e.meter_id, ENTRY_GAP, None, e.timestamp_ns
 
 
 def _batch(row) -> StoredBatch:  # noqa: ANN001
@@ -102,6 +141,24 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = engine_for(url)
+        # The URL as it may be shown: in messages and logs, never a password.
+        self.where = self.engine.url.render_as_string(hide_password=True)
+        # meter id -> meter_key of meters committed to `meters`; filled only after a commit.
+        self._meter_keys: dict[str, int] = {}
+        # Statements built once: building them per commit costs more than running them.
+        dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        ins = dialect_insert(gateway_heads)
+        self._upsert_heads = ins.on_conflict_do_update(
+            index_elements=["gateway_id"],
+            set_={
+                "seq": ins.excluded.seq,
+                "hash": ins.excluded.hash,
+                "batches": gateway_heads.c.batches + ins.excluded.batches,
+                "entries": gateway_heads.c.entries + ins.excluded.entries,
+                "last_stored_ns": ins.excluded.last_stored_ns,
+            },
+        )
+        self._insert_meters = dialect_insert(meters).on_conflict_do_nothing(index_elements=["meter_id"])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -109,8 +166,8 @@ class Store:
     # -- setup -------------------------------------------------------------------
 
     def create(self, chain_id: str) -> None:
-        """Create the schema and bind the database to `chain_id` (idempotent)."""
-        metadata.create_all(self.engine)
+        """Migrate the schema to head and bind the database to `chain_id` (idempotent)."""
+        migrate.upgrade(self.engine)
         with self.engine.begin() as c:
             row = c.execute(select(chain_state.c.chain_id)).first()
             if row is None:
@@ -120,13 +177,20 @@ class Store:
                     )
                 )
             elif row.chain_id != chain_id:
-                raise StoreError(f"database {self.url} holds chain {row.chain_id!r}, not {chain_id!r}")
+                raise StoreError(f"database {self.where} holds chain {row.chain_id!r}, not {chain_id!r}")
+
+    def open_existing(self, chain_id: str, config_hint: str = "hub.toml") -> None:
+        """Check the database is at the schema head and holds `chain_id`; never changes it."""
+        migrate.require_head(self.engine, config_hint)
+        stored = self.chain_id()
+        if stored != chain_id:
+            raise StoreError(f"database {self.where} holds chain {stored!r}, not {chain_id!r}")
 
     def chain_id(self) -> str:
         with self.engine.connect() as c:
             row = c.execute(select(chain_state.c.chain_id)).first()
         if row is None:
-            raise StoreError(f"database {self.url} is not initialised; run `gridtrace hub init`")
+            raise StoreError(f"database {self.where} is not initialised; run `gridtrace hub init`")
         return row.chain_id
 
     # -- gateways ----------------------------------------------------------------
@@ -160,26 +224,14 @@ class Store:
         """Last stored batch (seq, hash) of one gateway."""
         with self.engine.connect() as c:
             row = c.execute(
-                select(batches.c.seq, batches.c.hash)
-                .where(batches.c.gateway_id == gateway_id)
-                .order_by(batches.c.seq.desc())
-                .limit(1)
+                select(gateway_heads.c.seq, gateway_heads.c.hash).where(gateway_heads.c.gateway_id == gateway_id)
             ).first()
         return (row.seq, bytes(row.hash)) if row else None
 
     def gateway_heads(self) -> dict[str, tuple[int, bytes]]:
         """Last stored batch (seq, hash) of each gateway."""
         with self.engine.connect() as c:
-            last = (
-                select(batches.c.gateway_id, func.max(batches.c.seq).label("seq"))
-                .group_by(batches.c.gateway_id)
-                .subquery()
-            )
-            rows = c.execute(
-                select(batches.c.gateway_id, batches.c.seq, batches.c.hash).join(
-                    last, (batches.c.gateway_id == last.c.gateway_id) & (batches.c.seq == last.c.seq)
-                )
-            ).all()
+            rows = c.execute(select(gateway_heads.c.gateway_id, gateway_heads.c.seq, gateway_heads.c.hash)).all()
         return {r.gateway_id: (r.seq, bytes(r.hash)) for r in rows}
 
     # -- ingest ------------------------------------------------------------------
@@ -192,23 +244,46 @@ class Store:
         return _batch(row) if row else None
 
     def store_batches(self, new: Sequence[NewBatch], stored_ns: int) -> None:
-        """Store batches and their entries in one durable transaction."""
+        """Store batches, their payloads and spans in one durable transaction."""
+        if not new:
+            return
         with self.engine.begin() as c:
+            keys = self._meter_keys_for(c, {m for b in new for m in b.meter_ids})
+            payload_rows: list[tuple] = []
+            span_rows: list[tuple] = []
+            heads: dict[str, dict] = {}
             for b in new:
                 batch_id = c.execute(
-                    batches.insert().values(
-                        gateway_id=b.gateway_id, seq=b.seq, hash=b.hash, header=b.header,
-                        signature=b.signature, entry_count=len(b.entries), stored_ns=stored_ns,
-                    )
+                    _INSERT_BATCH,
+                    {"gateway_id": b.gateway_id, "seq": b.seq, "hash": b.hash, "header": b.header,
+                     "signature": b.signature, "entry_count": b.entry_count, "stored_ns": stored_ns},
                 ).inserted_primary_key[0]
-                c.execute(
-                    entries.insert(),
-                    [
-                        {"batch_id": batch_id, "idx": e.idx, "meter_id": e.meter_id, "kind": e.kind,
-                         "seq": e.seq, "ts_ns": e.ts_ns, "body": e.body}
-                        for e in b.entries
-                    ],
+                payload_rows.append((batch_id, *pack_bodies(b.bodies)))
+                for sp in spans_of(b.meter_ids, b.ts_ns):
+                    span_rows.append(
+                        (keys[sp.meter_id], sp.hour, batch_id, sp.first_ns, sp.last_ns, len(sp.idxs), pack_idxs(sp.idxs))
+                    )
+                h = heads.setdefault(
+                    b.gateway_id,
+                    {"gateway_id": b.gateway_id, "batches": 0, "entries": 0, "last_stored_ns": stored_ns},
                 )
+                h.update(seq=b.seq, hash=b.hash)
+                h["batches"] += 1
+                h["entries"] += b.entry_count
+            insert_rows(c, batch_payloads, _PAYLOAD_COLUMNS, payload_rows)
+            insert_rows(c, entry_spans, _SPAN_COLUMNS, span_rows)
+            c.execute(self._upsert_heads, list(heads.values()))
+            c.execute(_ADD_COUNTS, {"n_batches": len(new), "n_entries": sum(b.entry_count for b in new)})
+        self._meter_keys.update(keys)
+
+    def _meter_keys_for(self, c: Connection, meter_ids: set[str]) -> dict[str, int]:
+        """meter_key of each id, adding new meters in this transaction (not cached until it commits)."""
+        missing = meter_ids - self._meter_keys.keys()
+        if not missing:
+            return self._meter_keys
+        c.execute(self._insert_meters, [{"meter_id": m} for m in sorted(missing)])
+        rows = c.execute(select(meters.c.meter_id, meters.c.meter_key).where(meters.c.meter_id.in_(missing))).all()
+        return {**self._meter_keys, **{r.meter_id: r.meter_key for r in rows}}
 
     # -- chain -------------------------------------------------------------------
 
@@ -303,15 +378,50 @@ class Store:
 
     def meter_entries(self, meter_id: str, from_ns: int, to_ns: int) -> list[tuple[int, EntryRow]]:
         """(batch id, entry) of a meter in [from_ns, to_ns), sealed or not, in time order."""
+        if to_ns <= from_ns:
+            return []
         with self.engine.connect() as c:
-            rows = c.execute(
-                select(entries)
-                .where(entries.c.meter_id == meter_id, entries.c.ts_ns >= from_ns, entries.c.ts_ns < to_ns)
-                .order_by(entries.c.ts_ns, entries.c.batch_id, entries.c.idx)
+            key = c.execute(select(meters.c.meter_key).where(meters.c.meter_id == meter_id)).scalar()
+            if key is None:
+                return []
+            spans = c.execute(
+                select(entry_spans.c.batch_id, entry_spans.c.n, entry_spans.c.idxs)
+                .where(
+                    entry_spans.c.meter_key == key,
+                    entry_spans.c.hour >= from_ns // HOUR_NS,
+                    entry_spans.c.hour <= (to_ns - 1) // HOUR_NS,
+                    entry_spans.c.first_ns < to_ns,
+                    entry_spans.c.last_ns >= from_ns,
+                )
+                .order_by(entry_spans.c.hour, entry_spans.c.batch_id)
             ).all()
-        return [
-            (r.batch_id, EntryRow(r.idx, r.meter_id, r.kind, r.seq, r.ts_ns, bytes(r.body))) for r in rows
-        ]
+            bodies = self._bodies(c, sorted({s.batch_id for s in spans}))
+        out = []
+        for s in spans:
+            where = f"batch {s.batch_id}"
+            batch_bodies = bodies[s.batch_id]
+            for idx in unpack_idxs(bytes(s.idxs), s.n, f"span of meter {meter_id} in {where}"):
+                if idx >= len(batch_bodies):
+                    raise PayloadError(f"{where}: span names entry {idx} of {len(batch_bodies)}")
+                body = batch_bodies[idx]
+                meter, kind, seq, ts = _entry_fields(body, f"{where} entry {idx}")
+                if meter != meter_id:
+                    raise PayloadError(f"{where} entry {idx}: indexed under meter {meter_id} but holds {meter}")
+                if from_ns <= ts < to_ns:
+                    out.append((s.batch_id, EntryRow(idx, meter, kind, seq, ts, body)))
+        out.sort(key=lambda t: (t[1].ts_ns, t[0], t[1].idx))
+        return out
+
+    def _bodies(self, c: Connection, batch_ids: Sequence[int]) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {}
+        for i in range(0, len(batch_ids), 500):
+            rows = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id.in_(batch_ids[i : i + 500]))).all()
+            for r in rows:
+                out[r.batch_id] = unpack_bodies(bytes(r.bodies), bytes(r.offsets), f"payload of batch {r.batch_id}")
+        missing = set(batch_ids) - out.keys()
+        if missing:
+            raise PayloadError(f"batches {sorted(missing)[:5]} have no stored payload")
+        return out
 
     def batch_by_id(self, batch_id: int) -> StoredBatch:
         with self.engine.connect() as c:
@@ -319,17 +429,30 @@ class Store:
 
     def batch_bodies(self, batch_id: int) -> list[bytes]:
         with self.engine.connect() as c:
-            rows = c.execute(
-                select(entries.c.body).where(entries.c.batch_id == batch_id).order_by(entries.c.idx)
-            ).all()
-        return [bytes(r.body) for r in rows]
+            return self._bodies(c, [batch_id])[batch_id]
+
+    def iter_entries(self, chunk: int = 256) -> Iterator[StoredEntry]:
+        """Every stored entry in arrival order (batch id, then position), decoded from the payloads."""
+        last = 0
+        while True:
+            with self.engine.connect() as c:
+                rows = c.execute(
+                    select(batches.c.id, batches.c.stored_ns).where(batches.c.id > last).order_by(batches.c.id).limit(chunk)
+                ).all()
+                if not rows:
+                    return
+                bodies = self._bodies(c, [r.id for r in rows])
+            for r in rows:
+                for idx, body in enumerate(bodies[r.id]):
+                    meter, kind, seq, ts = _entry_fields(body, f"batch {r.id} entry {idx}")
+                    yield StoredEntry(r.id, idx, meter, kind, seq, ts, body, r.stored_ns)
+            last = rows[-1].id
 
     def counts(self) -> tuple[int, int, int]:
         """(batches stored, batches not yet in a block, entries stored)."""
         with self.engine.connect() as c:
-            n_batches = c.execute(select(func.count()).select_from(batches)).scalar_one()
+            row = c.execute(select(chain_state.c.batches_stored, chain_state.c.entries_stored)).one()
             unsealed = c.execute(
                 select(func.count()).select_from(batches).where(batches.c.block_height.is_(None))
             ).scalar_one()
-            n_entries = c.execute(select(func.coalesce(func.sum(batches.c.entry_count), 0))).scalar_one()
-        return n_batches, unsealed, n_entries
+        return row.batches_stored, unsealed, row.entries_stored

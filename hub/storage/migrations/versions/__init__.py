@@ -1,0 +1,1 @@
+"""Revisions of the hub database, oldest first by their numbered file names."""

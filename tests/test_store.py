@@ -1,0 +1,228 @@
+"""The hub's store on both backends: SQLite and a real PostgreSQL (tests/pgserver.py).
+
+The chain comes from `chainfixture`: real ingest checks, real `Store.store_batches`, real
+block producer, so certificates built from each backend must verify offline, and what a
+backend hands back must be exactly what was stored.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, update
+
+from chainfixture import Chain, build_chain
+from hub.certificates.build import CertificateUnavailable, build_certificate
+from hub.certificates.verify import VerificationError, verify_certificate
+from hub.storage.engine import StoreError, engine_for
+from hub.storage.payload import PayloadError
+from hub.storage.schema import batch_payloads
+from hub.storage.store import NewBatch, Store
+from protos.records import Reading
+
+
+@pytest.fixture()
+def chain(database_url: str, tmp_path) -> Chain:  # noqa: ANN001
+    c = build_chain(tmp_path / "chain", database_url)
+    yield c
+    c.store.close()
+
+
+def _cert(chain: Chain, meter: str, lo: int | None = None, hi: int | None = None) -> dict:
+    lo = chain.from_ns if lo is None else lo
+    hi = chain.to_ns if hi is None else hi
+    return build_certificate(chain.store, chain.hub_signer, chain.chain_id, meter, lo, hi, hi).document
+
+
+def test_certificates_from_each_backend_verify_and_hold_every_entry(chain: Chain) -> None:
+    trust = chain.trust()
+    for meter in chain.meter_ids:
+        doc = _cert(chain, meter)
+        s = verify_certificate(doc, trust)
+        assert s.readings == len(chain.readings(meter)) and len(s.gaps) == len(chain.gaps(meter))
+        got = [
+            ("r", e["reading"]["seq"], e["reading"]["timestamp_ns"]) if "reading" in e
+            else ("g", e["gap"]["from_ns"], e["gap"]["to_ns"])
+            for e in doc["entries"]
+        ]
+        want = [
+            ("r", x.seq, x.timestamp_ns) if isinstance(x, Reading) else ("g", x.from_ns, x.to_ns)
+            for x in chain.entries[meter]
+        ]
+        assert got == want
+    # Multi-block certificates carry consistency proofs, read from the stored log.
+    assert _cert(chain, "MTR-1")["consistency"]
+    readings = chain.readings("MTR-1")
+    s = verify_certificate(_cert(chain, "MTR-1", readings[4].timestamp_ns, readings[15].timestamp_ns), trust)
+    assert (s.first_seq, s.last_seq, s.readings) == (5, 15, 11)
+
+
+def test_a_period_without_entries_is_unavailable(chain: Chain) -> None:
+    with pytest.raises(CertificateUnavailable, match="no sealed entries for meter MTR-1"):
+        _cert(chain, "MTR-1", chain.to_ns + 10**9, chain.to_ns + 2 * 10**9)
+    with pytest.raises(CertificateUnavailable):
+        _cert(chain, "MTR-404")
+
+
+def test_a_changed_stored_body_fails_the_certificate(chain: Chain) -> None:
+    """A byte flipped in the database is caught by the clerk's check, whichever backend."""
+    batch_id = chain.store.find_batch("gw-b", 2).id
+    first_body_len = len(chain.store.batch_bodies(batch_id)[0])
+    # The last byte of the first body is the low byte of a reading's last value: still decodes.
+    _flip(chain, batch_id, first_body_len - 1)
+    with pytest.raises(VerificationError, match="entries_root|proof"):
+        verify_certificate(_cert(chain, "MTR-3"), chain.trust())
+
+
+def test_a_body_that_no_longer_decodes_is_named(chain: Chain) -> None:
+    batch_id = chain.store.find_batch("gw-b", 2).id
+    _flip(chain, batch_id, 3)  # inside the domain tag of entry 0
+    with pytest.raises(PayloadError, match=f"batch {batch_id} entry 0: stored entry does not decode"):
+        _cert(chain, "MTR-3")
+
+
+def _flip(chain: Chain, batch_id: int, pos: int) -> None:
+    with chain.store.engine.begin() as c:
+        blob = bytearray(c.execute(
+            select(batch_payloads.c.bodies).where(batch_payloads.c.batch_id == batch_id)
+        ).scalar_one())
+        blob[pos] ^= 0x01
+        c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values(bodies=bytes(blob)))
+
+
+def test_a_damaged_payload_offsets_blob_is_named(chain: Chain) -> None:
+    batch_id = chain.store.find_batch("gw-a", 1).id
+    with chain.store.engine.begin() as c:
+        c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values(offsets=b"\x00\x01"))
+    with pytest.raises(PayloadError, match=f"payload of batch {batch_id}: offsets"):
+        _cert(chain, "MTR-1")
+
+
+def test_counts_heads_and_lookups(chain: Chain) -> None:
+    store = chain.store
+    n_entries = sum(len(es) for es in chain.entries.values())
+    assert store.counts() == (12, 0, n_entries)
+    heads = store.gateway_heads()
+    assert sorted(heads) == ["gw-a", "gw-b"] and {seq for seq, _ in heads.values()} == {6}
+    for gw, (seq, digest) in heads.items():
+        assert store.gateway_head(gw) == (seq, digest)
+        b = store.find_batch(gw, seq)
+        assert b is not None and b.hash == digest and b.block_height is not None
+    assert store.find_batch("gw-a", 7) is None
+    head = store.head()
+    assert head is not None and head.height == len(chain.block_heights) and head.seals
+    assert sum(store.block(h).batch_count for h in chain.block_heights) == 12
+    assert store.unsealed_batches(10) == []
+
+
+def test_a_group_with_a_duplicate_stores_nothing(chain: Chain) -> None:
+    """One transaction per group: if any batch cannot be stored, none of the group is."""
+    store = chain.store
+    before = store.counts()
+    stored = store.find_batch("gw-a", 6)
+    bodies = store.batch_bodies(stored.id)
+    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, (bodies[0],), ("MTR-9",), (1,))
+    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, (bodies[0],), ("MTR-9",), (1,))
+    with pytest.raises(sa_exc.IntegrityError):
+        store.store_batches([fresh, again], 1)
+    assert store.counts() == before and store.find_batch("gw-x", 1) is None
+    assert store.batch_bodies(stored.id) == bodies
+    assert store.gateway_heads()["gw-a"] == (6, stored.hash) and "gw-x" not in store.gateway_heads()
+    assert store.meter_entries("MTR-9", 0, 2**62) == []
+    # The meter key made by the failed transaction must not linger in the writer's cache: the span
+    # is found under MTR-9 (and its body, which is MTR-1's, is then caught as misfiled).
+    store.store_batches([fresh], 2)
+    with pytest.raises(PayloadError, match="indexed under meter MTR-9 but holds MTR-1"):
+        store.meter_entries("MTR-9", 0, 2**62)
+    assert store.counts()[0] == before[0] + 1 and store.gateway_heads()["gw-x"] == (1, fresh.hash)
+
+
+def test_sealing_a_batch_twice_is_refused_and_rolled_back(chain: Chain) -> None:
+    store = chain.store
+    head = store.head()
+    sealed = store.find_batch("gw-b", 1)
+    with pytest.raises(StoreError, match=f"batch {sealed.id} was sealed twice"):
+        store.append_block(
+            head.height + 1, b"\x02" * 32, b"header", 0, [sealed.id], 1, head.log_size + 1,
+            store.log_frontier(), [("k", b"\x00" * 64)],
+        )
+    assert store.head() == head
+
+
+def test_a_database_of_another_chain_is_refused(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        store.create("chain-a")
+        with pytest.raises(StoreError, match="holds chain 'chain-a', not 'chain-b'"):
+            store.create("chain-b")
+        with pytest.raises(StoreError, match="holds chain 'chain-a', not 'chain-b'"):
+            store.open_existing("chain-b")
+        store.open_existing("chain-a")
+    finally:
+        store.close()
+
+
+def test_postgresql_without_synchronous_commit_is_refused(postgres_server) -> None:  # noqa: ANN001
+    name = postgres_server.new_database()
+    try:
+        postgres_server.admin(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        engine = engine_for(postgres_server.url(name))
+        with pytest.raises(StoreError, match="synchronous_commit = off"):
+            engine.connect().close()
+        engine.dispose()
+        postgres_server.admin(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+        engine = engine_for(postgres_server.url(name))
+        engine.connect().close()
+        engine.dispose()
+    finally:
+        postgres_server.drop_database(name)
+
+
+def test_postgresql_without_fsync_is_refused(postgres_server) -> None:  # noqa: ANN001
+    name = postgres_server.new_database()
+    try:
+        postgres_server.admin("ALTER SYSTEM SET fsync = off")
+        postgres_server.admin("SELECT pg_reload_conf()")
+        engine = engine_for(postgres_server.url(name))
+        with pytest.raises(StoreError, match="fsync = off"):
+            engine.connect().close()
+        engine.dispose()
+    finally:
+        postgres_server.admin("ALTER SYSTEM RESET fsync")
+        postgres_server.admin("SELECT pg_reload_conf()")
+        postgres_server.drop_database(name)
+
+
+def test_a_postgresql_url_without_psycopg_is_refused() -> None:
+    with pytest.raises(StoreError, match="use the psycopg driver"):
+        engine_for("postgresql+psycopg2://gridtrace@127.0.0.1:1/hub")
+
+
+def test_bulk_rows_read_back_exactly(database_url: str) -> None:
+    """The bulk writer (executemany on SQLite, COPY BINARY on PostgreSQL) keeps every value as given."""
+    from hub.storage.bulk import insert_rows
+    from hub.storage.schema import entry_spans
+
+    store = Store(database_url)
+    try:
+        store.create("bulk")
+        rows = [
+            (1, -5, 2**62, -(2**62), 2**63 - 1, 0, b""),
+            (2**31 - 1, 0, 1, 0, 0, 7, bytes(range(256)) * 3),
+            (3, 123_456, 9, 10**18, -(10**18), 2**31 - 1, b"\x00\xff" * 1000),
+        ]
+        cols = ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs")
+        with store.engine.begin() as c:
+            insert_rows(c, entry_spans, cols, rows)
+        with store.engine.connect() as c:
+            got = [tuple(bytes(v) if isinstance(v, memoryview | bytes) else v for v in r)
+                   for r in c.execute(select(*[entry_spans.c[k] for k in cols]).order_by(entry_spans.c.meter_key))]
+        assert got == sorted(rows)
+        # Inside a transaction that fails, nothing of the bulk write stays.
+        with pytest.raises(sa_exc.IntegrityError), store.engine.begin() as c:
+            insert_rows(c, entry_spans, cols, [(9, 9, 9, 0, 0, 0, b"")])
+            insert_rows(c, entry_spans, cols, rows[:1])  # duplicate primary key
+        with store.engine.connect() as c:
+            assert c.execute(select(entry_spans.c.meter_key).where(entry_spans.c.meter_key == 9)).first() is None
+    finally:
+        store.close()
