@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from edge.queue import DurableQueue
 from gridtrace.demo import GATEWAY_ID, Processes, hub_status, prepare_site, wait_for_port
@@ -195,20 +196,27 @@ def test_demo_produces_a_verifying_certificate(tmp_path):
 
 def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
     out = tmp_path / "demo-out"
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "gridtrace", "demo", "--duration", "60", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    # Output to a file, not a pipe nobody reads while waiting: a full pipe would block the demo.
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "gridtrace", "demo", "--duration", "60", "--out", str(out)],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
     try:
         wait_until(lambda: len(children_of(demo.pid)) >= 3, 60, "the demo's three processes")
         children = children_of(demo.pid)
         time.sleep(1)
         demo.send_signal(signal.SIGINT)
-        demo.wait(60)
+        try:
+            demo.wait(90)
+        except subprocess.TimeoutExpired:
+            logs = {p.name: p.read_text(errors="replace")[-2000:] for p in (out / "state" / "logs").glob("*.log")}
+            pytest.fail(f"the demo did not stop within 90 s of Ctrl-C\ndemo: {log.read_text(errors='replace')[-3000:]}\n{logs}")
     finally:
         if demo.poll() is None:
             demo.kill()
-    assert demo.returncode == 130
+    assert demo.returncode == 130, log.read_text(errors="replace")[-3000:]
     time.sleep(0.5)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
     for pid in alive:
