@@ -187,7 +187,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"database {where}: revision {before.current or 'none (empty)'}, head {before.head}, "
                   f"pending: {pending}")
             return 0 if before.at_head else 1
-        after = migrate.upgrade(engine)
+        with migrate.reporting_steps():
+            after = migrate.upgrade(engine)
     except StoreError as exc:
         print(f"gridtrace hub migrate: {exc}", file=sys.stderr)
         return 2

@@ -171,6 +171,31 @@ def test_serve_refuses_a_database_of_another_chain(tmp_path: Path) -> None:
         asyncio.run(_serve_once(load_hub_config(cfg.path)))
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """A fresh process: Alembic logs some of its chatter while it is imported."""
+    return subprocess.run([sys.executable, "-m", "gridtrace", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_alembic_chatter_stays_out_of_hub_commands_but_hub_migrate_reports_its_steps(tmp_path: Path) -> None:
+    from hubharness import init_hub
+    from protos.signing import Signer, write_public_key
+
+    cfg = init_hub(tmp_path / "hub")
+    write_public_key(tmp_path / "gw.pem", Signer.generate().public_key)
+    added = _cli("hub", "gateway", "add", "gw-1", "--public-key", str(tmp_path / "gw.pem"), "--config", str(cfg.path))
+    assert added.returncode == 0 and "registered" in added.stdout
+    assert "alembic" not in added.stderr and "Context impl" not in added.stderr, added.stderr
+
+    engine = engine_for(cfg.database_url)
+    behind = migrate.downgrade(engine, "-1")
+    engine.dispose()
+    done = _cli("hub", "migrate", "--config", str(cfg.path))
+    assert done.returncode == 0 and f"migrated from {behind.current} to {behind.head}" in done.stdout
+    assert f"Running upgrade {behind.current} -> {behind.head}" in done.stderr
+    assert "Context impl" not in done.stderr and "non-transactional DDL" not in done.stderr
+    assert "setup plugin" not in done.stderr, done.stderr
+
+
 def test_migrations_run_from_an_installed_wheel(tmp_path: Path) -> None:
     """The migration scripts ship in the wheel: migrate from it, away from the source tree."""
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
