@@ -2,9 +2,10 @@
 against a baseline that only decodes and stores the same rows.
 
 For each backend (SQLite; PostgreSQL with --backend postgresql|both, on a throwaway
-server on loopback, started as in the plan: initdb + pg_ctl as the postgres user):
+server on loopback started by tests/pgserver.py's running_postgres: initdb + pg_ctl, as
+the postgres user when run as root; fsync and synchronous_commit on, the defaults):
 
-1. `gridtrace hub init` (TLS on, as in production), the fleets' gateway keys
+1. `gridtrace hub init --database URL` (TLS on, as in production), the fleets' gateway keys
    registered with `gridtrace hub gateway add`, then `gridtrace hub serve` and the
    baseline server (bench/ingest_baseline.py) started as processes of their own;
 2. **full rate**, --runs times, hub and baseline alternated: `gridtrace sim fleet`
@@ -34,11 +35,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import glob
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -54,6 +53,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procstats import sample_tree  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from pgserver import PostgresServer, PostgresStartError, find_pg_bindir, running_postgres  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,56 +84,25 @@ def run(cmd: list[str], what: str, timeout: float = 120, **kw) -> subprocess.Com
     return p
 
 
-# -- PostgreSQL on loopback (docs: plan section 2.1) ------------------------------------
-
-
-@dataclass
-class Postgres:
-    url_base: str  # postgresql+psycopg://gridtrace@127.0.0.1:PORT/
-    bindir: Path
-    port: int
-    root: Path
-
-    def pid(self) -> int:
-        return int((self.root / "data" / "postmaster.pid").read_text().split()[0])
-
-    def create_database(self, name: str) -> str:
-        run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "gridtrace", name],
-            f"createdb {name}")
-        return self.url_base + name
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+# -- PostgreSQL on loopback: the tests' throwaway server (tests/pgserver.py) ---------------
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[Postgres]:
-    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdbs:
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = find_pg_bindir()
+    if bindir is None:
         raise BackendUnavailable("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    bindir = Path(initdbs[-1]).parent
-    # Not under a 0700 directory of root's: the postgres user must reach it.
-    root = Path(tempfile.mkdtemp(prefix="gridtrace-bench-pg."))
-    port = free_port()
-    started = False
     try:
-        if os.geteuid() == 0:
-            shutil.chown(root, "postgres", "postgres")
-        root.chmod(0o700)
-        run(_as_postgres([str(bindir / "initdb"), "-D", str(root / "data"), "-U", "gridtrace", "--auth=trust",
-                          "-E", "UTF8", "--locale=C.UTF-8"]), "initdb")
-        opts = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='{root}' "
-                "-c shared_buffers=256MB -c max_wal_size=4GB")
-        run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w",
-                          "-t", "30", "-o", opts, "start"]), "pg_ctl start")
-        started = True
-        yield Postgres(f"postgresql+psycopg://gridtrace@127.0.0.1:{port}/", bindir, port, root)
-    finally:
-        if started:
-            subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "stop"]),
-                           capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        with running_postgres(bindir) as server:
+            yield server
+    except PostgresStartError as exc:
+        raise BenchError(str(exc)) from exc
+
+
+def postmaster_pid(server: PostgresServer) -> int:
+    """The server's first process: its tree holds the backends serving the hub and the
+    baseline, and exited backends' CPU is in its children's times."""
+    return int((server.data_dir / "postmaster.pid").read_text().split()[0])
 
 
 # -- the hub and the baseline as processes ------------------------------------------------
@@ -177,25 +149,6 @@ class Server:
 
 def cpu_of(pids: list[int]) -> float:
     return sum(sample_tree(p).cpu_s for p in pids)
-
-
-def set_database(hub_toml: Path, url: str) -> None:
-    text = hub_toml.read_text()
-    new, n = re.subn(r'(?m)^database\s*=\s*"[^"]*"', f'database = "{url}"', text, count=1)
-    if n != 1:
-        raise BenchError(f"{hub_toml}: no `database = ...` line to point at {url}")
-    hub_toml.write_text(new)
-
-
-def migrate(hub_toml: Path) -> None:
-    """Bring a database named in hub.toml after `hub init` to the hub's schema, with the
-    hub's own command where it has one (`gridtrace hub migrate`)."""
-    if " migrate " not in run([GRIDTRACE, "hub", "--help"], "gridtrace hub --help").stdout:
-        return  # this hub makes its schema on first use
-    p = subprocess.run([GRIDTRACE, "hub", "migrate", "--config", str(hub_toml)], capture_output=True, text=True,
-                       timeout=300)
-    if p.returncode != 0:
-        raise BackendUnavailable(f"`gridtrace hub migrate` failed on this database: {(p.stderr or p.stdout).strip()}")
 
 
 def register(hub_toml: Path, keys_dir: Path, ids: tuple[str, ...]) -> None:
@@ -327,20 +280,20 @@ def measure_backend(args: argparse.Namespace, backend: str, work: Path) -> dict:
     with contextlib.ExitStack() as stack:
         hub_dir, keys = work / "hub", work / "keys"
         port, base_port = free_port(), free_port()
-        run([GRIDTRACE, "hub", "init", "--dir", str(hub_dir), "--chain-id", f"bench-{backend}",
-             "--listen", f"127.0.0.1:{port}"], "gridtrace hub init")
-        hub_toml, tls, hub_key = hub_dir / "hub.toml", hub_dir / "tls", hub_dir / "hub.pub.pem"
         extra_pids: list[int] = []
         if backend == "postgresql":
             pg = stack.enter_context(postgres_server())
-            hub_url = pg.create_database("hub")
-            base_url = pg.create_database("baseline")
-            set_database(hub_toml, hub_url)
-            migrate(hub_toml)
-            extra_pids = [pg.pid()]
+            hub_url, base_url = pg.url(pg.new_database()), pg.url(pg.new_database())
+            extra_pids = [postmaster_pid(pg)]
         else:
             hub_url = f"sqlite:///{(hub_dir / 'hub.sqlite').resolve()}"
             base_url = f"sqlite:///{(work / 'baseline.sqlite').resolve()}"
+        # `hub init --database` creates the schema (at the current revision) and the chain in it.
+        run([GRIDTRACE, "hub", "init", "--dir", str(hub_dir), "--chain-id", f"bench-{backend}",
+             "--listen", f"127.0.0.1:{port}", "--database", hub_url,
+             # not the default port: another hub on this machine may hold it
+             "--metrics-listen", f"127.0.0.1:{free_port()}"], "gridtrace hub init")
+        hub_toml, tls, hub_key = hub_dir / "hub.toml", hub_dir / "tls", hub_dir / "hub.pub.pem"
 
         from firmware_sim.loadgen import ensure_keys, gateway_ids
 

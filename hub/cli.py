@@ -187,7 +187,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"database {where}: revision {before.current or 'none (empty)'}, head {before.head}, "
                   f"pending: {pending}")
             return 0 if before.at_head else 1
-        after = migrate.upgrade(engine)
+        with migrate.reporting_steps():
+            after = migrate.upgrade(engine)
     except StoreError as exc:
         print(f"gridtrace hub migrate: {exc}", file=sys.stderr)
         return 2
@@ -209,16 +210,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the server's modules are imported, so that whatever they log comes out in that format
     configure_logging(args.log_level or cfg.log_level, args.log_format or cfg.log_format)
     from hub.server import serve
-    from hub.storage.store import Store, StoreError
+    from hub.storage.store import StoreError
     from protos.signing import KeyFileError
 
     try:
-        # Refuse to serve an old or foreign schema before binding ports or touching the chain.
-        store = Store(cfg.database_url)
-        try:
-            store.open_existing(cfg.chain_id, str(args.config))
-        finally:
-            store.close()
+        # serve() refuses an old or foreign schema itself, before binding ports.
         return asyncio.run(serve(cfg))
     except (KeyFileError, StoreError, OSError) as exc:
         print(f"gridtrace hub: {exc}", file=sys.stderr)

@@ -25,7 +25,7 @@ from hub.ingest.service import IngestService, Ingestor
 from hub.ingest.verifier import InlineVerifier, VerifierPool
 from hub.metrics import HubMetrics
 from hub.query import QueryService
-from hub.storage.store import Store, StoreError
+from hub.storage.store import Store
 from protos import ingest_pb2, ingest_pb2_grpc
 from protos.canonical import decode_block_header
 from protos.signing import Signer
@@ -107,9 +107,14 @@ async def serve(
     raw_store = Store(cfg.database_url)
     store = metrics.timed_store(raw_store)
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
-    stored_chain = await loop.run_in_executor(db, store.chain_id)
-    if stored_chain != cfg.chain_id:
-        raise StoreError(f"database holds chain {stored_chain!r} but the config says {cfg.chain_id!r}")
+    # Refuse a database at another schema revision (or on another chain) before binding any port:
+    # the message tells the operator to run `gridtrace hub migrate --config <this hub.toml>`.
+    try:
+        await loop.run_in_executor(db, raw_store.open_existing, cfg.chain_id, str(cfg.path))
+    except BaseException:
+        db.shutdown(wait=True)
+        raw_store.close()
+        raise
 
     def chain_state() -> None:
         head = store.head()

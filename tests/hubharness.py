@@ -54,14 +54,18 @@ def free_port() -> int:
 
 def init_hub(
     directory: Path, insecure: bool = True, chain_id: str = "test-chain", block_interval: float = 0.3,
-    verifier_processes: int | None = None, metrics: bool = False,
+    verifier_processes: int | None = None, metrics: bool = False, database_url: str | None = None,
 ) -> HubConfig:
     """A hub directory made by `hub init`; metrics (off unless asked: hubs in one test
-    process must not share a port) listen on a free loopback port."""
+    process must not share a port) listen on a free loopback port. `database_url` (an empty
+    database, e.g. from the `database_url` fixture) goes into hub.toml with `hub init --database`;
+    without it the hub has its SQLite file in `directory`."""
     listen = f"127.0.0.1:{free_port()}"
     metrics_listen = f"127.0.0.1:{free_port()}" if metrics else ""
     args = ["hub", "init", "--dir", str(directory), "--chain-id", chain_id, "--listen", listen,
             "--metrics-listen", metrics_listen]
+    if database_url is not None:
+        args += ["--database", database_url]
     if insecure:
         args.append("--insecure")
     assert gridtrace_main(args) == 0

@@ -134,15 +134,24 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.fail(str(exc))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a fresh database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hub.sqlite'}"
+@contextlib.contextmanager
+def empty_database(kind: str, request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    """An empty database of `kind` ("sqlite": a file in `directory`; "postgresql": a fresh
+    database on the session's server, dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'hub.sqlite'}"
         return
+    assert kind == "postgresql", kind
     server: PostgresServer = request.getfixturevalue("postgres_server")
     name = server.new_database()
     try:
         yield server.url(name)
     finally:
         server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh database on the session's PostgreSQL server."""
+    with empty_database(request.param, request, tmp_path) as url:
+        yield url

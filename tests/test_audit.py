@@ -23,6 +23,7 @@ from protos import ingest_pb2_grpc
 from protos.signing import Signer, parse_public_key_pem
 
 from hubharness import GatewaySim, RunningHub, init_hub, register_gateway
+from pgserver import empty_database
 
 
 def _stream(cfg, messages) -> None:  # noqa: ANN001
@@ -30,10 +31,20 @@ def _stream(cfg, messages) -> None:  # noqa: ANN001
         assert len(list(ingest_pb2_grpc.IngestStub(ch).Stream(iter(messages), timeout=10))) == len(messages)
 
 
+# `hub verify` and backup/restore also run with the hub on a real PostgreSQL server.
+on_both_databases = pytest.mark.parametrize("chain", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture()
-def chain(tmp_path):
-    """A hub database with 3 blocks from two gateways and one batch not yet in a block."""
-    cfg = init_hub(tmp_path / "hub", block_interval=60.0)
+def chain(request, tmp_path):
+    """A hub database with 3 blocks from two gateways and one batch not yet in a block
+    (SQLite unless the test asks for "postgresql")."""
+    (tmp_path / "hub").mkdir()
+    with empty_database(getattr(request, "param", "sqlite"), request, tmp_path / "hub") as url:
+        yield _fill_chain(tmp_path, init_hub(tmp_path / "hub", block_interval=60.0, database_url=url))
+
+
+def _fill_chain(tmp_path, cfg):  # noqa: ANN001, ANN202
     gws = [GatewaySim.new("gw-1", "MTR-1"), GatewaySim.new("gw-2", "MTR-2")]
     for g in gws:
         register_gateway(cfg, g.gateway_id, g.signer, tmp_path)
@@ -61,6 +72,7 @@ def _flip(data: bytes, at: int = -1) -> bytes:
     return bytes(b)
 
 
+@on_both_databases
 def test_a_clean_chain_checks_out(chain, capsys):
     code, out, err = _verify(chain, capsys)
     assert code == 0, err
@@ -86,10 +98,13 @@ def _edit_entries(c, bid: int, change) -> None:  # noqa: ANN001
         bodies=b"".join(bodies), offsets=struct.pack(f">{len(new_offs)}I", *new_offs)))
 
 
+BODY_FINDING = "block 2, gateway gw-1 batch 3: entries root in the header is not the root over the stored entries"
+
+
 @pytest.mark.parametrize(
     "tamper,expected",
     [
-        ("body", "block 2, gateway gw-1 batch 3: entries root in the header is not the root over the stored entries"),
+        ("body", BODY_FINDING),
         ("batch-signature", "block 2, gateway gw-1 batch 4: signature does not verify"),
         ("batch-header", "block 2, gateway gw-1 batch 3: stored hash is not the hash of the stored header"),
         ("block-header", "block 2: stored hash is not the hash of the stored header"),
@@ -126,6 +141,11 @@ def test_tampering_is_found_and_named(chain, capsys, tamper, expected):
     assert code == 1
     first = err.splitlines()[0]
     assert "FAILED at " in first and expected in first, err
+
+
+@pytest.mark.parametrize("chain", ["postgresql"], indirect=True)
+def test_a_changed_reading_in_a_postgresql_database_is_found(chain, capsys):
+    test_tampering_is_found_and_named(chain, capsys, "body", BODY_FINDING)
 
 
 def test_a_rewritten_block_with_a_fresh_hash_breaks_the_next_link_and_its_seal(chain, capsys):
@@ -173,8 +193,8 @@ def test_the_core_finds_a_batch_that_skips_the_gateways_chain():
 # ---------------------------------------------------------------------------
 
 
-def _new_hub_with_same_key(tmp_path, source_cfg):  # noqa: ANN001, ANN202
-    cfg = init_hub(tmp_path / "restored")
+def _new_hub_with_same_key(tmp_path, source_cfg, database_url=None):  # noqa: ANN001, ANN202
+    cfg = init_hub(tmp_path / "restored", database_url=database_url)
     for name in ("hub.key", "hub.pub.pem"):
         shutil.copy2(source_cfg.path.parent / name, cfg.path.parent / name)
     return load_hub_config(cfg.path)
@@ -194,7 +214,17 @@ def _snapshot(store: Store) -> tuple:
     return tuple(out), store.log_frontier().to_json(), store.gateway_keys(), store.counts()
 
 
-def test_backup_then_restore_gives_the_same_chain(chain, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "chain,target", [("sqlite", "sqlite"), ("sqlite", "postgresql"), ("postgresql", "sqlite")], indirect=["chain"]
+)
+def test_backup_then_restore_gives_the_same_chain(chain, target, request, tmp_path, capsys):
+    """A backup (a SQLite file) restores into either database; the restored chain is audited."""
+    (tmp_path / "restored").mkdir()
+    with empty_database(target, request, tmp_path / "restored") as url:
+        _backup_and_restore(chain, url, tmp_path, capsys)
+
+
+def _backup_and_restore(chain, target_url, tmp_path, capsys):  # noqa: ANN001, ANN202
     backup = tmp_path / "backup.sqlite"
     assert gridtrace_main(["hub", "backup", "--config", str(chain.path), "--output", str(backup)]) == 0
     out = capsys.readouterr().out
@@ -203,7 +233,8 @@ def test_backup_then_restore_gives_the_same_chain(chain, tmp_path, capsys):
     # a backup never overwrites
     assert gridtrace_main(["hub", "backup", "--config", str(chain.path), "--output", str(backup)]) == 2
 
-    target = _new_hub_with_same_key(tmp_path, chain)
+    target = _new_hub_with_same_key(tmp_path, chain, target_url)
+    assert target.database_url == target_url
     capsys.readouterr()
     assert gridtrace_main(["hub", "restore", "--config", str(target.path), "--input", str(backup)]) == 0
     out = capsys.readouterr().out

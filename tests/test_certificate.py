@@ -667,3 +667,45 @@ def test_cli_rejects_duplicate_keys(files: Path, tmp_path: Path) -> None:
     dup.write_text(text[:i] + '"value": 9999.0, ' + text[i:], encoding="utf-8")
     res = _gridtrace("cert", "verify", str(dup), "--trust", str(files / "trust.json"))
     assert res.returncode == 1 and "FAILED" in res.stdout + res.stderr
+
+
+# -- end to end through a running hub, on SQLite and on PostgreSQL ----------------------------
+
+
+def test_a_running_hub_serves_a_certificate_that_verifies(tmp_path: Path, database_url: str) -> None:
+    """Batches streamed to a real hub are sealed, and the certificate it serves over gRPC
+    verifies against `hub trust`'s file; a changed reading in it fails, naming the entry."""
+    import time
+
+    import grpc
+
+    from gridtrace.cli import main as gridtrace_main
+    from hub.certificates.cli import pull_certificate
+    from hub.certificates.trust import load_trust
+    from hubharness import GatewaySim, RunningHub, init_hub, register_gateway
+    from protos import ingest_pb2, ingest_pb2_grpc
+
+    cfg = init_hub(tmp_path / "hub", block_interval=0.2, database_url=database_url)
+    gw = GatewaySim.new("gw-1", METER)
+    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+    with RunningHub(cfg):
+        with grpc.insecure_channel(cfg.listen) as ch:
+            for n in (3, 4):  # two streams, so the batches likely land in separate blocks
+                assert len(list(ingest_pb2_grpc.IngestStub(ch).Stream(iter([gw.batch(n)]), timeout=10))) == 1
+                time.sleep(0.3)
+            query = ingest_pb2_grpc.QueryStub(ch)
+            deadline = time.monotonic() + 10
+            while query.GetStatus(ingest_pb2.StatusRequest()).batches_unsealed and time.monotonic() < deadline:
+                time.sleep(0.1)
+        text = pull_certificate(cfg.listen, METER, 0, 2**62, None)
+    assert gridtrace_main(["hub", "trust", "--config", str(cfg.path), "-o", str(tmp_path / "trust.json")]) == 0
+    trust = load_trust(tmp_path / "trust.json")
+    doc = json.loads(text)
+    s = verify_certificate(doc, trust)
+    assert (s.meter_id, s.readings, s.batches, s.first_seq, s.last_seq) == (METER, 7, 2, 1, 7)
+    assert s.gateways == (gw.gateway_id,)
+
+    i = _reading_entries(doc)[4]
+    q = next(q for q in doc["entries"][i]["reading"]["quantities"] if q["name"] == "energy_import")
+    q["value"] = math.nextafter(q["value"], math.inf)
+    assert f"certificate.entries[{i}].proof" in fails(doc, trust)

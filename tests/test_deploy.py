@@ -85,6 +85,32 @@ def test_hub_unit_keeps_devices_and_users_private_and_agent_keeps_serial_ports()
     assert agent["SupplementaryGroups"] == "dialout"
 
 
+def test_hub_unit_refuses_to_start_on_a_database_behind_the_schema(tmp_path, capsys):
+    """The hub unit's ExecStartPre, run as written against a hub directory: exit 0 at the
+    schema head, non-zero (so systemd does not start `hub serve`) when a migration is pending."""
+    from hub.storage import migrate
+    from hub.storage.engine import engine_for
+    from hubharness import init_hub
+
+    svc = _unit(UNITS["hub"])
+    pre, serve = shlex.split(svc["ExecStartPre"]), shlex.split(svc["ExecStart"])
+    assert pre[0] == serve[0] == "/opt/gridtrace/bin/gridtrace"
+    assert pre[1:4] == ["hub", "migrate", "--config"] and "--status" in pre
+    assert pre[pre.index("--config") + 1] == serve[serve.index("--config") + 1]
+
+    cfg = init_hub(tmp_path / "hub")
+    argv = [str(cfg.path) if a == serve[serve.index("--config") + 1] else a for a in pre[1:]]
+    assert gridtrace_main(argv) == 0
+    engine = engine_for(cfg.database_url)
+    migrate.downgrade(engine, "-1")
+    capsys.readouterr()
+    assert gridtrace_main(argv) != 0
+    assert "pending: " + migrate.head_revision() in capsys.readouterr().out
+    migrate.upgrade(engine)
+    engine.dispose()
+    assert gridtrace_main(argv) == 0
+
+
 # ---------------------------------------------------------------------------
 # Container image and compose.
 # ---------------------------------------------------------------------------

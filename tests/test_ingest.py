@@ -18,16 +18,21 @@ from protos.canonical import decode_batch_header, batch_hash
 from protos.wire import header_from_pb
 
 from hubharness import GatewaySim, RunningHub, init_hub, reading_layout, register_gateway, replace_entry
+from pgserver import empty_database
+
+# The tests that matter most also run with the hub on a real PostgreSQL server.
+both_databases = pytest.mark.parametrize("hub", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture()
-def hub(tmp_path):
-    cfg = init_hub(tmp_path / "hub")
-    gw = GatewaySim.new()
-    register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
-    with RunningHub(cfg) as running:
-        running.gw = gw
-        yield running
+def hub(request, tmp_path):
+    with empty_database(getattr(request, "param", "sqlite"), request, tmp_path) as url:
+        cfg = init_hub(tmp_path / "hub", database_url=url)
+        gw = GatewaySim.new()
+        register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
+        with RunningHub(cfg) as running:
+            running.gw = gw
+            yield running
 
 
 def stream(hub: RunningHub, messages, timeout: float = 10.0):
@@ -51,6 +56,7 @@ def counts(hub: RunningHub) -> tuple[int, int]:
         store.close()
 
 
+@both_databases
 def test_receipts_are_signed_and_name_the_stored_batch(hub):
     msgs = [hub.gw.batch(5), hub.gw.batch(7)]
     receipts = stream(hub, msgs)
@@ -75,6 +81,7 @@ def test_a_receipt_with_a_changed_field_is_refused_by_the_agent(hub):
         check_receipt(r, hub.gw.gateway_id, 1, bytes(32), hub.public_key())
 
 
+@both_databases
 def test_resent_batch_is_acknowledged_again_and_stored_once(hub):
     first = hub.gw.batch(4)
     second = hub.gw.batch(4)
@@ -93,6 +100,7 @@ def test_resend_within_one_stream_before_commit(hub):
     assert counts(hub) == (1, 3)
 
 
+@both_databases
 def test_bad_signature_is_unauthenticated_and_nothing_is_stored(hub):
     good = hub.gw.batch(3)
     bad = hub.gw.batch(3, advance=False)
@@ -105,6 +113,7 @@ def test_bad_signature_is_unauthenticated_and_nothing_is_stored(hub):
     assert [r.batch_seq for r in stream(hub, [hub.gw.batch(2)])] == [2]
 
 
+@both_databases
 def test_changed_reading_breaks_the_root(hub):
     msg = hub.gw.batch(3)
     # still a well-formed reading, one value's last mantissa bit flipped
@@ -152,6 +161,7 @@ def test_first_batch_must_be_seq_1(hub):
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@both_databases
 def test_fork_same_seq_other_content_is_rejected(hub):
     saved = (hub.gw.seq, hub.gw.prev_hash, hub.gw.reading_seq)
     stream(hub, [hub.gw.batch(2)])
@@ -219,6 +229,7 @@ def test_malformed_batch_is_invalid_argument_and_what_was_accepted_stays(hub, da
     assert [r.batch_seq for r in stream(hub, [hub.gw.batch(1)])] == [2]
 
 
+@both_databases
 def test_blocks_are_sealed_and_status_reports_them(hub):
     stream(hub, [hub.gw.batch(3) for _ in range(4)])
     deadline = time.monotonic() + 10
@@ -241,8 +252,8 @@ def test_blocks_are_sealed_and_status_reports_them(hub):
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_shutdown_seals_everything_receipted(tmp_path):
-    cfg = init_hub(tmp_path / "hub", block_interval=60.0)
+def test_shutdown_seals_everything_receipted(tmp_path, database_url):
+    cfg = init_hub(tmp_path / "hub", block_interval=60.0, database_url=database_url)
     gw = GatewaySim.new()
     register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
     with RunningHub(cfg) as running:

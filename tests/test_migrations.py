@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -125,6 +126,74 @@ def test_cli_init_migrate_status_and_serve_refusal(database_url: str, tmp_path: 
     assert f"migrated from empty to {migrate.head_revision()}" in capsys.readouterr().out
     assert gridtrace_main(["hub", "migrate", "--config", cfg]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+async def _serve_once(cfg) -> int:  # noqa: ANN001
+    """serve() with its stop already set: returns 0 if it started (and at once stopped) instead of refusing."""
+    from hub.server import serve
+
+    stop = asyncio.Event()
+    stop.set()
+    return await serve(cfg, stop)
+
+
+def test_serve_itself_refuses_a_database_behind_the_schema_head(database_url: str, tmp_path: Path) -> None:
+    """`hub.server.serve` (not only the `hub serve` command) checks the schema revision before
+    it binds a port, and tells the operator the command that fixes it."""
+    from hubharness import RunningHub, init_hub
+
+    cfg = init_hub(tmp_path / "hub", database_url=database_url)
+    engine = engine_for(database_url)
+    behind = migrate.downgrade(engine, "-1")
+    assert behind.pending and not behind.at_head
+    with pytest.raises(StoreError) as info:
+        asyncio.run(_serve_once(cfg))
+    assert f"at schema revision {behind.current}; this hub needs {behind.head}" in str(info.value)
+    assert f"run `gridtrace hub migrate --config {cfg.path}`" in str(info.value)
+    assert migrate.status(engine) == behind  # refused without touching the database
+    engine.dispose()
+    # once migrated, the same config serves
+    assert gridtrace_main(["hub", "migrate", "--config", str(cfg.path)]) == 0
+    with RunningHub(cfg):
+        pass
+
+
+def test_serve_refuses_a_database_of_another_chain(tmp_path: Path) -> None:
+    from hubharness import init_hub
+
+    cfg = init_hub(tmp_path / "hub", chain_id="chain-a")
+    text_ = cfg.path.read_text().replace('chain_id = "chain-a"', 'chain_id = "chain-b"')
+    assert text_ != cfg.path.read_text()
+    cfg.path.write_text(text_)
+    from hub.config import load_hub_config
+
+    with pytest.raises(StoreError, match="holds chain 'chain-a', not 'chain-b'"):
+        asyncio.run(_serve_once(load_hub_config(cfg.path)))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """A fresh process: Alembic logs some of its chatter while it is imported."""
+    return subprocess.run([sys.executable, "-m", "gridtrace", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_alembic_chatter_stays_out_of_hub_commands_but_hub_migrate_reports_its_steps(tmp_path: Path) -> None:
+    from hubharness import init_hub
+    from protos.signing import Signer, write_public_key
+
+    cfg = init_hub(tmp_path / "hub")
+    write_public_key(tmp_path / "gw.pem", Signer.generate().public_key)
+    added = _cli("hub", "gateway", "add", "gw-1", "--public-key", str(tmp_path / "gw.pem"), "--config", str(cfg.path))
+    assert added.returncode == 0 and "registered" in added.stdout
+    assert "alembic" not in added.stderr and "Context impl" not in added.stderr, added.stderr
+
+    engine = engine_for(cfg.database_url)
+    behind = migrate.downgrade(engine, "-1")
+    engine.dispose()
+    done = _cli("hub", "migrate", "--config", str(cfg.path))
+    assert done.returncode == 0 and f"migrated from {behind.current} to {behind.head}" in done.stdout
+    assert f"Running upgrade {behind.current} -> {behind.head}" in done.stderr
+    assert "Context impl" not in done.stderr and "non-transactional DDL" not in done.stderr
+    assert "setup plugin" not in done.stderr, done.stderr
 
 
 def test_migrations_run_from_an_installed_wheel(tmp_path: Path) -> None:

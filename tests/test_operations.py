@@ -84,8 +84,8 @@ def _wait(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
 # ---------------------------------------------------------------------------
 
 
-def test_metrics_count_what_was_streamed_per_hub(tmp_path):
-    a_cfg = init_hub(tmp_path / "a", metrics=True, block_interval=0.2)
+def test_metrics_count_what_was_streamed_per_hub(tmp_path, database_url):
+    a_cfg = init_hub(tmp_path / "a", metrics=True, block_interval=0.2, database_url=database_url)
     b_cfg = init_hub(tmp_path / "b", metrics=True, block_interval=0.2)
     gw, intruder = GatewaySim.new("gw-1", "MTR-1"), GatewaySim.new("gw-2", "MTR-2")
     for cfg in (a_cfg, b_cfg):
@@ -177,8 +177,8 @@ def _health(cfg, service: str = INGEST) -> int:  # noqa: ANN001
         return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
-def test_health_follows_the_database_and_reflection_stays(tmp_path, monkeypatch, capsys):
-    cfg = _set(init_hub(tmp_path / "hub"), "server", "health_interval_s = 0.1")
+def test_health_follows_the_database_and_reflection_stays(tmp_path, monkeypatch, capsys, database_url):
+    cfg = _set(init_hub(tmp_path / "hub", database_url=database_url), "server", "health_interval_s = 0.1")
     gw = GatewaySim.new()
     register_gateway(cfg, gw.gateway_id, gw.signer, tmp_path)
     broken = {"on": False}

@@ -14,21 +14,27 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import ResolutionError
-from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, inspect
-
-from hub.storage.engine import StoreError
-from hub.storage.migrations import schema_0_1
-
-# Alembic announces each of its autogenerate plugins at INFO on import: seven lines of
-# noise in every hub command's log (and before `hub serve` has set up JSON logging).
+# Set before alembic is imported: it announces each of its autogenerate plugins at INFO while it
+# is imported (seven lines of noise in every hub command's log, before `hub serve` has set up
+# JSON logging).
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+# Every migration context Alembic opens (each schema check: every hub command that opens the
+# database) logs "Context impl SQLiteImpl." and "Will assume non-transactional DDL." at INFO.
+# Quiet unless the operator asked for a migration: see `reporting_steps`.
+_migration_log = logging.getLogger("alembic.runtime.migration")
+_migration_log.setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402 - after the logger levels above
+from alembic.autogenerate import compare_metadata  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from alembic.script.revision import ResolutionError  # noqa: E402
+from alembic.util import CommandError  # noqa: E402
+from sqlalchemy import Connection, Engine, inspect  # noqa: E402
+
+from hub.storage.engine import StoreError  # noqa: E402
+from hub.storage.migrations import schema_0_1  # noqa: E402
 
 SCRIPT_LOCATION = "hub.storage:migrations"
 FIRST_REVISION = "0001"
@@ -43,6 +49,24 @@ class MigrationStatus:
     @property
     def at_head(self) -> bool:
         return self.current == self.head
+
+
+def _only_steps(record: logging.LogRecord) -> bool:
+    return str(record.msg).startswith("Running ")
+
+
+@contextlib.contextmanager
+def reporting_steps() -> Iterator[None]:
+    """Let Alembic log each migration step it runs ("Running upgrade 0001 -> 0002, ...") at
+    INFO, without its per-connection chatter: for `gridtrace hub migrate`."""
+    level = _migration_log.level
+    _migration_log.setLevel(logging.INFO)
+    _migration_log.addFilter(_only_steps)
+    try:
+        yield
+    finally:
+        _migration_log.removeFilter(_only_steps)
+        _migration_log.setLevel(level)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
