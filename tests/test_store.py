@@ -263,3 +263,57 @@ def test_bulk_rows_read_back_exactly(database_url: str) -> None:
             assert c.execute(select(entry_spans.c.meter_key).where(entry_spans.c.meter_key == 9)).first() is None
     finally:
         store.close()
+
+
+def test_background_checkpoints_keep_the_wal_bounded_and_lose_nothing(tmp_path) -> None:  # noqa: ANN001
+    """SQLite with `background_checkpoints`: commits never checkpoint (the writer's connections
+    have wal_autocheckpoint=0), the checkpointer thread copies the WAL back and restarts it
+    under steady writes, and closing leaves every batch in the database file."""
+    import os
+    import time
+
+    from hub.storage.engine import sqlite_url
+    from protos.canonical import encode_reading_fields
+
+    path = tmp_path / "hub.sqlite"
+    store_obj = Store(sqlite_url(path), background_checkpoints=True)
+    store_obj.create("chain-ckpt")
+    assert store_obj.checkpointer is not None
+    store_obj.checkpointer.interval_s, store_obj.checkpointer.restart_frames = 0.02, 8
+    with store_obj.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
+    names, units = [f"q{i:02d}" for i in range(41)], ["V"] * 41
+    bodies = [encode_reading_fields("MTR-1", s, s, 0, 0, names, units, [float(s)] * 41) for s in range(1, 301)]
+    payload = pack_payload(bodies)
+    wal = f"{path}-wal"
+
+    def store(seq: int) -> None:
+        store_obj.store_batches(
+            [NewBatch("gw", seq, seq.to_bytes(32, "big"), b"h", b"s" * 64, payload, ("MTR-1",) * 300,
+                      tuple(range(1, 301)))], seq,
+        )
+
+    store(1)
+    one = os.path.getsize(wal)
+    store(2)
+    per_batch = os.path.getsize(wal) - one
+    deadline = time.monotonic() + 10
+    while store_obj.checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store_obj.checkpointer.checkpoints > 0
+    # A restarted WAL is written again from its start: the file stays at its high-water mark
+    # instead of growing by every batch.
+    base = os.path.getsize(wal)
+    n = 40
+    for seq in range(3, n + 1):
+        store(seq)
+        time.sleep(0.03)
+    assert os.path.getsize(wal) - base < 12 * per_batch, (base, os.path.getsize(wal), per_batch)
+    store_obj.close()
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+    again = Store(sqlite_url(path))
+    try:
+        assert again.counts() == (n, n, n * 300)
+        assert again.batch_bodies(again.find_batch("gw", n).id) == bodies
+    finally:
+        again.close()

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.storage import migrate
 from hub.storage.bulk import insert_rows
-from hub.storage.engine import StoreError, engine_for, sqlite_url
+from hub.storage.engine import Checkpointer, StoreError, engine_for, sqlite_url
 from hub.storage.payload import Payload, PayloadError, pack_idxs, spans_of, unpack_idxs, unpack_payload
 from hub.storage.schema import (
     ENTRY_GAP,
@@ -142,9 +142,13 @@ def _batch(row) -> StoredBatch:  # noqa: ANN001
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, background_checkpoints: bool = False) -> None:
+        """`background_checkpoints` (SQLite, a long-running writer such as the hub server):
+        copy the WAL into the database file on a thread of its own instead of in commits."""
         self.url = url
-        self.engine = engine_for(url)
+        in_background = background_checkpoints and url.startswith("sqlite")
+        self.engine = engine_for(url, autocheckpoint=not in_background)
+        self.checkpointer = Checkpointer(self.engine) if in_background else None
         # The URL as it may be shown: in messages and logs, never a password.
         self.where = self.engine.url.render_as_string(hide_password=True)
         # meter id -> meter_key of meters committed to `meters`; filled only after a commit.
@@ -165,6 +169,8 @@ class Store:
         self._insert_meters = dialect_insert(meters).on_conflict_do_nothing(index_elements=["meter_id"])
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
     # -- setup -------------------------------------------------------------------
