@@ -96,7 +96,14 @@ class Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        conn = self.engine.raw_connection()
+        try:
+            conn = self.engine.raw_connection()
+            # A RESTART checkpoint holds new commits back while it waits for readers: give up
+            # after 100 ms (and try again next round) rather than stall receipts behind a long read.
+            conn.cursor().execute("PRAGMA busy_timeout=100")
+        except Exception:  # noqa: BLE001
+            log.exception("SQLite WAL checkpointer could not connect; the WAL is not checkpointed until restart")
+            return
         try:
             while not self._stop.wait(self.interval_s):
                 frames = self._checkpoint(conn, "PASSIVE")
