@@ -65,15 +65,24 @@ def pack_payload(bodies: Sequence[bytes]) -> Payload:
     refs: list[int] = []
     offsets = [0]
     total = 0
+    last, last_ref = b"", 0  # the field of the previous reading: usually every reading's
     for b in bodies:
         at = names_field_at(b)
-        end = None if at is None else names_field_end(b, at)
         ref = 0
-        if end is not None:
-            field = b[at:end]
-            ref = fields.get(field, 0)
-            if not ref and len(fields) < _MAX_FIELDS:
-                ref = fields[field] = len(fields) + 1
+        if at is not None:
+            if last_ref and b.startswith(last, at):
+                # Any cut reads back exactly (the field goes back where it was cut); this spares
+                # slicing and hashing the field for each reading of the same meter model.
+                ref, end = last_ref, at + len(last)
+            else:
+                end = names_field_end(b, at)
+                if end is not None:
+                    field = b[at:end]
+                    ref = fields.get(field, 0)
+                    if not ref and len(fields) < _MAX_FIELDS:
+                        ref = fields[field] = len(fields) + 1
+                    if ref:
+                        last, last_ref = field, ref
         if ref:
             parts.append(b[:at])
             parts.append(b[end:])
