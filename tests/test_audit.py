@@ -4,8 +4,6 @@ Tampering is done on the stored bytes, as damage or an attacker with database ac
 
 from __future__ import annotations
 
-import struct
-
 import shutil
 import time
 
