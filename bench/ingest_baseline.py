@@ -28,6 +28,7 @@ import grpc
 
 from gridtrace.signals import stop_on_signals
 from hub.ingest.check import Verdict, checked_batch, scan_entries  # the hub's decode, so both sides pay the same
+from hub.storage.payload import pack_payload
 from hub.storage.store import NewBatch, Store, sqlite_url
 from protos import ingest_pb2 as ipb
 from protos import readings_pb2 as pb
@@ -41,8 +42,8 @@ def decode(msg: pb.SignedBatch) -> NewBatch:
     header = header_from_pb(msg.header)
     bodies = list(msg.entry_bytes)
     meter_ids, seqs, timestamps = scan_entries(bodies)
-    verdict = Verdict(header, batch_hash(header), bytes(msg.signature), meter_ids, seqs, timestamps)
-    return checked_batch(verdict, bodies).batch
+    verdict = Verdict(header, batch_hash(header), bytes(msg.signature), pack_payload(bodies), meter_ids, seqs, timestamps)
+    return checked_batch(verdict).batch
 
 
 class BaselineWriter:
@@ -131,7 +132,7 @@ def stream_handler(writer: BaselineWriter):  # noqa: ANN201
 async def serve(listen: str, database: str, tls_cert: Path | None, tls_key: Path | None, max_group: int) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    store = Store(database)
+    store = Store(database, background_checkpoints=True)  # the hub's storage settings
     store.create("baseline")
     writer = BaselineWriter(store, max_group)
     writer.start()

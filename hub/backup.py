@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from hub.chain.audit import batch_record
+from hub.storage.payload import pack_payload
 from hub.storage.store import NewBatch, StoredBatch
 from protos import merkle
 from protos.canonical import CanonicalError, decode_block_header, scan_entry
@@ -46,7 +47,9 @@ def new_batch(b: StoredBatch, bodies: Sequence[bytes]) -> NewBatch:
             ) from exc
         meter_ids.append(meter_id)
         timestamps.append(ts)
-    return NewBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, tuple(bodies), tuple(meter_ids), tuple(timestamps))
+    return NewBatch(
+        b.gateway_id, b.seq, b.hash, b.header, b.signature, pack_payload(bodies), tuple(meter_ids), tuple(timestamps)
+    )
 
 
 def _copy_batches(src, dst, batches: list[StoredBatch]) -> list[int]:  # noqa: ANN001

@@ -104,7 +104,7 @@ async def serve(
     metrics = metrics or HubMetrics()
 
     signer = Signer.from_file(cfg.key)
-    raw_store = Store(cfg.database_url)
+    raw_store = Store(cfg.database_url, background_checkpoints=True)
     store = metrics.timed_store(raw_store)
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
     # Refuse a database at another schema revision (or on another chain) before binding any port:

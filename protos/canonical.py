@@ -308,6 +308,28 @@ def scan_entry(body: bytes) -> tuple[str, int | None, int]:
     return _scan_slowly(body)
 
 
+def names_field_at(body: bytes) -> int | None:
+    """Where the quantity names field starts in bytes laid out as a reading (after the
+    domain tag, meter id and fixed fields), or None if `body` does not start like one.
+
+    Reads only the bytes before that offset, so it gives the same answer for a body whose
+    names field was cut out (the hub's payload store splices it back there). It does not
+    check the body: the caller decides what the offset is good for.
+    """
+    if not body.startswith(_READING_PREFIX) or len(body) < _METER_AT + 2:
+        return None
+    return _METER_AT + 2 + _U16.unpack_from(body, _METER_AT)[0] + _FIXED_SIZE
+
+
+def names_field_end(body: bytes, at: int) -> int | None:
+    """End of the names field starting at `at` in a whole reading's bytes (its `k` 8-byte
+    values follow it up to the end), or None if the lengths do not fit."""
+    if at + 2 > len(body):
+        return None
+    end = len(body) - 8 * _U16.unpack_from(body, at)[0]
+    return end if end > at else None
+
+
 def _scan_slowly(body: bytes) -> tuple[str, int | None, int]:
     entry = decode_entry(body)
     if isinstance(entry, Gap):

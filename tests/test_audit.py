@@ -4,8 +4,6 @@ Tampering is done on the stored bytes, as damage or an attacker with database ac
 
 from __future__ import annotations
 
-import struct
-
 import shutil
 import time
 
@@ -17,6 +15,7 @@ from gridtrace.cli import main as gridtrace_main
 from hub.chain.audit import BatchRecord, BlockRecord, ChainAudit, audit_store
 from hub.config import load_hub_config
 from hub.ingest.check import check_signed_batch
+from hub.storage.payload import Payload, pack_payload, unpack_payload
 from hub.storage.schema import batch_payloads, batches, blocks, seals
 from hub.storage.store import Store
 from protos import ingest_pb2_grpc
@@ -84,18 +83,13 @@ def _batch_id(store: Store, gateway: str, seq: int) -> int:
 
 
 def _edit_entries(c, bid: int, change) -> None:  # noqa: ANN001
-    """Rewrite a stored batch's entry bodies (the payload blob and its offsets) with `change`
+    """Rewrite a stored batch's entry bodies (its payload: bodies, offsets, names) with `change`
     applied to the list of bodies, as someone with write access to the database could."""
-    row = c.execute(select(batch_payloads.c.bodies, batch_payloads.c.offsets)
-                    .where(batch_payloads.c.batch_id == bid)).one()
-    blob, raw = bytes(row.bodies), bytes(row.offsets)
-    offs = struct.unpack(f">{len(raw) // 4}I", raw)
-    bodies = change([blob[a:b] for a, b in zip(offs, offs[1:])])
-    new_offs = [0]
-    for body in bodies:
-        new_offs.append(new_offs[-1] + len(body))
+    row = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id == bid)).one()
+    bodies = unpack_payload(Payload(bytes(row.bodies), bytes(row.offsets), bytes(row.names)), "test")
+    p = pack_payload(change(bodies))
     c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == bid).values(
-        bodies=b"".join(bodies), offsets=struct.pack(f">{len(new_offs)}I", *new_offs)))
+        bodies=p.bodies, offsets=p.offsets, names=p.names))
 
 
 BODY_FINDING = "block 2, gateway gw-1 batch 3: entries root in the header is not the root over the stored entries"
@@ -180,7 +174,7 @@ def test_the_core_finds_a_batch_that_skips_the_gateways_chain():
     audit = ChainAudit("c", {}, keys, quorum=0)
     checked = check_signed_batch(second, keys).batch
     rec = BatchRecord(checked.gateway_id, checked.seq, checked.hash, checked.header, checked.signature,
-                      checked.bodies)
+                      checked.bodies())
     (finding,) = audit.check_unsealed([rec])
     assert "gateway gw-1 batch 2: does not follow the gateway's previous batch (expected batch 1)" in str(finding)
     assert first is not None
@@ -301,7 +295,7 @@ def test_deep_audit_decodes_every_entry(tmp_path, capsys):
     sealed = seal_batch(gw.signer, gw.gateway_id, 1, ZERO_HASH, [b"\x01not an entry"], [now], now)
     Store(cfg.database_url).store_batches(
         [NewBatch(gw.gateway_id, 1, sealed.hash, encode_batch_header(sealed.header), sealed.signature,
-                  (b"\x01not an entry",), ("MTR-1",), (now,))], now,
+                  pack_payload([b"\x01not an entry"]), ("MTR-1",), (now,))], now,
     )
     capsys.readouterr()
     assert gridtrace_main(["hub", "verify", "--config", str(cfg.path)]) == 0

@@ -303,3 +303,47 @@ def test_a_failed_data_migration_leaves_the_database_as_it_was(engine) -> None: 
     with engine.connect() as c:
         assert [c2["name"] for c2 in inspect(c).get_columns("chain_state")] == ["id", "chain_id", "log_frontier"]
         assert c.execute(text("SELECT count(*) FROM entries")).scalar_one() == 2
+
+
+def test_0003_compacts_payloads_and_downgrade_stores_them_whole(database_url: str, tmp_path: Path) -> None:
+    """0002 payloads (bodies whole) -> 0003 (names fields once per batch) -> 0002: the bodies,
+    Merkle roots and certificates are the same at every step, and 0003 stores fewer bytes."""
+    from chainfixture import build_chain
+    from hub.certificates.build import build_certificate
+    from hub.storage.payload import unpack_bodies
+    from protos import merkle
+    from protos.canonical import decode_batch_header
+
+    chain = build_chain(tmp_path / "chain", database_url)
+    store = chain.store
+
+    def certs() -> list:
+        return [
+            build_certificate(store, chain.hub_signer, chain.chain_id, m, chain.from_ns, chain.to_ns, chain.to_ns).document
+            for m in chain.meter_ids
+        ]
+
+    def payload_bytes() -> int:
+        with store.engine.connect() as c:
+            return c.execute(text("SELECT sum(length(bodies)) FROM batch_payloads")).scalar_one()
+
+    entries, before, compact = list(store.iter_entries()), certs(), payload_bytes()
+    migrate.downgrade(store.engine, "0002")
+    assert "names" not in [c["name"] for c in inspect(store.engine).get_columns("batch_payloads")]
+    with store.engine.connect() as c:
+        rows = c.execute(text(
+            "SELECT p.bodies, p.offsets, b.header FROM batch_payloads p JOIN batches b ON b.id = p.batch_id"
+        )).all()
+    assert rows
+    for r in rows:  # stored whole again: the leaves of the root the gateway signed
+        bodies = unpack_bodies(bytes(r.bodies), bytes(r.offsets), "test")
+        assert merkle.root(bodies) == decode_batch_header(bytes(r.header)).entries_root
+    assert payload_bytes() > 2 * compact
+    store.close()
+    store = Store(database_url)
+    try:
+        assert migrate.upgrade(store.engine).at_head and schema_differences(store.engine) == []
+        assert payload_bytes() == compact
+        assert list(store.iter_entries()) == entries and certs() == before
+    finally:
+        store.close()

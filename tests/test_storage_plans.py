@@ -40,7 +40,7 @@ _SQLITE_FILL = [
         SELECT i + 1, 'gw-' || (i % 50), i / 50 + 1, randomblob(32), x'00', zeroblob(64), 1, i,
                i / {PER_BLOCK} + 1, i % {PER_BLOCK}, i FROM k""",
     f"""WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {BATCHES})
-        INSERT INTO batch_payloads SELECT i, x'', x'00000000' FROM k""",
+        INSERT INTO batch_payloads SELECT i, x'', x'00000000', x'0000' FROM k""",
     # Spans arrive hour by hour, all meters each hour, as ingest writes them.
     f"""WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i < {SPANS - 1})
         INSERT INTO entry_spans SELECT i % {METERS} + 1, {H0} + i / {METERS}, i / {METERS} + 1,
@@ -59,7 +59,7 @@ _PG_FILL = [
         SELECT i + 1, 'gw-' || (i % 50), i / 50 + 1, decode(lpad(to_hex(i + 1), 64, '0'), 'hex'), '\\x00',
                decode(repeat('00', 64), 'hex'), 1, i, i / {PER_BLOCK} + 1, i % {PER_BLOCK}, i
         FROM generate_series(0, {BATCHES - 1}) i""",
-    f"INSERT INTO batch_payloads SELECT i, '\\x', '\\x00000000' FROM generate_series(1, {BATCHES}) i",
+    f"INSERT INTO batch_payloads SELECT i, '\\x', '\\x00000000', '\\x0000' FROM generate_series(1, {BATCHES}) i",
     f"""INSERT INTO entry_spans SELECT i % {METERS} + 1, {H0} + i / {METERS}, i / {METERS} + 1,
                ({H0}::bigint + i / {METERS}) * {HOUR_NS}, ({H0}::bigint + i / {METERS}) * {HOUR_NS} + 1, 1,
                '\\x00000000'

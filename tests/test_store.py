@@ -7,6 +7,8 @@ backend hands back must be exactly what was stored.
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
@@ -15,7 +17,7 @@ from chainfixture import Chain, build_chain
 from hub.certificates.build import CertificateUnavailable, build_certificate
 from hub.certificates.verify import VerificationError, verify_certificate
 from hub.storage.engine import StoreError, engine_for
-from hub.storage.payload import PayloadError
+from hub.storage.payload import PayloadError, pack_payload
 from hub.storage.schema import batch_payloads
 from hub.storage.store import NewBatch, Store
 from protos.records import Reading
@@ -64,30 +66,65 @@ def test_a_period_without_entries_is_unavailable(chain: Chain) -> None:
         _cert(chain, "MTR-404")
 
 
+def _payload_row(chain: Chain, batch_id: int):  # noqa: ANN202
+    with chain.store.engine.connect() as c:
+        return c.execute(select(batch_payloads).where(batch_payloads.c.batch_id == batch_id)).one()
+
+
 def test_a_changed_stored_body_fails_the_certificate(chain: Chain) -> None:
     """A byte flipped in the database is caught by the clerk's check, whichever backend."""
     batch_id = chain.store.find_batch("gw-b", 2).id
-    first_body_len = len(chain.store.batch_bodies(batch_id)[0])
-    # The last byte of the first body is the low byte of a reading's last value: still decodes.
-    _flip(chain, batch_id, first_body_len - 1)
+    first_stored_len = struct.unpack_from(">I", _payload_row(chain, batch_id).offsets, 4)[0]
+    # The last byte of the first stored body is the low byte of a reading's last value: still decodes.
+    _flip(chain, batch_id, first_stored_len - 1)
     with pytest.raises(VerificationError, match="entries_root|proof"):
         verify_certificate(_cert(chain, "MTR-3"), chain.trust())
+
+
+def test_a_changed_names_field_fails_the_certificate(chain: Chain) -> None:
+    """The names field kept once per payload is spliced back into every reading of the batch;
+    a byte changed in it changes every one of them, and the Merkle root catches it."""
+    batch_id = chain.store.find_batch("gw-b", 2).id
+    row = _payload_row(chain, batch_id)
+    assert struct.unpack_from(">H", row.names)[0] >= 1  # the chain's readings share names fields
+    before = chain.store.batch_bodies(batch_id)
+    # Flip the last byte of the first field: a unit's last character (still valid UTF-8 ASCII).
+    (length,) = struct.unpack_from(">I", row.names, 2)
+    _flip(chain, batch_id, 2 + 4 + length - 1, column="names")
+    after = chain.store.batch_bodies(batch_id)
+    assert [len(b) for b in after] == [len(b) for b in before] and after != before
+    with pytest.raises((VerificationError, PayloadError), match="entries_root|proof|does not decode"):
+        verify_certificate(_cert(chain, "MTR-3"), chain.trust())
+
+
+def test_a_damaged_names_blob_is_named(chain: Chain) -> None:
+    batch_id = chain.store.find_batch("gw-a", 1).id
+    names = bytes(_payload_row(chain, batch_id).names)
+    for damaged, problem in [
+        (names[:-1], "references for"),  # one reference byte short
+        (names[:3], "cut short"),
+        (names[:-2] + b"\x7f\xff", "names field 32767 of"),
+    ]:
+        with chain.store.engine.begin() as c:
+            c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values(names=damaged))
+        with pytest.raises(PayloadError, match=f"payload of batch {batch_id}.*{problem}"):
+            chain.store.batch_bodies(batch_id)
 
 
 def test_a_body_that_no_longer_decodes_is_named(chain: Chain) -> None:
     batch_id = chain.store.find_batch("gw-b", 2).id
     _flip(chain, batch_id, 3)  # inside the domain tag of entry 0
-    with pytest.raises(PayloadError, match=f"batch {batch_id} entry 0: stored entry does not decode"):
+    with pytest.raises(PayloadError, match=f"batch {batch_id} entry 0"):
         _cert(chain, "MTR-3")
 
 
-def _flip(chain: Chain, batch_id: int, pos: int) -> None:
+def _flip(chain: Chain, batch_id: int, pos: int, column: str = "bodies") -> None:
     with chain.store.engine.begin() as c:
         blob = bytearray(c.execute(
-            select(batch_payloads.c.bodies).where(batch_payloads.c.batch_id == batch_id)
+            select(batch_payloads.c[column]).where(batch_payloads.c.batch_id == batch_id)
         ).scalar_one())
         blob[pos] ^= 0x01
-        c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values(bodies=bytes(blob)))
+        c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == batch_id).values({column: bytes(blob)}))
 
 
 def test_a_damaged_payload_offsets_blob_is_named(chain: Chain) -> None:
@@ -121,8 +158,8 @@ def test_a_group_with_a_duplicate_stores_nothing(chain: Chain) -> None:
     before = store.counts()
     stored = store.find_batch("gw-a", 6)
     bodies = store.batch_bodies(stored.id)
-    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, (bodies[0],), ("MTR-9",), (1,))
-    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, (bodies[0],), ("MTR-9",), (1,))
+    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, pack_payload(bodies[:1]), ("MTR-9",), (1,))
+    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, pack_payload(bodies[:1]), ("MTR-9",), (1,))
     with pytest.raises(sa_exc.IntegrityError):
         store.store_batches([fresh, again], 1)
     assert store.counts() == before and store.find_batch("gw-x", 1) is None
@@ -226,3 +263,57 @@ def test_bulk_rows_read_back_exactly(database_url: str) -> None:
             assert c.execute(select(entry_spans.c.meter_key).where(entry_spans.c.meter_key == 9)).first() is None
     finally:
         store.close()
+
+
+def test_background_checkpoints_keep_the_wal_bounded_and_lose_nothing(tmp_path) -> None:  # noqa: ANN001
+    """SQLite with `background_checkpoints`: commits never checkpoint (the writer's connections
+    have wal_autocheckpoint=0), the checkpointer thread copies the WAL back and restarts it
+    under steady writes, and closing leaves every batch in the database file."""
+    import os
+    import time
+
+    from hub.storage.engine import sqlite_url
+    from protos.canonical import encode_reading_fields
+
+    path = tmp_path / "hub.sqlite"
+    store_obj = Store(sqlite_url(path), background_checkpoints=True)
+    store_obj.create("chain-ckpt")
+    assert store_obj.checkpointer is not None
+    store_obj.checkpointer.interval_s, store_obj.checkpointer.restart_frames = 0.02, 8
+    with store_obj.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
+    names, units = [f"q{i:02d}" for i in range(41)], ["V"] * 41
+    bodies = [encode_reading_fields("MTR-1", s, s, 0, 0, names, units, [float(s)] * 41) for s in range(1, 301)]
+    payload = pack_payload(bodies)
+    wal = f"{path}-wal"
+
+    def store(seq: int) -> None:
+        store_obj.store_batches(
+            [NewBatch("gw", seq, seq.to_bytes(32, "big"), b"h", b"s" * 64, payload, ("MTR-1",) * 300,
+                      tuple(range(1, 301)))], seq,
+        )
+
+    store(1)
+    one = os.path.getsize(wal)
+    store(2)
+    per_batch = os.path.getsize(wal) - one
+    deadline = time.monotonic() + 10
+    while store_obj.checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store_obj.checkpointer.checkpoints > 0
+    # A restarted WAL is written again from its start: the file stays at its high-water mark
+    # instead of growing by every batch.
+    base = os.path.getsize(wal)
+    n = 40
+    for seq in range(3, n + 1):
+        store(seq)
+        time.sleep(0.03)
+    assert os.path.getsize(wal) - base < 12 * per_batch, (base, os.path.getsize(wal), per_batch)
+    store_obj.close()
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+    again = Store(sqlite_url(path))
+    try:
+        assert again.counts() == (n, n, n * 300)
+        assert again.batch_bodies(again.find_batch("gw", n).id) == bodies
+    finally:
+        again.close()

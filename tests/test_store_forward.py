@@ -314,4 +314,4 @@ def test_the_agent_sends_its_queued_entry_bytes_verbatim_and_the_hub_checks_them
     assert any(isinstance(decode_entry(b), Gap) for b in msg.entry_bytes)
     checked = check_signed_batch(msg, {"gw-1": {signer.key_id: signer.public_key}})
     assert checked.batch.hash == digest and seq == 1
-    assert list(checked.batch.bodies) == list(msg.entry_bytes)
+    assert checked.batch.bodies() == list(msg.entry_bytes)

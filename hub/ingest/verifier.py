@@ -4,9 +4,8 @@ The server process receives a `SignedBatch` as the bytes gRPC read and hands
 them to a verifier process over a pipe; the process parses the message, scans
 every entry, computes the Merkle root, verifies the Ed25519 signature
 (`hub.ingest.check.verify_signed_batch`) and sends back a `Verdict` (the checked
-fields, without the entry bytes) or the rejection. The server process then takes
-the entry bytes from its own copy of the message (a protobuf parse costs a
-fraction of a microsecond per reading; shipping the bytes back would cost more). Verifiers hold no state but the gateway keys, which the server
+fields and the entries packed as they are stored, `hub.storage.payload`) or the
+rejection, so the server process never parses or copies a batch's entries. Verifiers hold no state but the gateway keys, which the server
 pushes to each process whenever it (re)loads them; a pipe is FIFO, so a batch
 sent after a key update is checked with the new keys.
 
@@ -185,7 +184,7 @@ class VerifierPool:
         w.outbox.put(_BATCH + _ID.pack(req) + raw)
         result = await fut
         if isinstance(result, Verdict):
-            return checked_batch(result, parse_raw_batch(raw).entry_bytes)
+            return checked_batch(result)
         reason, message = result
         raise Rejection(Reason[reason], message)
 

@@ -70,6 +70,8 @@ batch_payloads = Table(
     Column("batch_id", BigInteger, ForeignKey("batches.id"), primary_key=True, autoincrement=False),
     Column("bodies", LargeBinary, nullable=False),  # canonical entry bytes, concatenated in idx order
     Column("offsets", LargeBinary, nullable=False),  # entry_count + 1 big-endian u32: body i = bodies[o[i]:o[i+1]]
+    # names fields kept once and cut out of the bodies above (hub.storage.payload)
+    Column("names", LargeBinary, nullable=False),
 )
 
 meters = Table(

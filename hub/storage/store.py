@@ -17,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.storage import migrate
 from hub.storage.bulk import insert_rows
-from hub.storage.engine import StoreError, engine_for, sqlite_url
-from hub.storage.payload import PayloadError, pack_bodies, pack_idxs, spans_of, unpack_bodies, unpack_idxs
+from hub.storage.engine import Checkpointer, StoreError, engine_for, sqlite_url
+from hub.storage.payload import Payload, PayloadError, pack_idxs, spans_of, unpack_idxs, unpack_payload
 from hub.storage.schema import (
     ENTRY_GAP,
     ENTRY_READING,
@@ -42,7 +42,7 @@ __all__ = [
     "engine_for", "sqlite_url",
 ]
 
-_PAYLOAD_COLUMNS = ("batch_id", "bodies", "offsets")
+_PAYLOAD_COLUMNS = ("batch_id", "bodies", "offsets", "names")
 _SPAN_COLUMNS = ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs")
 _INSERT_BATCH = batches.insert()
 _ADD_COUNTS = update(chain_state).values(
@@ -84,13 +84,17 @@ class NewBatch:
     hash: bytes
     header: bytes
     signature: bytes
-    bodies: tuple[bytes, ...]  # canonical entry bytes, the Merkle leaves, in order
+    payload: Payload  # the canonical entry bytes, the Merkle leaves, as stored (hub.storage.payload)
     meter_ids: tuple[str, ...]
     ts_ns: tuple[int, ...]
 
     @property
     def entry_count(self) -> int:
-        return len(self.bodies)
+        return self.payload.entry_count
+
+    def bodies(self) -> list[bytes]:
+        """The canonical entry bytes, names fields spliced back."""
+        return unpack_payload(self.payload, f"gateway {self.gateway_id} batch {self.seq}")
 
 
 @dataclass(frozen=True)
@@ -138,9 +142,13 @@ def _batch(row) -> StoredBatch:  # noqa: ANN001
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, background_checkpoints: bool = False) -> None:
+        """`background_checkpoints` (SQLite, a long-running writer such as the hub server):
+        copy the WAL into the database file on a thread of its own instead of in commits."""
         self.url = url
-        self.engine = engine_for(url)
+        in_background = background_checkpoints and url.startswith("sqlite")
+        self.engine = engine_for(url, autocheckpoint=not in_background)
+        self.checkpointer = Checkpointer(self.engine) if in_background else None
         # The URL as it may be shown: in messages and logs, never a password.
         self.where = self.engine.url.render_as_string(hide_password=True)
         # meter id -> meter_key of meters committed to `meters`; filled only after a commit.
@@ -161,6 +169,8 @@ class Store:
         self._insert_meters = dialect_insert(meters).on_conflict_do_nothing(index_elements=["meter_id"])
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
     # -- setup -------------------------------------------------------------------
@@ -258,7 +268,7 @@ class Store:
                     {"gateway_id": b.gateway_id, "seq": b.seq, "hash": b.hash, "header": b.header,
                      "signature": b.signature, "entry_count": b.entry_count, "stored_ns": stored_ns},
                 ).inserted_primary_key[0]
-                payload_rows.append((batch_id, *pack_bodies(b.bodies)))
+                payload_rows.append((batch_id, b.payload.bodies, b.payload.offsets, b.payload.names))
                 for sp in spans_of(b.meter_ids, b.ts_ns):
                     span_rows.append(
                         (keys[sp.meter_id], sp.hour, batch_id, sp.first_ns, sp.last_ns, len(sp.idxs), pack_idxs(sp.idxs))
@@ -417,7 +427,9 @@ class Store:
         for i in range(0, len(batch_ids), 500):
             rows = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id.in_(batch_ids[i : i + 500]))).all()
             for r in rows:
-                out[r.batch_id] = unpack_bodies(bytes(r.bodies), bytes(r.offsets), f"payload of batch {r.batch_id}")
+                out[r.batch_id] = unpack_payload(
+                    Payload(bytes(r.bodies), bytes(r.offsets), bytes(r.names)), f"payload of batch {r.batch_id}"
+                )
         missing = set(batch_ids) - out.keys()
         if missing:
             raise PayloadError(f"batches {sorted(missing)[:5]} have no stored payload")
