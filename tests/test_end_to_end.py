@@ -202,6 +202,10 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path):
         demo = subprocess.Popen(
             [sys.executable, "-m", "gridtrace", "demo", "--duration", "60", "--out", str(out)],
             stdout=sink, stderr=subprocess.STDOUT,
+            # Ctrl-C as at a terminal: a suite started in the background (`make test &`) runs
+            # with SIGINT ignored, which children inherit, and Python then never raises
+            # KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         wait_until(lambda: len(children_of(demo.pid)) >= 3, 60, "the demo's three processes")
