@@ -41,8 +41,8 @@ def decode(msg: pb.SignedBatch) -> NewBatch:
     header), without any check of what they prove: no Merkle root, no signature."""
     header = header_from_pb(msg.header)
     bodies = list(msg.entry_bytes)
-    meter_ids, seqs, timestamps = scan_entries(bodies)
-    verdict = Verdict(header, batch_hash(header), bytes(msg.signature), pack_payload(bodies), meter_ids, seqs, timestamps)
+    meter_ids, timestamps = scan_entries(bodies)
+    verdict = Verdict(header, batch_hash(header), bytes(msg.signature), pack_payload(bodies), meter_ids, timestamps)
     return checked_batch(verdict).batch
 
 

@@ -82,27 +82,25 @@ class Verdict:
     signature: bytes
     payload: Payload
     meter_ids: list[str]
-    seqs: list[int | None]  # None for a gap
     timestamps: list[int]
 
 
-def scan_entries(bodies: Sequence[bytes]) -> tuple[list[str], list[int | None], list[int]]:
-    """Meter ids, sequence numbers and timestamps of a batch's entries, checked straight from
-    their canonical bytes.
+def scan_entries(bodies: Sequence[bytes]) -> tuple[list[str], list[int]]:
+    """Meter ids and timestamps of a batch's entries (the columns the store indexes), each
+    entry checked straight from its canonical bytes.
 
     This loop is the hub's per-reading cost: `scan_entry` recognises the fields a
     meter repeats in every reading instead of decoding them again.
     """
-    meter_ids, seqs, timestamps = [], [], []
+    meter_ids, timestamps = [], []
     for i, body in enumerate(bodies):
         try:
-            meter_id, seq, ts = scan_entry(body)
+            meter_id, _seq, ts = scan_entry(body)
         except CanonicalError as exc:
             raise WireError(f"entry {i}: {exc}") from exc
         meter_ids.append(meter_id)
-        seqs.append(seq)
         timestamps.append(ts)
-    return meter_ids, seqs, timestamps
+    return meter_ids, timestamps
 
 
 def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey]]) -> Verdict:
@@ -129,7 +127,7 @@ def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey
             "field 3, which this hub no longer reads: upgrade the agent)",
         )
     try:
-        meter_ids, seqs, timestamps = scan_entries(bodies)
+        meter_ids, timestamps = scan_entries(bodies)
     except WireError as exc:
         raise Rejection(Reason.MALFORMED, f"{where}: {exc}") from exc
     signature = bytes(msg.signature)
@@ -138,7 +136,7 @@ def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey
     except BatchError as exc:
         reason = Reason.BAD_SIGNATURE if "signature" in str(exc) else Reason.MALFORMED
         raise Rejection(reason, str(exc)) from exc
-    return Verdict(header, digest, signature, pack_payload(bodies), meter_ids, seqs, timestamps)
+    return Verdict(header, digest, signature, pack_payload(bodies), meter_ids, timestamps)
 
 
 def checked_batch(v: Verdict) -> CheckedBatch:
