@@ -39,28 +39,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve_p.add_argument("--config", type=Path, required=True)
     serve_p.set_defaults(func=cmd_serve)
 
-    health_p = add_command(
-        hub_sub, "health", "ask the running hub whether it serves (exit 0) or not (exit 1); for health checks",
-        "gridtrace hub health --config hub/hub.toml",
+    def running_hub_command(name: str, summary: str, func, timeout: float) -> argparse.ArgumentParser:  # noqa: ANN001
+        """A command that asks the running hub over gRPC, with the address and TLS of its config."""
+        p = add_command(hub_sub, name, summary, f"gridtrace hub {name} --config hub/hub.toml")
+        p.add_argument("--config", type=Path, default=Path("hub.toml"))
+        p.add_argument("--timeout", type=float, default=timeout, help=f"seconds (default {timeout:g})")
+        p.set_defaults(func=func)
+        return p
+
+    health_p = running_hub_command(
+        "health", "ask the running hub whether it serves (exit 0) or not (exit 1); for health checks", cmd_health, 5.0
     )
-    health_p.add_argument("--config", type=Path, default=Path("hub.toml"))
     health_p.add_argument("--service", default="gridtrace.v1.Ingest", help='service to ask about ("" = the whole hub)')
-    health_p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    health_p.set_defaults(func=cmd_health)
-
-    status_p = add_command(hub_sub, "status", "height, lag, unsealed batches, peers, gateways and streams of the running hub",
-                           "gridtrace hub status --config hub/hub.toml")
-    status_p.add_argument("--config", type=Path, default=Path("hub.toml"))
-    status_p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    status_p.add_argument("--timeout", type=float, default=10.0)
-    status_p.set_defaults(func=cmd_status)
-
-    gws_p = add_command(hub_sub, "gateways", "each gateway's last batch, rate and rejects, from the running hub",
-                        "gridtrace hub gateways --config hub/hub.toml")
-    gws_p.add_argument("--config", type=Path, default=Path("hub.toml"))
-    gws_p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    gws_p.add_argument("--timeout", type=float, default=10.0)
-    gws_p.set_defaults(func=cmd_gateways)
+    running_hub_command(
+        "status", "height, lag, unsealed batches, peers, gateways and streams of the running hub", cmd_status, 10.0
+    ).add_argument("--json", action="store_true", help="one JSON object instead of text")
+    running_hub_command(
+        "gateways", "each gateway's last batch, rate and rejects, from the running hub", cmd_gateways, 10.0
+    ).add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
     verify_p = add_command(
         hub_sub, "verify", "audit every stored block and batch (links, roots, seals, signatures, entries)",
