@@ -131,7 +131,7 @@ async def serve(
         metrics=metrics,
     )
     await ingestor.start()
-    metrics.queue_depth.labels("commit").set_function(lambda: len(ingestor._queue))
+    metrics.queue_depth.labels("commit").set_function(lambda: ingestor.commit_queue_depth)
     producer = BlockProducer(
         store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block, metrics=metrics
     )

@@ -110,6 +110,11 @@ class Ingestor:
             await asyncio.gather(self._writer, return_exceptions=True)
         await self.verifier.stop()
 
+    @property
+    def commit_queue_depth(self) -> int:
+        """Batches accepted and waiting for the group commit."""
+        return len(self._queue)
+
     def stream_opened(self) -> None:
         self.streams += 1
         self._no_streams.clear()
