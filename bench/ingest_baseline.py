@@ -1,8 +1,9 @@
 """The baseline server of bench/ingest.py: the same wire and the same rows, none of the evidence.
 
 It serves `gridtrace.v1.Ingest/Stream` on the same TLS as the hub, decodes each
-SignedBatch with the hub's own decode (`hub.ingest.check.scan_entries`: the
-entry bytes scanned for their meter, seq and time) and inserts the same rows through the
+SignedBatch with the hub's own decode (`hub.ingest.check.entries_of` and
+`hub.ingest.packscan.scan_pack` without the leaf hashes: every entry checked, its meter
+and time read for the spans) and inserts the same rows through the
 hub's `Store` into a fresh database of the same kind, committing in groups as the
 hub's writer does. It does not check signatures, Merkle roots, chaining or time
 ranges, seals no blocks, and answers each batch with a plain ack (gateway, seq and
@@ -27,8 +28,8 @@ from pathlib import Path
 import grpc
 
 from gridtrace.signals import stop_on_signals
-from hub.ingest.check import Verdict, checked_batch, scan_entries  # the hub's decode, so both sides pay the same
-from hub.storage.payload import pack_payload
+from hub.ingest.check import Verdict, checked_batch, entries_of  # the hub's decode, so both sides pay the same
+from hub.ingest.packscan import scan_pack
 from hub.storage.store import NewBatch, Store, sqlite_url
 from protos import ingest_pb2 as ipb
 from protos import readings_pb2 as pb
@@ -40,9 +41,10 @@ def decode(msg: pb.SignedBatch) -> NewBatch:
     """The rows the hub stores for this batch, decoded as the hub decodes them (entry scan,
     header), without any check of what they prove: no Merkle root, no signature."""
     header = header_from_pb(msg.header)
-    bodies = list(msg.entry_bytes)
-    meter_ids, timestamps = scan_entries(bodies)
-    verdict = Verdict(header, batch_hash(header), bytes(msg.signature), pack_payload(bodies), meter_ids, timestamps)
+    where = f"gateway {header.gateway_id} batch {header.seq}"
+    pack = entries_of(msg, where)
+    scanned = scan_pack(pack, where, leaves=False)
+    verdict = Verdict(header, batch_hash(header), bytes(msg.signature), pack, scanned.spans)
     return checked_batch(verdict).batch
 
 

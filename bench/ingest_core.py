@@ -1,10 +1,10 @@
 """Cost of the hub's ingest core per reading, without the network.
 
-Measures, on batches built as an agent builds them (SDM630 readings with 26
-quantities each):
+Measures, on batches built as an agent builds them (SDM630 readings with --quantities
+quantities each, 41 by default; entries packed, wire v3):
 
-* check: protobuf parse of the serialized batch -> scan of each entry's canonical
-  bytes (wire v2) -> RFC 6962 root -> Ed25519 verify
+* check: protobuf parse of the serialized batch -> column check of the packed entries
+  and their leaf hashes (hub.ingest.packscan) -> RFC 6962 root -> Ed25519 verify
   (hub.ingest.check.check_signed_batch), on one core;
 * store: the durable SQLite commit of those batches (Store.store_batches, WAL,
   synchronous=FULL), in groups as the ingest writer commits them.
@@ -30,6 +30,7 @@ from edge.registermap import load_register_map
 from hub.ingest.check import check_signed_batch
 from hub.storage.store import Store, sqlite_url
 from protos import readings_pb2 as pb
+from protos.entrypack import pack_entries
 from protos.batch import seal_batch
 from protos.canonical import encode_reading
 from protos.records import ZERO_HASH, ClockStatus, Quality, Quantity, Reading
@@ -57,15 +58,16 @@ def make_batches(n_batches: int, size: int, signer: Signer, quantities: int = 41
         sealed = seal_batch(signer, "gw-bench", b + 1, prev, [encode_reading(r) for r in readings],
                             [r.timestamp_ns for r in readings], t0)
         prev = sealed.hash
+        p = pack_entries([encode_reading(r) for r in readings])
         out.append(pb.SignedBatch(header=header_to_pb(sealed.header), signature=sealed.signature,
-                                  entry_bytes=[encode_reading(r) for r in readings]))
+                                  packed_entries=pb.EntryPack(bodies=p.bodies, offsets=p.offsets, names=p.names)))
     return out
 
 
 def run_once(batches: list[pb.SignedBatch], signer: Signer, group: int) -> tuple[float, float]:
     """(check, store) readings per second over these batches."""
     keys = {"gw-bench": {signer.key_id: signer.public_key}}
-    readings = sum(len(b.entry_bytes) for b in batches)
+    readings = sum(b.header.entry_count for b in batches)
     raw = [b.SerializeToString() for b in batches]
     t = time.perf_counter()
     checked = [check_signed_batch(pb.SignedBatch.FromString(r), keys).batch for r in raw]
@@ -98,7 +100,7 @@ def main() -> None:
     combined = 1 / (1 / check + 1 / store)
     print(f"readings per run: {args.batches * args.batch_size} with {args.quantities} quantities each, "
           f"in batches of {args.batch_size}; median of {args.runs} runs")
-    print(f"check (parse, scan entry bytes, Merkle, Ed25519):     {check:12,.0f} readings/s  ({1e6 / check:6.2f} us/reading)")
+    print(f"check (parse, column check, leaves, Merkle, Ed25519):     {check:12,.0f} readings/s  ({1e6 / check:6.2f} us/reading)")
     print(f"store (SQLite WAL, synchronous=FULL, {args.group} batches/commit): {store:12,.0f} readings/s  ({1e6 / store:6.2f} us/reading)")
     print(f"both on one core, in series:                    {combined:12,.0f} readings/s")
     if args.json:

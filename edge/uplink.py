@@ -28,6 +28,7 @@ from edge.queue import DurableQueue
 from protos import ingest_pb2_grpc
 from protos import readings_pb2 as pb
 from protos.canonical import decode_batch_header, encode_receipt
+from protos.entrypack import pack_entries
 from protos.records import ReceiptStatement, RecordError
 from protos.signing import PublicKey, key_id, load_public_key, verify_signature
 from protos.wire import header_to_pb
@@ -102,12 +103,15 @@ def load_pending(queue: DurableQueue, after_seq: int, limit: int) -> list[tuple[
     that reading a large backlog keeps off the event loop the pollers share.
 
     Entries go out as the canonical bytes the queue holds, the very leaves this agent
-    hashed into the signed header (wire v2): nothing is decoded or re-encoded.
+    hashed into the signed header, packed with each quantity-names field once (wire v3,
+    `protos.entrypack`): a third of the bytes, which the hub stores as they arrive.
     """
     out = []
     for seq, header, signature, digest, bodies in queue.pending_raw(after_seq, limit):
+        p = pack_entries(bodies)
         msg = pb.SignedBatch(
-            header=header_to_pb(decode_batch_header(header)), signature=signature, entry_bytes=bodies
+            header=header_to_pb(decode_batch_header(header)), signature=signature,
+            packed_entries=pb.EntryPack(bodies=p.bodies, offsets=p.offsets, names=p.names),
         )
         out.append((seq, digest, msg))
     return out

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from hub.chain.audit import batch_record
-from hub.storage.payload import pack_payload
+from hub.ingest.packscan import scan_pack
 from hub.storage.store import NewBatch, StoredBatch
 from protos import merkle
-from protos.canonical import CanonicalError, decode_block_header, scan_entry
+from protos.canonical import CanonicalError, decode_block_header
+from protos.entrypack import pack_entries
 from protos.merkle import CompactRange
 from protos.records import RecordError
+from protos.wire import WireError
 
 
 class BackupError(Exception):
@@ -35,21 +37,14 @@ class CopyCounts:
 
 
 def new_batch(b: StoredBatch, bodies: Sequence[bytes]) -> NewBatch:
-    """A stored batch as `Store.store_batches` takes it, its lookup columns recovered from
-    the canonical bytes (the same strict scan the hub's ingest uses)."""
-    meter_ids, timestamps = [], []
-    for i, body in enumerate(bodies):
-        try:
-            meter_id, _seq, ts = scan_entry(body)
-        except CanonicalError as exc:
-            raise BackupError(
-                f"gateway {b.gateway_id} batch {b.seq}: entry {i} does not decode ({exc}); the source is damaged"
-            ) from exc
-        meter_ids.append(meter_id)
-        timestamps.append(ts)
-    return NewBatch(
-        b.gateway_id, b.seq, b.hash, b.header, b.signature, pack_payload(bodies), tuple(meter_ids), tuple(timestamps)
-    )
+    """A stored batch as `Store.store_batches` takes it, its spans recovered from the
+    canonical bytes (the same strict scan the hub's ingest uses)."""
+    pack = pack_entries(bodies)
+    try:
+        scanned = scan_pack(pack, f"gateway {b.gateway_id} batch {b.seq}", leaves=False)
+    except WireError as exc:
+        raise BackupError(f"gateway {b.gateway_id} batch {b.seq}: {exc}; the source is damaged") from exc
+    return NewBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, pack, scanned.spans)
 
 
 def _copy_batches(src, dst, batches: list[StoredBatch]) -> list[int]:  # noqa: ANN001

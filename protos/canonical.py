@@ -308,6 +308,35 @@ def scan_entry(body: bytes) -> tuple[str, int | None, int]:
     return _scan_slowly(body)
 
 
+@functools.lru_cache(maxsize=65536)
+def meter_id_of_field(field: bytes) -> str:
+    """The meter id held by a reading's meter field (u16 length + UTF-8 id), checked as
+    `decode_reading` checks it; for scanners that meet the same few fields in every batch."""
+    rd = _Reader(field, "reading")
+    meter_id = rd.string("meter_id")
+    rd.end()
+    _build("reading", check_id, "meter_id", meter_id)
+    return meter_id
+
+
+@functools.lru_cache(maxsize=4096)
+def quantity_count_of_names_field(field: bytes) -> int:
+    """How many quantities a reading's names field declares (u16 count, the names, the units),
+    checked as `decode_reading` checks it: sorted, unique, valid names and units."""
+    rd = _Reader(field, "reading")
+    (n,) = rd.unpack(">H", "quantity count")
+    names = tuple(rd.string(f"quantity name {i}") for i in range(n))
+    units = tuple(rd.string(f"unit {i}") for i in range(n))
+    rd.end()
+    _build("reading quantities", check_quantity_names, names, units)
+    return n
+
+
+READING_PREFIX = _READING_PREFIX  # a reading's first bytes: the domain tag field
+READING_FIXED = _READING_FIXED  # seq, timestamp_ns, clock, quality after the meter field
+CLOCK_VALUES = _CLOCK_VALUES
+
+
 def names_field_at(body: bytes) -> int | None:
     """Where the quantity names field starts in bytes laid out as a reading (after the
     domain tag, meter id and fixed fields), or None if `body` does not start like one.

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/readings.proto\x12\x0cgridtrace.v1\"\xb3\x01\n\x0b\x42\x61tchHeader\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tprev_hash\x18\x04 \x01(\x0c\x12\x14\n\x0c\x65ntries_root\x18\x05 \x01(\x0c\x12\x13\n\x0b\x65ntry_count\x18\x06 \x01(\r\x12\x10\n\x08\x66irst_ns\x18\x07 \x01(\x03\x12\x0f\n\x07last_ns\x18\x08 \x01(\x03\x12\x12\n\ncreated_ns\x18\t \x01(\x03\"o\n\x0bSignedBatch\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.gridtrace.v1.BatchHeader\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x65ntry_bytes\x18\x04 \x03(\x0cJ\x04\x08\x03\x10\x04R\x07\x65ntriesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/readings.proto\x12\x0cgridtrace.v1\"\xb3\x01\n\x0b\x42\x61tchHeader\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tprev_hash\x18\x04 \x01(\x0c\x12\x14\n\x0c\x65ntries_root\x18\x05 \x01(\x0c\x12\x13\n\x0b\x65ntry_count\x18\x06 \x01(\r\x12\x10\n\x08\x66irst_ns\x18\x07 \x01(\x03\x12\x0f\n\x07last_ns\x18\x08 \x01(\x03\x12\x12\n\ncreated_ns\x18\t \x01(\x03\"\xa0\x01\n\x0bSignedBatch\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.gridtrace.v1.BatchHeader\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x65ntry_bytes\x18\x04 \x03(\x0c\x12/\n\x0epacked_entries\x18\x05 \x01(\x0b\x32\x17.gridtrace.v1.EntryPackJ\x04\x08\x03\x10\x04R\x07\x65ntries\";\n\tEntryPack\x12\x0e\n\x06\x62odies\x18\x01 \x01(\x0c\x12\x0f\n\x07offsets\x18\x02 \x01(\x0c\x12\r\n\x05names\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BATCHHEADER']._serialized_start=40
   _globals['_BATCHHEADER']._serialized_end=219
-  _globals['_SIGNEDBATCH']._serialized_start=221
-  _globals['_SIGNEDBATCH']._serialized_end=332
+  _globals['_SIGNEDBATCH']._serialized_start=222
+  _globals['_SIGNEDBATCH']._serialized_end=382
+  _globals['_ENTRYPACK']._serialized_start=384
+  _globals['_ENTRYPACK']._serialized_end=443
 # @@protoc_insertion_point(module_scope)

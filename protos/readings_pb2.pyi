@@ -29,11 +29,23 @@ class BatchHeader(_message.Message):
     def __init__(self, gateway_id: _Optional[str] = ..., key_id: _Optional[str] = ..., seq: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., entries_root: _Optional[bytes] = ..., entry_count: _Optional[int] = ..., first_ns: _Optional[int] = ..., last_ns: _Optional[int] = ..., created_ns: _Optional[int] = ...) -> None: ...
 
 class SignedBatch(_message.Message):
-    __slots__ = ("header", "signature", "entry_bytes")
+    __slots__ = ("header", "signature", "entry_bytes", "packed_entries")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     ENTRY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     header: BatchHeader
     signature: bytes
     entry_bytes: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, header: _Optional[_Union[BatchHeader, _Mapping]] = ..., signature: _Optional[bytes] = ..., entry_bytes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    packed_entries: EntryPack
+    def __init__(self, header: _Optional[_Union[BatchHeader, _Mapping]] = ..., signature: _Optional[bytes] = ..., entry_bytes: _Optional[_Iterable[bytes]] = ..., packed_entries: _Optional[_Union[EntryPack, _Mapping]] = ...) -> None: ...
+
+class EntryPack(_message.Message):
+    __slots__ = ("bodies", "offsets", "names")
+    BODIES_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    bodies: bytes
+    offsets: bytes
+    names: bytes
+    def __init__(self, bodies: _Optional[bytes] = ..., offsets: _Optional[bytes] = ..., names: _Optional[bytes] = ...) -> None: ...

@@ -19,17 +19,31 @@ from hub.storage.store import Store
 from protos import readings_pb2 as pb
 from protos.batch import seal_batch
 from protos.canonical import encode_reading
+from protos.entrypack import EntryPack, pack_entries, unpack_entries
 from protos.records import ZERO_HASH, ClockStatus, Quality, Quantity, Reading
 from protos.signing import Signer, load_public_key, public_key_pem, write_public_key
 from protos.wire import header_to_pb
 
 
+def wire_bodies(msg: pb.SignedBatch) -> list[bytes]:
+    """The canonical entry bytes a wire message carries, packed (v3) or listed (v2)."""
+    if msg.HasField("packed_entries"):
+        e = msg.packed_entries
+        return unpack_entries(EntryPack(e.bodies, e.offsets, e.names), "test batch")
+    return list(msg.entry_bytes)
+
+
 def replace_entry(msg: pb.SignedBatch, index: int, change: Callable[[bytes], bytes]) -> None:
-    """Tamper with one entry's canonical bytes in a built batch (header and signature untouched)."""
-    bodies = list(msg.entry_bytes)
+    """Tamper with one entry's canonical bytes in a built batch (header and signature
+    untouched), keeping the wire form it was built in."""
+    bodies = wire_bodies(msg)
     bodies[index] = change(bodies[index])
-    del msg.entry_bytes[:]
-    msg.entry_bytes.extend(bodies)
+    if msg.HasField("packed_entries"):
+        p = pack_entries(bodies)
+        msg.packed_entries.CopyFrom(pb.EntryPack(bodies=p.bodies, offsets=p.offsets, names=p.names))
+    else:
+        del msg.entry_bytes[:]
+        msg.entry_bytes.extend(bodies)
 
 
 def reading_layout(body: bytes) -> dict[str, int]:
@@ -167,19 +181,27 @@ class GatewaySim:
             )
         return out
 
-    def batch(self, n: int = 5, readings: list[Reading] | None = None, advance: bool = True) -> pb.SignedBatch:
+    def batch(
+        self, n: int = 5, readings: list[Reading] | None = None, advance: bool = True, wire: int = 3,
+    ) -> pb.SignedBatch:
+        """The next batch as an agent sends it: entries packed (wire v3), or listed as an
+        agent before 0.2 sends them (`wire=2`)."""
         readings = readings if readings is not None else self.readings(n)
+        bodies = [encode_reading(r) for r in readings]
         sealed = seal_batch(
             self.signer, self.gateway_id, self.seq + 1, self.prev_hash,
-            [encode_reading(r) for r in readings], [r.timestamp_ns for r in readings], time.time_ns(),
+            bodies, [r.timestamp_ns for r in readings], time.time_ns(),
         )
         if advance:
             self.seq += 1
             self.prev_hash = sealed.hash
-        return pb.SignedBatch(
-            header=header_to_pb(sealed.header), signature=sealed.signature,
-            entry_bytes=[encode_reading(r) for r in readings],
-        )
+        msg = pb.SignedBatch(header=header_to_pb(sealed.header), signature=sealed.signature)
+        if wire == 2:
+            msg.entry_bytes.extend(bodies)
+        else:
+            p = pack_entries(bodies)
+            msg.packed_entries.CopyFrom(pb.EntryPack(bodies=p.bodies, offsets=p.offsets, names=p.names))
+        return msg
 
     @property
     def public_key_pem(self) -> str:

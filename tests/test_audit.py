@@ -15,7 +15,8 @@ from gridtrace.cli import main as gridtrace_main
 from hub.chain.audit import BatchRecord, BlockRecord, ChainAudit, audit_store
 from hub.config import load_hub_config
 from hub.ingest.check import check_signed_batch
-from hub.storage.payload import Payload, pack_payload, unpack_payload
+from hub.storage.payload import unpack_payload
+from protos.entrypack import EntryPack, pack_entries
 from hub.storage.schema import batch_payloads, batches, blocks, seals
 from hub.storage.store import Store
 from protos import ingest_pb2_grpc
@@ -86,8 +87,8 @@ def _edit_entries(c, bid: int, change) -> None:  # noqa: ANN001
     """Rewrite a stored batch's entry bodies (its payload: bodies, offsets, names) with `change`
     applied to the list of bodies, as someone with write access to the database could."""
     row = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id == bid)).one()
-    bodies = unpack_payload(Payload(bytes(row.bodies), bytes(row.offsets), bytes(row.names)), "test")
-    p = pack_payload(change(bodies))
+    bodies = unpack_payload(EntryPack(bytes(row.bodies), bytes(row.offsets), bytes(row.names)), "test")
+    p = pack_entries(change(bodies))
     c.execute(update(batch_payloads).where(batch_payloads.c.batch_id == bid).values(
         bodies=p.bodies, offsets=p.offsets, names=p.names))
 
@@ -283,7 +284,7 @@ def test_restore_under_another_hub_key_needs_the_sealing_key(chain, tmp_path, ca
 def test_deep_audit_decodes_every_entry(tmp_path, capsys):
     """A batch the gateway signed over bytes that are not an entry: the signature and root hold,
     so only the deep audit, which decodes each body, finds it."""
-    from hub.storage.store import NewBatch
+    from hub.storage.store import new_batch
     from protos.batch import seal_batch
     from protos.canonical import encode_batch_header
     from protos.records import ZERO_HASH
@@ -294,8 +295,8 @@ def test_deep_audit_decodes_every_entry(tmp_path, capsys):
     now = time.time_ns()
     sealed = seal_batch(gw.signer, gw.gateway_id, 1, ZERO_HASH, [b"\x01not an entry"], [now], now)
     Store(cfg.database_url).store_batches(
-        [NewBatch(gw.gateway_id, 1, sealed.hash, encode_batch_header(sealed.header), sealed.signature,
-                  pack_payload([b"\x01not an entry"]), ("MTR-1",), (now,))], now,
+        [new_batch(gw.gateway_id, 1, sealed.hash, encode_batch_header(sealed.header), sealed.signature,
+                  pack_entries([b"\x01not an entry"]), ("MTR-1",), (now,))], now,
     )
     capsys.readouterr()
     assert gridtrace_main(["hub", "verify", "--config", str(cfg.path)]) == 0

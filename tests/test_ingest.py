@@ -214,7 +214,11 @@ def _swap_quantity_names(body: bytes) -> bytes:
         (lambda m: replace_entry(m, 1, lambda b: b + b"\x00"), ["entry 1", "trailing bytes"]),
         (lambda m: replace_entry(m, 1, lambda b: b""), ["entry 1", "neither a reading nor a gap"]),
         (lambda m: replace_entry(m, 1, lambda b: b[:5] + b"X" + b[6:]), ["entry 1", "neither a reading nor a gap"]),
-        (lambda m: m.ClearField("entry_bytes"), ["no entries"]),
+        (lambda m: m.ClearField("packed_entries"), ["no entries"]),
+        (lambda m: m.packed_entries.CopyFrom(m.packed_entries.__class__(
+            bodies=m.packed_entries.bodies, offsets=m.packed_entries.offsets[:-4], names=m.packed_entries.names,
+        )), ["offsets do not cover"]),
+        (lambda m: m.entry_bytes.append(b"x"), ["both packed_entries and entry_bytes"]),
     ],
 )
 def test_malformed_batch_is_invalid_argument_and_what_was_accepted_stays(hub, damage, fragments):
@@ -227,6 +231,22 @@ def test_malformed_batch_is_invalid_argument_and_what_was_accepted_stays(hub, da
         assert fragment in err.details(), err.details()
     assert counts(hub) == (1, 2)  # the batch accepted before it stays stored
     assert [r.batch_seq for r in stream(hub, [hub.gw.batch(1)])] == [2]
+
+
+def test_an_agent_older_than_wire_v3_is_still_served(hub):
+    """Agents before 0.2 list each entry's bytes (wire v2); the hub packs them itself and
+    stores exactly what it stores for a packed batch."""
+    old, new = hub.gw.batch(3, wire=2), hub.gw.batch(3)
+    assert old.entry_bytes and not old.HasField("packed_entries")
+    assert [r.batch_seq for r in stream(hub, [old, new])] == [1, 2]
+    store = hub.store()
+    try:
+        stored = [store.find_batch(hub.gw.gateway_id, seq) for seq in (1, 2)]
+        bodies = [store.batch_bodies(b.id) for b in stored]
+    finally:
+        store.close()
+    assert [len(b) for b in bodies] == [3, 3]
+    assert bodies[0] == list(old.entry_bytes)
 
 
 @both_databases

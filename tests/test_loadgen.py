@@ -58,8 +58,10 @@ def test_batches_pass_the_hubs_checks_and_chain_up():
         assert place_in_chain(checked.header, head) is Placement.NEXT
         assert checked.header.prev_hash == (head[1] if head else ZERO_HASH)
         head = (checked.header.seq, checked.batch.hash)
-        for meter_id, body in zip(checked.batch.meter_ids, checked.batch.bodies()):
-            seen.setdefault(meter_id, []).append(decode_reading(body).seq)
+        assert msg.HasField("packed_entries") and not msg.entry_bytes  # wire v3, as the agent sends
+        for body in checked.batch.bodies():
+            r = decode_reading(body)
+            seen.setdefault(r.meter_id, []).append(r.seq)
     # readings round-robin over the meters, each meter numbering its own readings 1..n without a hole
     assert sorted(seen) == ["gw-load-m001", "gw-load-m002", "gw-load-m003"]
     for seqs in seen.values():

@@ -17,9 +17,10 @@ from chainfixture import Chain, build_chain
 from hub.certificates.build import CertificateUnavailable, build_certificate
 from hub.certificates.verify import VerificationError, verify_certificate
 from hub.storage.engine import StoreError, engine_for
-from hub.storage.payload import PayloadError, pack_payload
+from hub.storage.payload import PayloadError
+from protos.entrypack import pack_entries
 from hub.storage.schema import batch_payloads
-from hub.storage.store import NewBatch, Store
+from hub.storage.store import new_batch, Store
 from protos.records import Reading
 
 
@@ -158,8 +159,8 @@ def test_a_group_with_a_duplicate_stores_nothing(chain: Chain) -> None:
     before = store.counts()
     stored = store.find_batch("gw-a", 6)
     bodies = store.batch_bodies(stored.id)
-    fresh = NewBatch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, pack_payload(bodies[:1]), ("MTR-9",), (1,))
-    again = NewBatch("gw-a", 6, stored.hash, stored.header, stored.signature, pack_payload(bodies[:1]), ("MTR-9",), (1,))
+    fresh = new_batch("gw-x", 1, b"\x01" * 32, b"hdr", b"\x00" * 64, pack_entries(bodies[:1]), ("MTR-9",), (1,))
+    again = new_batch("gw-a", 6, stored.hash, stored.header, stored.signature, pack_entries(bodies[:1]), ("MTR-9",), (1,))
     with pytest.raises(sa_exc.IntegrityError):
         store.store_batches([fresh, again], 1)
     assert store.counts() == before and store.find_batch("gw-x", 1) is None
@@ -284,12 +285,12 @@ def test_background_checkpoints_keep_the_wal_bounded_and_lose_nothing(tmp_path) 
         assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
     names, units = [f"q{i:02d}" for i in range(41)], ["V"] * 41
     bodies = [encode_reading_fields("MTR-1", s, s, 0, 0, names, units, [float(s)] * 41) for s in range(1, 301)]
-    payload = pack_payload(bodies)
+    payload = pack_entries(bodies)
     wal = f"{path}-wal"
 
     def store(seq: int) -> None:
         store_obj.store_batches(
-            [NewBatch("gw", seq, seq.to_bytes(32, "big"), b"h", b"s" * 64, payload, ("MTR-1",) * 300,
+            [new_batch("gw", seq, seq.to_bytes(32, "big"), b"h", b"s" * 64, payload, ("MTR-1",) * 300,
                       tuple(range(1, 301)))], seq,
         )
 

@@ -282,12 +282,13 @@ def test_catch_up_of_an_hour_of_32_meters_while_live_readings_keep_arriving(tmp_
 
 
 def test_the_agent_sends_its_queued_entry_bytes_verbatim_and_the_hub_checks_them(tmp_path):
-    """Wire v2: the bytes on the wire are the leaves the agent hashed into the signed header,
-    gaps included; the hub's check accepts them and stores exactly those bytes."""
+    """Wire v3: the bytes on the wire unpack to the leaves the agent hashed into the signed
+    header, gaps included; the hub's check accepts them and stores exactly those bytes."""
     from edge.uplink import load_pending
     from hub.ingest.check import check_signed_batch
     from protos.batch import seal_batch
     from protos.canonical import decode_entry
+    from hubharness import wire_bodies
 
     signer = Signer.generate()
     queue = DurableQueue(tmp_path / "queue.sqlite", "gw-1")
@@ -310,8 +311,13 @@ def test_the_agent_sends_its_queued_entry_bytes_verbatim_and_the_hub_checks_them
         raw = list(queue.pending_raw(0, 10))
     finally:
         queue.close()
-    assert list(msg.entry_bytes) == raw[0][4]
-    assert any(isinstance(decode_entry(b), Gap) for b in msg.entry_bytes)
+    assert not msg.entry_bytes
+    bodies = wire_bodies(msg)
+    assert bodies == raw[0][4]
+    assert any(isinstance(decode_entry(b), Gap) for b in bodies)
+    # the names field of the three readings travels once
+    assert len(msg.packed_entries.bodies) < sum(map(len, bodies))
     checked = check_signed_batch(msg, {"gw-1": {signer.key_id: signer.public_key}})
     assert checked.batch.hash == digest and seq == 1
-    assert checked.batch.bodies() == list(msg.entry_bytes)
+    assert checked.batch.bodies() == bodies
+    assert checked.batch.payload.bodies == msg.packed_entries.bodies  # stored as it arrived

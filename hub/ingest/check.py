@@ -1,23 +1,25 @@
 """What makes a batch acceptable: signature, structure, and its place in the gateway's chain.
 
-Pure functions over wire messages (wire v2: each entry as its canonical bytes,
-docs/formats.md) and known keys; they raise `Rejection` with
+Pure functions over wire messages (wire v3: the entries packed, `protos.entrypack`;
+wire v2: each entry's canonical bytes; docs/formats.md) and known keys; they raise `Rejection` with
 the gRPC status that fits and a message naming gateway, batch and problem.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from hub.storage.payload import Payload, pack_payload
+from hub.ingest.packscan import scan_pack
+from hub.storage.payload import Span
 from hub.storage.store import NewBatch
 from protos import readings_pb2 as pb
-from protos.batch import BatchError, check_batch
-from protos.canonical import CanonicalError, encode_batch_header, scan_entry
+from protos.batch import BatchError, check_batch_summary
+from protos.canonical import encode_batch_header
+from protos.entrypack import EntryPack, pack_entries
 from protos.records import ZERO_HASH, BatchHeader
 from protos.signing import PublicKey
 from protos.wire import WireError, header_from_pb
@@ -72,35 +74,38 @@ class CheckedBatch:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A passed check: what a verifier process sends back to the server process. The entry
-    bytes come as their stored payload (names fields kept once, about a third of the raw
-    size), so the server process neither parses the message again nor packs the bodies:
-    that work stays on the verifier's core. Columns, not a row object per entry."""
+    """A passed check: what a verifier process sends back to the server process: the entries
+    packed as they are stored and the (meter, hour) spans the store indexes, so the server
+    process does no per-reading work at all."""
 
     header: BatchHeader
     hash: bytes
     signature: bytes
-    payload: Payload
-    meter_ids: list[str]
-    timestamps: list[int]
+    payload: EntryPack | None  # None: as the message carries it (wire v3), see `without_payload`
+    spans: tuple[Span, ...]
+
+    def without_payload(self, msg: pb.SignedBatch) -> Verdict:
+        """This verdict for the trip back to the server process: a wire v3 payload is left
+        out, since the server holds the message and takes it from there (`checked_batch`)
+        instead of receiving a copy of a third of the batch."""
+        return dataclasses.replace(self, payload=None) if msg.HasField("packed_entries") else self
 
 
-def scan_entries(bodies: Sequence[bytes]) -> tuple[list[str], list[int]]:
-    """Meter ids and timestamps of a batch's entries (the columns the store indexes), each
-    entry checked straight from its canonical bytes.
-
-    This loop is the hub's per-reading cost: `scan_entry` recognises the fields a
-    meter repeats in every reading instead of decoding them again.
-    """
-    meter_ids, timestamps = [], []
-    for i, body in enumerate(bodies):
-        try:
-            meter_id, _seq, ts = scan_entry(body)
-        except CanonicalError as exc:
-            raise WireError(f"entry {i}: {exc}") from exc
-        meter_ids.append(meter_id)
-        timestamps.append(ts)
-    return meter_ids, timestamps
+def entries_of(msg: pb.SignedBatch, where: str) -> EntryPack:
+    """The batch's entries packed, from wire v3 (`packed_entries`, taken as they are) or
+    wire v2 (`entry_bytes`, packed here)."""
+    if msg.HasField("packed_entries"):
+        if msg.entry_bytes:
+            raise Rejection(Reason.MALFORMED, f"{where}: batch carries both packed_entries and entry_bytes; send one")
+        e = msg.packed_entries
+        return EntryPack(e.bodies, e.offsets, e.names)
+    if msg.entry_bytes:
+        return pack_entries(msg.entry_bytes)
+    raise Rejection(
+        Reason.MALFORMED,
+        f"{where}: batch has no entries in packed_entries or entry_bytes (an agent older than wire v2 "
+        "sends them in field 3, which this hub no longer reads: upgrade the agent)",
+    )
 
 
 def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey]]) -> Verdict:
@@ -119,28 +124,30 @@ def verify_signed_batch(msg: pb.SignedBatch, keys: dict[str, dict[str, PublicKey
     key = gw_keys.get(header.key_id)
     if key is None:
         raise Rejection(Reason.UNKNOWN_GATEWAY, f"{where}: key {header.key_id} is not registered for this gateway")
-    bodies = msg.entry_bytes
-    if not bodies:
-        raise Rejection(
-            Reason.MALFORMED,
-            f"{where}: batch has no entries in entry_bytes (an agent older than wire v2 sends them in "
-            "field 3, which this hub no longer reads: upgrade the agent)",
-        )
+    pack = entries_of(msg, where)
     try:
-        meter_ids, timestamps = scan_entries(bodies)
+        scanned = scan_pack(pack, where)
     except WireError as exc:
         raise Rejection(Reason.MALFORMED, f"{where}: {exc}") from exc
     signature = bytes(msg.signature)
     try:
-        digest = check_batch(header, signature, bodies, timestamps, key)
+        digest = check_batch_summary(
+            header, signature, pack.entry_count, scanned.first_ns, scanned.last_ns,
+            lambda: scanned.entries_root, key,
+        )
     except BatchError as exc:
         reason = Reason.BAD_SIGNATURE if "signature" in str(exc) else Reason.MALFORMED
         raise Rejection(reason, str(exc)) from exc
-    return Verdict(header, digest, signature, pack_payload(bodies), meter_ids, timestamps)
+    return Verdict(header, digest, signature, pack, scanned.spans)
 
 
-def checked_batch(v: Verdict) -> CheckedBatch:
-    """The batch to store, from a verdict."""
+def checked_batch(v: Verdict, raw: bytes | None = None) -> CheckedBatch:
+    """The batch to store, from a verdict; `raw`, the message's bytes, when the verdict
+    left the payload in it."""
+    if v.payload is None:
+        assert raw is not None, "a verdict without its payload needs the message it came from"
+        where = f"gateway {v.header.gateway_id} batch {v.header.seq}"
+        v = dataclasses.replace(v, payload=entries_of(parse_raw_batch(raw), where))
     return CheckedBatch(
         v.header,
         NewBatch(
@@ -150,8 +157,7 @@ def checked_batch(v: Verdict) -> CheckedBatch:
             header=encode_batch_header(v.header),
             signature=v.signature,
             payload=v.payload,
-            meter_ids=tuple(v.meter_ids),
-            ts_ns=tuple(v.timestamps),
+            spans=v.spans,
         ),
     )
 

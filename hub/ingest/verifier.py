@@ -96,7 +96,8 @@ def _serve(conn: Connection) -> None:
             return
         (req,) = _ID.unpack_from(msg, 1)
         try:
-            result: object = verify_signed_batch(parse_raw_batch(memoryview(msg)[1 + _ID.size :]), keys)
+            batch = parse_raw_batch(memoryview(msg)[1 + _ID.size :])
+            result: object = verify_signed_batch(batch, keys).without_payload(batch)
         except Rejection as exc:
             result = (exc.reason.name, exc.message)
         except Exception as exc:  # noqa: BLE001 - a defect in a check must not kill the verifier
@@ -184,7 +185,7 @@ class VerifierPool:
         w.outbox.put(_BATCH + _ID.pack(req) + raw)
         result = await fut
         if isinstance(result, Verdict):
-            return checked_batch(result)
+            return checked_batch(result, raw)
         reason, message = result
         raise Rejection(Reason[reason], message)
 

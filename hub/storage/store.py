@@ -18,7 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from hub.storage import migrate
 from hub.storage.bulk import insert_rows
 from hub.storage.engine import Checkpointer, StoreError, engine_for, sqlite_url
-from hub.storage.payload import Payload, PayloadError, pack_idxs, spans_of, unpack_idxs, unpack_payload
+from hub.storage.payload import PayloadError, Span, spans_of, unpack_idxs, unpack_payload
+from protos.entrypack import EntryPack
 from hub.storage.schema import (
     ENTRY_GAP,
     ENTRY_READING,
@@ -77,16 +78,15 @@ class StoredEntry:
 
 @dataclass(frozen=True)
 class NewBatch:
-    """A verified batch ready to be stored, its entries as columns (index i is entry i)."""
+    """A verified batch ready to be stored: its entries packed, and their spans."""
 
     gateway_id: str
     seq: int
     hash: bytes
     header: bytes
     signature: bytes
-    payload: Payload  # the canonical entry bytes, the Merkle leaves, as stored (hub.storage.payload)
-    meter_ids: tuple[str, ...]
-    ts_ns: tuple[int, ...]
+    payload: EntryPack  # the canonical entry bytes, the Merkle leaves, as stored (hub.storage.payload)
+    spans: tuple[Span, ...]  # each meter's entries per UTC hour, the index clerks query by
 
     @property
     def entry_count(self) -> int:
@@ -95,6 +95,14 @@ class NewBatch:
     def bodies(self) -> list[bytes]:
         """The canonical entry bytes, names fields spliced back."""
         return unpack_payload(self.payload, f"gateway {self.gateway_id} batch {self.seq}")
+
+
+def new_batch(
+    gateway_id: str, seq: int, digest: bytes, header: bytes, signature: bytes,
+    payload: EntryPack, meter_ids: Sequence[str], ts_ns: Sequence[int],
+) -> NewBatch:
+    """A NewBatch from its entries' meters and times as columns (index i is entry i)."""
+    return NewBatch(gateway_id, seq, digest, header, signature, payload, tuple(spans_of(meter_ids, ts_ns)))
 
 
 @dataclass(frozen=True)
@@ -258,7 +266,7 @@ class Store:
         if not new:
             return
         with self.engine.begin() as c:
-            keys = self._meter_keys_for(c, {m for b in new for m in b.meter_ids})
+            keys = self._meter_keys_for(c, {sp.meter_id for b in new for sp in b.spans})
             payload_rows: list[tuple] = []
             span_rows: list[tuple] = []
             heads: dict[str, dict] = {}
@@ -269,9 +277,9 @@ class Store:
                      "signature": b.signature, "entry_count": b.entry_count, "stored_ns": stored_ns},
                 ).inserted_primary_key[0]
                 payload_rows.append((batch_id, b.payload.bodies, b.payload.offsets, b.payload.names))
-                for sp in spans_of(b.meter_ids, b.ts_ns):
+                for sp in b.spans:
                     span_rows.append(
-                        (keys[sp.meter_id], sp.hour, batch_id, sp.first_ns, sp.last_ns, len(sp.idxs), pack_idxs(sp.idxs))
+                        (keys[sp.meter_id], sp.hour, batch_id, sp.first_ns, sp.last_ns, sp.count, sp.idxs)
                     )
                 h = heads.setdefault(
                     b.gateway_id,
@@ -428,7 +436,7 @@ class Store:
             rows = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id.in_(batch_ids[i : i + 500]))).all()
             for r in rows:
                 out[r.batch_id] = unpack_payload(
-                    Payload(bytes(r.bodies), bytes(r.offsets), bytes(r.names)), f"payload of batch {r.batch_id}"
+                    EntryPack(bytes(r.bodies), bytes(r.offsets), bytes(r.names)), f"payload of batch {r.batch_id}"
                 )
         missing = set(batch_ids) - out.keys()
         if missing:

@@ -17,7 +17,7 @@ from alembic import op
 
 from hub.storage.bulk import insert_rows
 from hub.storage.migrations import schema_0_1
-from hub.storage.payload import pack_bodies, pack_idxs, spans_of, unpack_bodies
+from hub.storage.payload import pack_bodies, spans_of, unpack_bodies
 from protos.canonical import decode_entry
 from protos.records import Reading
 
@@ -111,8 +111,7 @@ def upgrade() -> None:
                 raise RuntimeError(f"batch {batch_id}: its entries are not numbered 0..{len(es) - 1}; refusing to migrate")
             payloads.append((batch_id, *pack_bodies([bytes(e.body) for e in es])))
             for sp in spans_of([e.meter_id for e in es], [e.ts_ns for e in es]):
-                spans.append((keys[sp.meter_id], sp.hour, batch_id, sp.first_ns, sp.last_ns, len(sp.idxs),
-                              pack_idxs(sp.idxs)))
+                spans.append((keys[sp.meter_id], sp.hour, batch_id, sp.first_ns, sp.last_ns, sp.count, sp.idxs))
         insert_rows(bind, new["batch_payloads"], ("batch_id", "bodies", "offsets"), payloads)
         insert_rows(bind, new["entry_spans"], ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs"),
                     spans)

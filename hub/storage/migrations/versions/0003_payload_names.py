@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from hub.storage.payload import Payload, pack_bodies, pack_payload, unpack_bodies, unpack_payload
+from hub.storage.payload import pack_bodies, unpack_bodies, unpack_payload
+from protos.entrypack import EntryPack, pack_entries
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -52,7 +53,7 @@ def _rewrite(convert, with_names: bool) -> None:  # noqa: ANN001
 def _compact(r) -> dict:  # noqa: ANN001
     where = f"payload of batch {r.batch_id}"
     bodies = unpack_bodies(bytes(r.bodies), bytes(r.offsets), where)
-    p = pack_payload(bodies)
+    p = pack_entries(bodies)
     if unpack_payload(p, where) != bodies:
         raise RuntimeError(f"{where}: the compacted payload does not read back as the same bodies; refusing to migrate")
     return {"bodies": p.bodies, "offsets": p.offsets, "names": p.names}
@@ -60,7 +61,7 @@ def _compact(r) -> dict:  # noqa: ANN001
 
 def _expand(r) -> dict:  # noqa: ANN001
     where = f"payload of batch {r.batch_id}"
-    bodies = unpack_payload(Payload(bytes(r.bodies), bytes(r.offsets), bytes(r.names)), where)
+    bodies = unpack_payload(EntryPack(bytes(r.bodies), bytes(r.offsets), bytes(r.names)), where)
     blob, offsets = pack_bodies(bodies)
     return {"bodies": blob, "offsets": offsets}
 
