@@ -21,7 +21,8 @@ $(BIN)/python:
 	PYTHON="$(PYTHON)" scripts/ensure-python.sh
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py protos/_merkle_native.c | $(BIN)/python
+	scripts/install-build-deps.sh
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-*

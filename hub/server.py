@@ -26,7 +26,7 @@ from hub.ingest.verifier import InlineVerifier, VerifierPool
 from hub.metrics import HubMetrics
 from hub.query import QueryService
 from hub.storage.store import Store
-from protos import ingest_pb2, ingest_pb2_grpc
+from protos import ingest_pb2, ingest_pb2_grpc, merkle
 from protos.canonical import decode_block_header
 from protos.signing import Signer
 
@@ -178,6 +178,11 @@ async def serve(
     producer_task = asyncio.create_task(producer.run(producer_stop), name="block-producer")
     watch_stop = asyncio.Event()
     watch_task = asyncio.create_task(watch.run(watch_stop), name="database-watch")
+    if not merkle.NATIVE:
+        log.warning(
+            "Merkle hashing through hashlib: the native module was not built (no OpenSSL headers at install "
+            "time), so ingest needs more CPU per reading; install libssl-dev and reinstall gridtrace"
+        )
     if ready is not None:
         ready.set()
     try:

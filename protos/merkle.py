@@ -68,6 +68,13 @@ _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 _sha256 = hashlib.sha256
 
+try:  # built by setup.py where a compiler and OpenSSL's headers are at hand; optional
+    from protos import _merkle_native as _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None
+
+NATIVE = _native is not None
+
 #: Root hash of the empty tree: SHA-256 of the empty string.
 EMPTY_ROOT: bytes = _sha256(b"").digest()
 
@@ -169,6 +176,34 @@ def root(leaves: Sequence[bytes]) -> bytes:
         h.update(d)
         push(h.digest())
     return root_from_hashes(hashes)
+
+
+def spliced_leaf_hashes(rows: bytes | memoryview, width: int, cut: int, insert: bytes) -> bytes:
+    """The leaf hashes of entries given as equal-width rows from which the same `insert`
+    was cut out at offset `cut` (entry i = row[:cut] + insert + row[cut:]), as one string
+    of 32-byte hashes. Packed readings (protos.entrypack) are such rows."""
+    if _native is not None:
+        return _native.spliced_leaf_hashes(rows, width, cut, insert)
+    view = memoryview(rows).cast("B")
+    out = []
+    for a in range(0, len(view), width):
+        h = _sha256(_LEAF_PREFIX)
+        h.update(view[a : a + cut])
+        h.update(insert)
+        h.update(view[a + cut : a + width])
+        out.append(h.digest())
+    return b"".join(out)
+
+
+def root_from_hash_string(hashes: bytes) -> bytes:
+    """`root_from_hashes` over leaf hashes given as one string of 32-byte hashes."""
+    if len(hashes) % 32:
+        raise ValueError(f"{len(hashes)} bytes are not a whole number of 32-byte hashes")
+    if not hashes:
+        return EMPTY_ROOT
+    if _native is not None:
+        return _native.root(hashes)
+    return root_from_hashes([hashes[i : i + 32] for i in range(0, len(hashes), 32)])
 
 
 # ---------------------------------------------------------------------------

@@ -149,6 +149,9 @@ def test_containerfile_runs_the_hub_as_non_root_with_a_health_check():
     example = load_example_ports()
     assert exposed == set(example.values())
     assert any(w == "RUN" and '"gridtrace[hub]"' in a for w, a in final)
+    # the build stage can compile the native Merkle module; the image it runs in carries no compiler
+    assert any(w == "COPY" and "setup.py" in a.split() for w, a in steps)
+    assert any(w == "RUN" and "libssl-dev" in a for w, a in steps) and not any("gcc" in a for _, a in final)
     for w, a in steps:  # everything the wheel is built from is copied
         if w == "COPY" and "--from" not in a:
             for src in a.split()[:-1]:

@@ -50,7 +50,7 @@ def reference(bodies: list[bytes]):  # noqa: ANN201
         e = decode_entry(body)
         meters.append(e.meter_id)
         times.append(e.timestamp_ns if isinstance(e, Reading) else e.timestamp_ns)
-    return meters, times, [merkle.leaf_hash(b) for b in bodies]
+    return meters, times, b"".join(merkle.leaf_hash(b) for b in bodies)
 
 
 @st.composite

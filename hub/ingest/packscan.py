@@ -5,8 +5,9 @@ out and kept once. Readings of one meter model have one length and one layout, s
 of walking each reading in Python this module looks at all readings of a layout at once,
 as a 2-D numpy array: the domain tag and the meter-field length column by column, seq,
 clock and quality flags as vectors, every value finite, and each distinct meter field and
-names field checked once (cached across batches). The leaf bytes (0x00, the reading with
-its names field spliced back) are built as one array, and SHA-256 runs over its rows.
+names field checked once (cached across batches). The leaves (0x00, the reading with its
+names field back in place) are hashed in one call over the rows as they are
+(`protos.merkle.spliced_leaf_hashes`, native where built).
 
 Anything the column check does not recognise (a gap, a reading stored whole, a layout
 that does not add up) is checked entry by entry with `protos.canonical.scan_entry`; and if
@@ -17,7 +18,6 @@ hash), which names the entry and the field. `scan_pack` therefore accepts exactl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +43,6 @@ _FIXED = READING_FIXED.size
 _PREFIX = np.frombuffer(READING_PREFIX, np.uint8)
 _CLOCK_OK = np.isin(np.arange(256), sorted(CLOCK_VALUES))  # by the clock byte's value
 _UNKNOWN_QUALITY = np.uint32(~QUALITY_KNOWN & 0xFFFFFFFF)
-_sha256 = hashlib.sha256
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: the multiply-add of `_distinct_rows` loses no bits
 
 
@@ -55,12 +54,12 @@ class ScannedPack:
     spans: tuple[Span, ...]
     first_ns: int
     last_ns: int
-    leaf_hashes: list[bytes] | None
+    leaf_hashes: bytes | None  # 32 bytes per entry, in batch order
 
     @property
     def entries_root(self) -> bytes:
         assert self.leaf_hashes is not None
-        return merkle.root_from_hashes(self.leaf_hashes)
+        return merkle.root_from_hash_string(self.leaf_hashes)
 
 
 def scan_pack(p: EntryPack, where: str, leaves: bool = True) -> ScannedPack:
@@ -90,7 +89,7 @@ def scan_pack_slowly(p: EntryPack, where: str, leaves: bool = True) -> ScannedPa
         tuple(spans_of(meter_ids, timestamps)),
         min(timestamps),
         max(timestamps),
-        [merkle.leaf_hash(b) for b in bodies] if leaves else None,
+        b"".join(map(merkle.leaf_hash, bodies)) if leaves else None,
     )
 
 
@@ -119,7 +118,7 @@ def _columns(p: EntryPack, leaves: bool) -> ScannedPack:
 
     meter_index = np.empty(n, np.int64)
     ts = np.empty(n, np.int64)
-    leaf: list[bytes | None] | None = [None] * n if leaves else None
+    leaf = np.empty((n, 32), np.uint8) if leaves else None  # row i: entry i's leaf hash
     meters: dict[str, int] = {}
 
     # Readings of one layout: same stored length, same names field. One group in the common
@@ -147,7 +146,7 @@ def _columns(p: EntryPack, leaves: bool) -> ScannedPack:
         _spans(meter_index, ts, list(meters)),
         int(ts.min()),
         int(ts.max()),
-        leaf,  # type: ignore[arg-type]  # every slot was filled above
+        leaf.tobytes() if leaf is not None else None,  # every row was filled above
     )
 
 
@@ -158,7 +157,7 @@ def _reading_block(
     meters: dict[str, int],
     meter_index: np.ndarray,
     ts: np.ndarray,
-    leaf: list | None,
+    leaf: np.ndarray | None,
 ) -> None:
     """Check readings of one layout, rows of `block`; fill their meter, time and leaf slots."""
     count, width = block.shape
@@ -188,21 +187,9 @@ def _reading_block(
     ts[rows] = stamp.ravel()
     if leaf is None:
         return
-    # 0x00 || the reading as the gateway hashed it (names field back in place), row by row
-    size = 1 + width + len(field)
-    full = np.empty((count, size), np.uint8)
-    full[:, 0] = 0
-    full[:, 1 : 1 + cut] = block[:, :cut]
-    full[:, 1 + cut : 1 + cut + len(field)] = np.frombuffer(field, np.uint8)
-    full[:, 1 + cut + len(field) :] = block[:, cut:]
-    flat = memoryview(full).cast("B")
-    sha = _sha256
-    hashes = [sha(flat[a : a + size]).digest() for a in range(0, count * size, size)]
-    if count == len(leaf):
-        leaf[:] = hashes
-    else:
-        for i, h in zip(rows.tolist(), hashes):
-            leaf[i] = h
+    # Each leaf is 0x00 || the reading as the gateway hashed it: its names field back in place.
+    hashes = merkle.spliced_leaf_hashes(block, width, cut, field)
+    leaf[rows] = np.frombuffer(hashes, np.uint8).reshape(count, 32)
 
 
 def _distinct_rows(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +218,7 @@ def _entry_by_entry(
     meters: dict[str, int],
     meter_index: np.ndarray,
     ts: np.ndarray,
-    leaf: list | None,
+    leaf: np.ndarray | None,
 ) -> None:
     """Entries stored whole (gaps, readings without a names field in the table)."""
     for i in rows.tolist() if rows is not None else range(n):
@@ -240,7 +227,7 @@ def _entry_by_entry(
         meter_index[i] = meters.setdefault(meter_id, len(meters))
         ts[i] = t
         if leaf is not None:
-            leaf[i] = merkle.leaf_hash(b)
+            leaf[i] = np.frombuffer(merkle.leaf_hash(b), np.uint8)
 
 
 def _spans(meter_index: np.ndarray, ts: np.ndarray, meter_ids: list[str]) -> tuple[Span, ...]:
