@@ -43,7 +43,7 @@ def decode(msg: pb.SignedBatch) -> NewBatch:
     header = header_from_pb(msg.header)
     where = f"gateway {header.gateway_id} batch {header.seq}"
     pack = entries_of(msg, where)
-    scanned = scan_pack(pack, where, leaves=False)
+    scanned = scan_pack(pack, leaves=False)
     verdict = Verdict(header, batch_hash(header), bytes(msg.signature), pack, scanned.spans)
     return checked_batch(verdict).batch
 

@@ -41,7 +41,7 @@ def new_batch(b: StoredBatch, bodies: Sequence[bytes]) -> NewBatch:
     canonical bytes (the same strict scan the hub's ingest uses)."""
     pack = pack_entries(bodies)
     try:
-        scanned = scan_pack(pack, f"gateway {b.gateway_id} batch {b.seq}", leaves=False)
+        scanned = scan_pack(pack, leaves=False)
     except WireError as exc:
         raise BackupError(f"gateway {b.gateway_id} batch {b.seq}: {exc}; the source is damaged") from exc
     return NewBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, pack, scanned.spans)

@@ -7,7 +7,7 @@ to its time range. The gateway signs the canonical header bytes with Ed25519.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -66,35 +66,32 @@ def check_batch(
     timestamps: Sequence[int],
     public_key: PublicKey,
 ) -> bytes:
-    """Check a batch against its header and signature (hub side); return its hash."""
+    """Check a batch against its header and signature; return its hash. The one statement of
+    the rules over a list of entries (the hub applies the same two checks to packed entries,
+    signature first: `hub.ingest.check`)."""
     first_ns, last_ns = entry_time_range(timestamps) if timestamps else (None, None)
-    return check_batch_summary(
-        header, signature, len(entry_bytes), first_ns, last_ns, lambda: merkle.root(entry_bytes), public_key
-    )
+    digest = check_batch_contents(header, len(entry_bytes), first_ns, last_ns, merkle.root(entry_bytes))
+    check_header_signature(header, signature, public_key)
+    return digest
 
 
-def check_batch_summary(
-    header: BatchHeader,
-    signature: bytes,
-    entry_count: int,
-    first_ns: int | None,
-    last_ns: int | None,
-    entries_root: Callable[[], bytes],
-    public_key: PublicKey,
+def check_header_signature(header: BatchHeader, signature: bytes, public_key: PublicKey) -> None:
+    """The gateway's Ed25519 signature over the canonical header bytes (about 130 µs)."""
+    if not verify_signature(public_key, signature, encode_batch_header(header)):
+        raise BatchError(
+            f"batch {header.seq} of gateway {header.gateway_id}: signature does not verify with key {header.key_id}"
+        )
+
+
+def check_batch_contents(
+    header: BatchHeader, entry_count: int, first_ns: int | None, last_ns: int | None, entries_root: bytes,
 ) -> bytes:
-    """`check_batch` on what a scan of the entries found: their count, time range and (a
-    function computing) their Merkle root; return the batch hash.
-
-    The order matters for cost only: the cheap structural checks run before the root is
-    computed and before the ~130 µs signature verification.
-    """
+    """The header states the entries' count, time range and Merkle root; return the batch hash."""
     where = f"batch {header.seq} of gateway {header.gateway_id}"
     if entry_count != header.entry_count:
         raise BatchError(f"{where}: header says {header.entry_count} entries, got {entry_count}")
     if (first_ns, last_ns) != (header.first_ns, header.last_ns):
         raise BatchError(f"{where}: time range in header does not match its entries")
-    if entries_root() != header.entries_root:
+    if entries_root != header.entries_root:
         raise BatchError(f"{where}: entries_root does not match the entries")
-    if not verify_signature(public_key, signature, encode_batch_header(header)):
-        raise BatchError(f"{where}: signature does not verify with key {header.key_id}")
     return batch_hash(header)

@@ -2,7 +2,7 @@
 
 A meter model repeats the same quantity names field (about 70 % of a 41-quantity reading) in
 every reading, so a batch's entries travel (wire v3, `SignedBatch.packed_entries`) and are
-stored (`batch_payloads`) as one `EntryPack` (docs/formats.md, "Packed entries"):
+stored (`batch_payloads`) as one `EntryPack` (docs/formats.md, "On the wire"):
 
 * `bodies`: the canonical entry bodies concatenated in Merkle-leaf order, each reading's names
   field cut out;
@@ -20,7 +20,7 @@ the hub that unpacks.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from protos.canonical import names_field_at, names_field_end
@@ -122,22 +122,26 @@ def names_table(p: EntryPack, where: str) -> tuple[list[bytes], tuple[int, ...]]
     refs = struct.unpack_from(f">{n}H", names, at)
     for i, ref in enumerate(refs):
         if ref > count:
-            raise EntryPackError(f"{where} entry {i}: names field {ref} of {count}")
+            raise EntryPackError(f"{where}, entry {i}: names field {ref} of {count}")
     return fields, refs
 
 
-def unpack_entries(p: EntryPack, where: str) -> list[bytes]:
-    """The canonical entry bodies, names fields spliced back."""
+def iter_entries(p: EntryPack, where: str) -> Iterator[bytes]:
+    """The canonical entry bodies one at a time, names fields spliced back: a reader that
+    stops at the first bad entry never holds more than one spliced body."""
     o = entry_offsets(p, where)
     fields, refs = names_table(p, where)
     blob = p.bodies
-    out = []
     for i, ref in enumerate(refs):
         body = blob[o[i] : o[i + 1]]
         if ref:
             cut = names_field_at(body)
             if cut is None or cut > len(body):
-                raise EntryPackError(f"{where} entry {i}: stored without its names field but is not laid out as a reading")
+                raise EntryPackError(f"{where}, entry {i}: stored without its names field but is not laid out as a reading")
             body = body[:cut] + fields[ref - 1] + body[cut:]
-        out.append(body)
-    return out
+        yield body
+
+
+def unpack_entries(p: EntryPack, where: str) -> list[bytes]:
+    """The canonical entry bodies, names fields spliced back."""
+    return list(iter_entries(p, where))

@@ -185,6 +185,8 @@ def spliced_leaf_hashes(rows: bytes | memoryview, width: int, cut: int, insert: 
     if _native is not None:
         return _native.spliced_leaf_hashes(rows, width, cut, insert)
     view = memoryview(rows).cast("B")
+    if width <= 0 or len(view) % width or not 0 <= cut <= width:
+        raise ValueError(f"spliced_leaf_hashes: {len(view)} bytes are not rows of {width} bytes cut at {cut}")
     out = []
     for a in range(0, len(view), width):
         h = _sha256(_LEAF_PREFIX)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from edge.uplink import ReceiptError, check_receipt
 from hub.storage.schema import batches
 from protos import ingest_pb2, ingest_pb2_grpc
-from protos.canonical import decode_batch_header, batch_hash
+from protos.canonical import batch_hash, decode_batch_header, encode_batch_header
 from protos.wire import header_from_pb
 
 from hubharness import GatewaySim, RunningHub, init_hub, reading_layout, register_gateway, replace_entry
@@ -200,7 +200,6 @@ def _swap_quantity_names(body: bytes) -> bytes:
     "damage, fragments",
     [
         (lambda m: setattr(m.header, "prev_hash", b"\x00" * 31), ["prev_hash"]),
-        (lambda m: setattr(m.header, "entry_count", 99), ["entries"]),
         (_patch("values", struct.pack(">d", float("nan"))), ["entry 1", "value of energy_import", "finite"]),
         (_patch("values", struct.pack(">d", float("-inf"))), ["entry 1", "value of energy_import", "finite"]),
         (_patch("meter_id", b"#", skip=2), ["entry 1", "meter_id", "not a valid identifier"]),
@@ -216,8 +215,9 @@ def _swap_quantity_names(body: bytes) -> bytes:
         (lambda m: replace_entry(m, 1, lambda b: b[:5] + b"X" + b[6:]), ["entry 1", "neither a reading nor a gap"]),
         (lambda m: m.ClearField("packed_entries"), ["no entries"]),
         (lambda m: m.packed_entries.CopyFrom(m.packed_entries.__class__(
-            bodies=m.packed_entries.bodies, offsets=m.packed_entries.offsets[:-4], names=m.packed_entries.names,
-        )), ["offsets do not cover"]),
+            bodies=m.packed_entries.bodies, offsets=m.packed_entries.offsets[:-4] + b"\xff\xff\xff\xff",
+            names=m.packed_entries.names,
+        )), ["packed entries: offsets do not cover"]),
         (lambda m: m.entry_bytes.append(b"x"), ["both packed_entries and entry_bytes"]),
     ],
 )
@@ -231,6 +231,20 @@ def test_malformed_batch_is_invalid_argument_and_what_was_accepted_stays(hub, da
         assert fragment in err.details(), err.details()
     assert counts(hub) == (1, 2)  # the batch accepted before it stays stored
     assert [r.batch_seq for r in stream(hub, [hub.gw.batch(1)])] == [2]
+
+
+def test_a_changed_header_is_a_bad_signature_before_its_entries_are_looked_at(hub):
+    """The signature is checked first: without the gateway's key nobody makes the hub unpack
+    and hash entries. A header the gateway did sign but that miscounts its entries is malformed."""
+    msg = hub.gw.batch(3, advance=False)
+    msg.header.entry_count = 99
+    err = rejected(hub, [msg])
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "signature does not verify" in err.details()
+    msg.signature = hub.gw.signer.sign(encode_batch_header(header_from_pb(msg.header)))
+    err = rejected(hub, [msg])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert "header says 99 entries, got 3" in err.details()
+    assert counts(hub) == (0, 0)
 
 
 def test_an_agent_older_than_wire_v3_is_still_served(hub):

@@ -46,6 +46,8 @@ def test_the_fallback_computes_the_same(monkeypatch: pytest.MonkeyPatch) -> None
     assert merkle.spliced_leaf_hashes(rows, 100, 40, b"cut out") == leaves
     assert merkle.root_from_hash_string(leaves) == root
     assert merkle.root_from_hash_string(b"") == merkle.EMPTY_ROOT
+    with pytest.raises(ValueError, match="cut at 101"):
+        merkle.spliced_leaf_hashes(rows, 100, 101, b"")
 
 
 def test_bad_input_is_named() -> None:

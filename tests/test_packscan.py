@@ -22,7 +22,8 @@ from hub.storage.payload import spans_of
 from hub.storage.schema import HOUR_NS
 from protos import merkle
 from protos.canonical import decode_entry, encode_entry, encode_reading_fields
-from protos.entrypack import EntryPack, pack_entries, unpack_entries
+from protos.canonical import names_field_at
+from protos.entrypack import EntryPack, names_table, pack_entries, unpack_entries
 from protos.records import Gap, Reading
 from protos.wire import WireError
 
@@ -95,7 +96,7 @@ def damaged_packs(draw) -> EntryPack:  # noqa: ANN001
 
 def outcome(fn, p: EntryPack):  # noqa: ANN001, ANN201
     try:
-        return "ok", fn(p, "batch")
+        return "ok", fn(p)
     except WireError as exc:
         return "rejected", str(exc)
 
@@ -104,7 +105,7 @@ def outcome(fn, p: EntryPack):  # noqa: ANN001, ANN201
 @given(batches())
 def test_valid_batches_give_what_the_decoder_gives(bodies: list[bytes]) -> None:
     p = pack_entries(bodies)
-    fast, slow = scan_pack(p, "batch"), scan_pack_slowly(p, "batch")
+    fast, slow = scan_pack(p), scan_pack_slowly(p)
     assert fast == slow
     meters, times, leaves = reference(bodies)
     assert fast.leaf_hashes == leaves
@@ -134,7 +135,17 @@ def test_batches_of_one_or_several_layouts_take_the_column_path() -> None:
     for bodies in (one, mixed):
         p = pack_entries(bodies)
         assert packscan._scan_columns(p, True) is not None
-        assert scan_pack(p, "batch") == scan_pack_slowly(p, "batch")
+        assert scan_pack(p) == scan_pack_slowly(p)
+
+
+def test_a_batch_of_many_layouts_is_checked_entry_by_entry() -> None:
+    """Each layout costs a few numpy passes; past a handful the entry-by-entry path is cheaper
+    (a batch of thousands of layouts must not cost seconds)."""
+    bodies = [reading("M" + "x" * i, i + 1, T0 + i) for i in range(40)]
+    p = pack_entries(bodies)
+    assert packscan._scan_columns(p, True) is None
+    assert scan_pack(p) == scan_pack_slowly(p)
+    assert scan_pack(p).leaf_hashes == reference(bodies)[2]
 
 
 def test_a_fingerprint_collision_falls_back_to_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,8 +156,8 @@ def test_a_fingerprint_collision_falls_back_to_the_slow_path(monkeypatch: pytest
     bodies = [reading("A-MTR-0001", 1, T0), reading("B-MTR-0001", 2, T0 + 1), reading("A-MTR-0001", 3, T0 + 2)]
     p = pack_entries(bodies)
     assert packscan._scan_columns(p, True) is None
-    assert [s.meter_id for s in scan_pack(p, "batch").spans] == ["A-MTR-0001", "B-MTR-0001"]
-    assert scan_pack(p, "batch") == scan_pack_slowly(p, "batch")
+    assert [s.meter_id for s in scan_pack(p).spans] == ["A-MTR-0001", "B-MTR-0001"]
+    assert scan_pack(p) == scan_pack_slowly(p)
 
 
 def _bad(body: bytes, field: str, value: bytes) -> bytes:
@@ -167,14 +178,54 @@ def test_a_bad_reading_among_good_ones_is_named(field: str, value: bytes, proble
     bodies = [reading("MTR-0001", s, T0 + s) for s in range(1, 9)]
     bodies[3] = _bad(bodies[3], field, value)
     with pytest.raises(WireError, match=problem):
-        scan_pack(pack_entries(bodies), "gateway gw-1 batch 9")
+        scan_pack(pack_entries(bodies))
 
 
 def test_a_damaged_pack_is_named() -> None:
     p = pack_entries([reading("MTR-0001", s, T0 + s) for s in range(1, 4)])
-    with pytest.raises(WireError, match="gateway gw-1 batch 9: names blob holds 2 references for 3 entries"):
-        scan_pack(EntryPack(p.bodies, p.offsets, p.names[:-2]), "gateway gw-1 batch 9")
-    with pytest.raises(WireError, match="offsets do not cover"):
-        scan_pack(EntryPack(p.bodies[:-1], p.offsets, p.names), "gateway gw-1 batch 9")
+    with pytest.raises(WireError, match="packed entries: names blob holds 2 references for 3 entries"):
+        scan_pack(EntryPack(p.bodies, p.offsets, p.names[:-2]))
+    with pytest.raises(WireError, match="packed entries: offsets do not cover"):
+        scan_pack(EntryPack(p.bodies[:-1], p.offsets, p.names))
+    with pytest.raises(WireError, match="packed entries, entry 2: names field 2 of 1"):
+        scan_pack(EntryPack(p.bodies, p.offsets, p.names[:-2] + b"\x00\x02"))
     with pytest.raises(WireError, match="no entries"):
-        scan_pack(pack_entries([]), "gateway gw-1 batch 9")
+        scan_pack(pack_entries([]))
+
+
+def _with_table(p: EntryPack, fields: list[bytes], refs: list[int]) -> EntryPack:
+    names = struct.pack(">H", len(fields)) + b"".join(struct.pack(">I", len(f)) + f for f in fields)
+    return EntryPack(p.bodies, p.offsets, names + struct.pack(f">{len(refs)}H", *refs))
+
+
+def test_the_names_table_holds_nothing_the_root_does_not_cover() -> None:
+    """Every field is a whole valid names field, used, and there once: otherwise bytes
+    outside the signed Merkle root would be stored as evidence."""
+    bodies = [reading("MTR-0001", s, T0 + s, "sdm120") for s in range(1, 4)]
+    p = pack_entries(bodies)
+    (field,), refs = names_table(p, "t")
+    with pytest.raises(WireError, match="packed entries: names field 2 is used by no entry"):
+        scan_pack(_with_table(p, [field, b"\x00\x00"], list(refs)))
+    with pytest.raises(WireError, match="a names field is in the table twice"):
+        scan_pack(_with_table(p, [field, field], [1, 2, 1]))
+    # A field cut short (its rest left in the bodies) splices back to valid readings, but the
+    # table must hold whole names fields: rejected, and by both paths.
+    half = len(field) // 2
+    cut = names_field_at(bodies[0])
+    short = [b[:cut] + b[cut + half :] for b in bodies]
+    offsets = struct.pack(">4I", 0, *[sum(map(len, short[: i + 1])) for i in range(3)])
+    cut_short = _with_table(EntryPack(b"".join(short), offsets, b""), [field[:half]], [1, 1, 1])
+    assert unpack_entries(cut_short, "t") == bodies
+    with pytest.raises(WireError, match="entry 0: reading"):
+        scan_pack(cut_short)
+
+
+def test_a_large_names_field_used_by_many_entries_is_checked_before_it_is_spliced() -> None:
+    """A table field is checked once before any entry is spliced, and entries are spliced one
+    at a time, so a big invalid field referenced by thousands of entries costs no memory."""
+    bodies = [reading("M1", s, T0 + s, "sdm120") for s in range(1, 2001)]
+    p = pack_entries(bodies)
+    (_field,), refs = names_table(p, "t")
+    big = b"\xff\xff" + bytes(500_000)
+    with pytest.raises(WireError, match="entry 0: reading"):
+        scan_pack(_with_table(p, [big], list(refs)))

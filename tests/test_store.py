@@ -115,7 +115,7 @@ def test_a_damaged_names_blob_is_named(chain: Chain) -> None:
 def test_a_body_that_no_longer_decodes_is_named(chain: Chain) -> None:
     batch_id = chain.store.find_batch("gw-b", 2).id
     _flip(chain, batch_id, 3)  # inside the domain tag of entry 0
-    with pytest.raises(PayloadError, match=f"batch {batch_id} entry 0"):
+    with pytest.raises(PayloadError, match=f"batch {batch_id}, entry 0"):
         _cert(chain, "MTR-3")
 
 

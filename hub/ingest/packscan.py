@@ -34,7 +34,7 @@ from protos.canonical import (
     quantity_count_of_names_field,
     scan_entry,
 )
-from protos.entrypack import EntryPack, EntryPackError, names_table, unpack_entries
+from protos.entrypack import EntryPack, EntryPackError, iter_entries, names_table
 from protos.records import COUNTER_LIMIT, QUALITY_KNOWN
 from protos.wire import WireError
 
@@ -43,7 +43,9 @@ _FIXED = READING_FIXED.size
 _PREFIX = np.frombuffer(READING_PREFIX, np.uint8)
 _CLOCK_OK = np.isin(np.arange(256), sorted(CLOCK_VALUES))  # by the clock byte's value
 _UNKNOWN_QUALITY = np.uint32(~QUALITY_KNOWN & 0xFFFFFFFF)
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: the multiply-add of `_distinct_rows` loses no bits
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MAX_LAYOUTS = 16  # distinct (stored length, names field) pairs the column check takes on
+_WHERE = "packed entries"  # odd: the multiply-add of `_distinct_rows` loses no bits
 
 
 @dataclass(frozen=True)
@@ -62,35 +64,55 @@ class ScannedPack:
         return merkle.root_from_hash_string(self.leaf_hashes)
 
 
-def scan_pack(p: EntryPack, where: str, leaves: bool = True) -> ScannedPack:
-    """Check every entry of a packed batch; raise WireError naming the entry and field."""
+def scan_pack(p: EntryPack, leaves: bool = True) -> ScannedPack:
+    """Check every entry of a packed batch; raise WireError naming the entry and field (the
+    caller adds which gateway and batch)."""
     fast = _scan_columns(p, leaves)
-    return fast if fast is not None else scan_pack_slowly(p, where, leaves)
+    return fast if fast is not None else scan_pack_slowly(p, leaves)
 
 
-def scan_pack_slowly(p: EntryPack, where: str, leaves: bool = True) -> ScannedPack:
-    """`scan_pack` entry by entry: unpack, `scan_entry`, hash. The reference the column
-    check is held to, and what names a bad entry."""
+def scan_pack_slowly(p: EntryPack, leaves: bool = True) -> ScannedPack:
+    """`scan_pack` entry by entry: the names table, then each entry spliced, scanned and
+    hashed in turn (at most one spliced body held). The reference the column check is held
+    to, and what names a bad entry."""
     try:
-        bodies = unpack_entries(p, where)
+        fields, refs = names_table(p, _WHERE)
+        _check_names_fields(fields, refs)
+        meter_ids, timestamps, hashes = [], [], []
+        for i, body in enumerate(iter_entries(p, _WHERE)):
+            try:
+                meter_id, _seq, ts = scan_entry(body)
+            except CanonicalError as exc:
+                raise WireError(f"entry {i}: {exc}") from exc
+            meter_ids.append(meter_id)
+            timestamps.append(ts)
+            if leaves:
+                hashes.append(merkle.leaf_hash(body))
     except EntryPackError as exc:
         raise WireError(str(exc)) from exc
-    if not bodies:
-        raise WireError(f"{where}: no entries")
-    meter_ids, timestamps = [], []
-    for i, body in enumerate(bodies):
-        try:
-            meter_id, _seq, ts = scan_entry(body)
-        except CanonicalError as exc:
-            raise WireError(f"entry {i}: {exc}") from exc
-        meter_ids.append(meter_id)
-        timestamps.append(ts)
+    if not timestamps:
+        raise WireError("no entries")
     return ScannedPack(
-        tuple(spans_of(meter_ids, timestamps)),
-        min(timestamps),
-        max(timestamps),
-        b"".join(map(merkle.leaf_hash, bodies)) if leaves else None,
+        tuple(spans_of(meter_ids, timestamps)), min(timestamps), max(timestamps), b"".join(hashes) if leaves else None,
     )
+
+
+def _check_names_fields(fields: list[bytes], refs: tuple[int, ...]) -> None:
+    """Every field in the table is a whole, valid names field, used by some entry, and
+    there once: nothing travels or is stored that the entries' Merkle root does not cover."""
+    first_use: dict[int, int] = {}
+    for i, ref in enumerate(refs):
+        if ref and ref not in first_use:
+            first_use[ref] = i
+    for j, field in enumerate(fields, 1):
+        if j not in first_use:
+            raise WireError(f"{_WHERE}: names field {j} is used by no entry")
+        try:
+            quantity_count_of_names_field(field)
+        except CanonicalError as exc:
+            raise WireError(f"entry {first_use[j]}: {exc}") from exc
+    if len(set(fields)) != len(fields):
+        raise WireError(f"{_WHERE}: a names field is in the table twice")
 
 
 class _NotColumnar(Exception):
@@ -112,8 +134,10 @@ def _columns(p: EntryPack, leaves: bool) -> ScannedPack:
     lengths = np.diff(offsets)
     if offsets[0] != 0 or offsets[-1] != len(p.bodies) or (lengths < 0).any():
         raise _NotColumnar
-    fields, _ = names_table(p, "")  # its checks; the references are read as a vector below
+    fields, _ = names_table(p, _WHERE)  # its checks; the references are read as a vector below
     refs = np.frombuffer(p.names, ">u2", count=n, offset=len(p.names) - 2 * n).astype(np.int64)
+    if len(set(fields)) != len(fields) or len(np.unique(refs[refs > 0])) != len(fields):
+        raise _NotColumnar  # a field twice or unused: the slow path names it
     body = np.frombuffer(p.bodies, np.uint8)
 
     meter_index = np.empty(n, np.int64)
@@ -123,12 +147,15 @@ def _columns(p: EntryPack, leaves: bool) -> ScannedPack:
 
     # Readings of one layout: same stored length, same names field. One group in the common
     # case (one meter model per gateway), so it is a reshape, not a gather.
-    keys = lengths * 0x10000 + refs
+    keys = lengths << 16 | refs
     if (keys == keys[0]).all():
         groups = [(int(lengths[0]), int(refs[0]), None)]
     else:
         uniq, inverse = np.unique(keys, return_inverse=True)
-        groups = [(int(k >> 16), int(k & 0xFFFF), np.flatnonzero(inverse == g)) for g, k in enumerate(uniq)]
+        if len(uniq) > _MAX_LAYOUTS:
+            raise _NotColumnar  # a few numpy passes per layout: not worth it for many
+        rows_of = np.split(np.argsort(inverse.ravel(), kind="stable"), np.cumsum(np.bincount(inverse.ravel()))[:-1])
+        groups = [(int(k >> 16), int(k & 0xFFFF), rows) for k, rows in zip(uniq.tolist(), rows_of)]
     for width, ref, rows in groups:
         if ref == 0:
             _entry_by_entry(p.bodies, offsets, rows, n, meters, meter_index, ts, leaf)
@@ -138,7 +165,7 @@ def _columns(p: EntryPack, leaves: bool) -> ScannedPack:
             block = body.reshape(n, width)
             rows = np.arange(n)
         else:
-            block = np.frombuffer(b"".join(p.bodies[offsets[i] : offsets[i + 1]] for i in rows), np.uint8)
+            block = np.frombuffer(b"".join(p.bodies[offsets[i] : offsets[i + 1]] for i in rows.tolist()), np.uint8)
             block = block.reshape(len(rows), width)
         _reading_block(block, field, rows, meters, meter_index, ts, leaf)
 
@@ -234,10 +261,8 @@ def _spans(meter_index: np.ndarray, ts: np.ndarray, meter_ids: list[str]) -> tup
     """`spans_of` on columns: entries grouped by (meter, UTC hour), groups in order of first
     appearance, positions ascending."""
     hours = ts // HOUR_NS
-    base = int(hours.min())
-    if int(hours.max()) - base >= 1 << 31:  # a batch spanning 245,000 years: not worth columns
-        return tuple(spans_of([meter_ids[m] for m in meter_index.tolist()], ts.tolist()))
-    key = meter_index << 32 | (hours - base)
+    # i64 nanoseconds span about 5.1 million hours, so an hour offset fits in the low 32 bits.
+    key = meter_index << 32 | (hours - hours.min())
     order = np.argsort(key, kind="stable")  # positions grouped by key, ascending within each
     sorted_key = key[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_key[1:] != sorted_key[:-1])))
