@@ -29,6 +29,7 @@ PARTS: dict[str, str] = {
     "edge": "edge.cli",
     "hub": "hub.cli",
     "cert": "hub.certificates.cli",
+    "chain": "hub.consensus.cli",
 }
 
 

@@ -1,0 +1,694 @@
+"""The PBFT consensus core of a substation's hub replicas: a deterministic state machine.
+
+A `Replica` consumes messages, gateway batches and clock ticks and returns `Action`s (send
+this, persist that, this block is decided); it does no I/O, reads no clock and iterates
+nothing unordered, so a simulator can drive n of them with a seeded network and replay any
+run exactly (hub/consensus/simulator.py), and the hub runs the same object over gRPC.
+
+The protocol is PBFT (Castro and Liskov) with one block in flight, as in the seeds' design
+(the request and reply phases folded into the chain: gateways' batches are the requests,
+receipts the replies):
+
+* normal case: the primary of view v (replica v mod n) proposes the next height's batches;
+  PRE-PREPARE, PREPARE, COMMIT; a replica decides a proposal when it holds it and a quorum
+  ceil((n+f+1)/2) (2f+1 for n = 3f+1) of commits for it from distinct signers, which form
+  the block's commit certificate;
+* every replica forwards the batches gateways give it to all others, so a batch that reached
+  one correct replica is proposed by any correct primary, and a primary that leaves a known
+  batch out for too long is replaced;
+* a replica votes at most once per (view, height) and kind, and asks the shell to persist
+  that vote before the message leaves (`Persist` comes before the `Send`), so a restart
+  cannot make it vote twice;
+* view change: on a timeout (no decision while work is pending; exponential per failed
+  view) or an equivocating primary, a replica sends VIEW-CHANGE with its highest commit
+  certificate and its prepared certificate for the next height; the new primary gathers a
+  quorum and sends NEW-VIEW, re-proposing the highest-view prepared proposal, which every
+  replica recomputes from the same quorum; f+1 view changes for higher views pull a replica
+  along;
+* checkpoints every K heights become stable with a quorum, and the log below them is
+  dropped; messages beyond the high watermark are dropped;
+* state transfer: a replica that sees it is behind asks a peer for blocks and checks each
+  commit certificate before it decides the block; a peer serving bad blocks is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from hub.consensus.keys import ReplicaKeys, sign_message, verify_message
+from hub.consensus.messages import (
+    DIGEST,
+    Blocks,
+    Checkpoint,
+    Commit,
+    CommitCertificate,
+    FetchBlocks,
+    Forward,
+    NewView,
+    PrePrepare,
+    Prepare,
+    PreparedCertificate,
+    Proposal,
+    Signed,
+    ViewChange,
+)
+
+GENESIS = bytes(DIGEST)
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    n: int
+    checkpoint_interval: int = 10
+    base_timeout: float = 1.0  # seconds without a decision, while work is pending, before a view change
+    max_timeout: float = 60.0
+    max_batches: int = 1000  # per proposal
+    fetch_batch: int = 50  # blocks per state-transfer answer
+
+    @property
+    def f(self) -> int:
+        return (self.n - 1) // 3
+
+    @property
+    def quorum(self) -> int:
+        return math.ceil((self.n + self.f + 1) / 2)
+
+    def primary(self, view: int) -> int:
+        return view % self.n
+
+
+# -- what a replica asks its shell to do ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    message: Signed
+    to: int | None = None  # None: every other replica
+
+
+@dataclass(frozen=True)
+class Vote:
+    kind: str  # "pre-prepare", "prepare" or "commit"
+    view: int
+    height: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class Durable:
+    """What a replica must find again after a restart: its view (or the view it is changing
+    to) and its votes above the committed height."""
+
+    view: int
+    changing_to: int | None
+    votes: tuple[Vote, ...]
+
+
+@dataclass(frozen=True)
+class Persist:
+    state: Durable
+
+
+@dataclass(frozen=True)
+class Decide:
+    certificate: CommitCertificate
+
+
+Action = Send | Persist | Decide
+
+
+@dataclass
+class _Slot:
+    """The log of one (view, height)."""
+
+    pre_prepare: Signed | None = None
+    prepares: dict[bytes, dict[int, Signed]] = field(default_factory=dict)  # digest -> replica -> message
+    commits: dict[bytes, dict[int, Signed]] = field(default_factory=dict)
+
+
+class Replica:
+    def __init__(
+        self,
+        config: ConsensusConfig,
+        keys: ReplicaKeys,
+        committed: Iterable[CommitCertificate] = (),
+        durable: Durable | None = None,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.me = keys.replica
+        self.certificates: list[CommitCertificate] = list(committed)  # index = height - 1
+        self.committed_batches: set[bytes] = {b for c in self.certificates for b in c.proposal.batches}
+        self.view = durable.view if durable else 0
+        self.changing_to: int | None = durable.changing_to if durable else None
+        self.votes: dict[tuple[str, int, int], bytes] = {
+            (v.kind, v.view, v.height): v.digest for v in (durable.votes if durable else ())
+        }
+        self.pending: dict[bytes, float] = {}  # batch digest -> when first seen
+        self.slots: dict[tuple[int, int], _Slot] = {}
+        self.prepared: PreparedCertificate | None = None  # at height + 1, the highest view
+        self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
+        self.stable = 0  # height of the last stable checkpoint
+        self.view_changes: dict[int, dict[int, Signed]] = {}
+        self.new_view_sent: set[int] = set()
+        self.ahead: dict[int, set[int]] = {}  # height -> replicas showing they are at or past it
+        self.fetching: tuple[int, float] | None = None  # (peer, since)
+        self.bad_peers: set[int] = set()
+        self.failed_views = 0  # consecutive view changes without a decision: the timeout's exponent
+        self.deadline: float | None = None
+        self.view_change_count = 0
+        self.now = 0.0
+        self.forwarded_at = 0.0
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def height(self) -> int:
+        """The highest committed height."""
+        return len(self.certificates)
+
+    @property
+    def last_digest(self) -> bytes:
+        return self.certificates[-1].proposal.digest if self.certificates else GENESIS
+
+    @property
+    def is_primary(self) -> bool:
+        return self.config.primary(self.view) == self.me
+
+    @property
+    def timeout(self) -> float:
+        return min(self.config.base_timeout * 2 ** self.failed_views, self.config.max_timeout)
+
+    def _durable(self) -> Persist:
+        votes = tuple(
+            Vote(kind, v, h, d) for (kind, v, h), d in sorted(self.votes.items()) if h > self.height
+        )
+        return Persist(Durable(self.view, self.changing_to, votes))
+
+    def _sign(self, body: object) -> Signed:
+        return sign_message(self.keys, body)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        self.now = now
+        out: list[Action] = []
+        if self.changing_to is not None:  # restarted in the middle of a view change: say it again
+            target, self.changing_to = self.changing_to, None
+            out += self._start_view_change(target)
+        return out
+
+    def submit(self, batches: Iterable[bytes], now: float) -> list[Action]:
+        """Batches a gateway gave this replica (their digests)."""
+        self.now = now
+        new = tuple(sorted(b for b in set(batches) if b not in self.committed_batches and b not in self.pending))
+        if not new:
+            return []
+        for b in new:
+            self.pending[b] = now
+        out: list[Action] = [Send(self._sign(Forward(new)))]
+        return out + self._work_arrived()
+
+    def tick(self, now: float) -> list[Action]:
+        self.now = now
+        out: list[Action] = []
+        if self.fetching is not None and now - self.fetching[1] > self.timeout:
+            self.bad_peers.add(self.fetching[0])  # silent or unhelpful: ask someone else
+            self.fetching = None
+        out += self._fetch_if_behind(gap=0)
+        if self.deadline is not None and now >= self.deadline:
+            target = (self.changing_to if self.changing_to is not None else self.view) + 1
+            self.failed_views += 1
+            out += self._start_view_change(target)
+        elif self.pending and self.changing_to is None:
+            age = self._oldest_pending_age()
+            if age > 4 * self.timeout:
+                self.failed_views += 1  # the primary keeps leaving a known batch out
+                out += self._start_view_change(self.view + 1)
+            elif age > 2 * self.timeout and now - self.forwarded_at > self.timeout:
+                # The others may never have heard of it (a lost message): tell them again first.
+                self.forwarded_at = now
+                old = tuple(sorted(b for b, t in self.pending.items() if now - t > 2 * self.timeout))
+                out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
+        return out
+
+    def receive(self, m: Signed, now: float) -> list[Action]:
+        self.now = now
+        if not (0 <= m.replica < self.config.n) or m.replica == self.me or not verify_message(self.keys, m):
+            return []
+        body = m.body
+        if isinstance(body, Forward):
+            return self._on_forward(body)
+        if isinstance(body, PrePrepare):
+            return self._on_pre_prepare(m, body)
+        if isinstance(body, Prepare):
+            return self._on_prepare(m, body)
+        if isinstance(body, Commit):
+            return self._on_commit(m, body)
+        if isinstance(body, Checkpoint):
+            return self._on_checkpoint(m, body)
+        if isinstance(body, ViewChange):
+            return self._on_view_change(m, body)
+        if isinstance(body, NewView):
+            return self._on_new_view(m, body)
+        if isinstance(body, FetchBlocks):
+            return self._on_fetch(m, body)
+        if isinstance(body, Blocks):
+            return self._on_blocks(m, body)
+        return []
+
+    # -- normal case ---------------------------------------------------------------------
+
+    def _oldest_pending_age(self) -> float:
+        return self.now - min(self.pending.values()) if self.pending else 0.0
+
+    def _work_arrived(self) -> list[Action]:
+        if self.deadline is None and self.changing_to is None:
+            self.deadline = self.now + self.timeout
+        return self._propose()
+
+    def _on_forward(self, body: Forward) -> list[Action]:
+        fresh = [b for b in body.batches if b not in self.committed_batches and b not in self.pending]
+        for b in sorted(fresh):
+            self.pending[b] = self.now
+        return self._work_arrived() if fresh else []
+
+    def _slot(self, view: int, height: int) -> _Slot:
+        return self.slots.setdefault((view, height), _Slot())
+
+    def _in_window(self, height: int) -> bool:
+        """Between the watermarks: above what is decided, at most two checkpoint intervals on."""
+        return self.height < height <= self.height + 2 * self.config.checkpoint_interval
+
+    def _propose(self) -> list[Action]:
+        h = self.height + 1
+        if not self.is_primary or self.changing_to is not None or not self.pending:
+            return []
+        if ("pre-prepare", self.view, h) in self.votes:
+            return []
+        batches = tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
+        return self._send_pre_prepare(Proposal(h, self.last_digest, batches))
+
+    def _send_pre_prepare(self, proposal: Proposal) -> list[Action]:
+        self.votes[("pre-prepare", self.view, proposal.height)] = proposal.digest
+        pp = self._sign(PrePrepare(self.view, proposal))
+        self._slot(self.view, proposal.height).pre_prepare = pp
+        return [self._durable(), Send(pp)] + self._check_prepared(self.view, proposal.height, proposal.digest)
+
+    def _valid_proposal(self, p: Proposal) -> bool:
+        return (
+            p.height == self.height + 1
+            and p.prev == self.last_digest
+            and 0 < len(p.batches) <= self.config.max_batches
+            and len(set(p.batches)) == len(p.batches)
+            and all(len(b) == DIGEST and b not in self.committed_batches for b in p.batches)
+        )
+
+    def _on_pre_prepare(self, m: Signed, body: PrePrepare) -> list[Action]:
+        p = body.proposal
+        if m.replica != self.config.primary(body.view) or body.view != self.view:
+            return self._note_ahead(m.replica, p.height - 1)
+        if self.changing_to is not None:
+            # No vote from a replica leaving this view, but keep the proposal: if a quorum commits
+            # it, this replica decides it too instead of fetching it.
+            slot = self._slot(body.view, p.height)
+            if slot.pre_prepare is None:
+                slot.pre_prepare = m
+            return self._check_committed(body.view, p.height, p.digest)
+        if p.height > self.height + 1:
+            self._slot(body.view, p.height).pre_prepare = m  # kept until we catch up
+            return self._note_ahead(m.replica, p.height - 1)
+        slot = self._slot(body.view, p.height)
+        if slot.pre_prepare is not None and slot.pre_prepare.body.proposal.digest != p.digest:
+            return self._start_view_change(self.view + 1)  # the primary equivocates
+        if not self._valid_proposal(p):
+            return []
+        slot.pre_prepare = m
+        return self._accept(body.view, p)
+
+    def _accept(self, view: int, p: Proposal) -> list[Action]:
+        out: list[Action] = []
+        key = ("prepare", view, p.height)
+        if key not in self.votes:
+            self.votes[key] = p.digest
+            prepare = self._sign(Prepare(view, p.height, p.digest))
+            self._slot(view, p.height).prepares.setdefault(p.digest, {})[self.me] = prepare
+            out += [self._durable(), Send(prepare)]
+        if self.deadline is None:
+            self.deadline = self.now + self.timeout
+        return out + self._check_prepared(view, p.height, p.digest)
+
+    def _on_prepare(self, m: Signed, body: Prepare) -> list[Action]:
+        if m.replica == self.config.primary(body.view) or body.height <= self.height:
+            return []
+        if not self._in_window(body.height):
+            return []
+        self._slot(body.view, body.height).prepares.setdefault(body.digest, {})[m.replica] = m
+        out = self._note_ahead(m.replica, body.height - 1)
+        if body.view == self.view and body.height == self.height + 1:
+            out += self._check_prepared(body.view, body.height, body.digest)
+        return out
+
+    def _check_prepared(self, view: int, height: int, digest: bytes) -> list[Action]:
+        slot = self.slots.get((view, height))
+        if slot is None or slot.pre_prepare is None or slot.pre_prepare.body.proposal.digest != digest:
+            return []
+        prepares = {r: s for r, s in slot.prepares.get(digest, {}).items() if r != self.config.primary(view)}
+        if len(prepares) < self.config.quorum - 1:
+            return []
+        held = self.prepared
+        if held is None or held.pre_prepare.body.proposal.height != height or held.pre_prepare.body.view < view:
+            self.prepared = PreparedCertificate(
+                slot.pre_prepare, tuple(prepares[r] for r in sorted(prepares)[: self.config.quorum - 1])
+            )
+        out: list[Action] = []
+        key = ("commit", view, height)
+        if key not in self.votes and self.changing_to is None and view == self.view:
+            self.votes[key] = digest
+            commit = self._sign(Commit(view, height, digest))
+            slot.commits.setdefault(digest, {})[self.me] = commit
+            out += [self._durable(), Send(commit)]
+        return out + self._check_committed(view, height, digest)
+
+    def _on_commit(self, m: Signed, body: Commit) -> list[Action]:
+        if body.height <= self.height or not self._in_window(body.height):
+            return []
+        self._slot(body.view, body.height).commits.setdefault(body.digest, {})[m.replica] = m
+        out = self._note_ahead(m.replica, body.height - 1)
+        if body.height == self.height + 1:
+            out += self._check_committed(body.view, body.height, body.digest)
+        return out
+
+    def _check_committed(self, view: int, height: int, digest: bytes) -> list[Action]:
+        slot = self.slots.get((view, height))
+        if slot is None or height != self.height + 1:
+            return []
+        commits = slot.commits.get(digest, {})
+        proposal = _proposal_in(slot, digest)
+        if len(commits) >= self.config.quorum and proposal is None:
+            # Decided, but we never saw the proposal: fetch the block from those who committed it.
+            for r in commits:
+                if r != self.me:
+                    self.ahead.setdefault(height, set()).add(r)
+            return self._fetch_if_behind(gap=0)
+        if proposal is None or len(commits) < self.config.quorum or proposal.prev != self.last_digest:
+            return []
+        cert = CommitCertificate(proposal, tuple(commits[r] for r in sorted(commits)[: self.config.quorum]))
+        return self._decide(cert)
+
+    def _decide(self, cert: CommitCertificate) -> list[Action]:
+        p = cert.proposal
+        self.certificates.append(cert)
+        self.committed_batches.update(p.batches)
+        for b in p.batches:
+            self.pending.pop(b, None)
+        self.slots = {k: s for k, s in self.slots.items() if k[1] > p.height}
+        self.votes = {k: d for k, d in self.votes.items() if k[2] > p.height}
+        if self.prepared is not None and self.prepared.pre_prepare.body.proposal.height <= p.height:
+            self.prepared = None
+        self.ahead = {h: r for h, r in self.ahead.items() if h > p.height}
+        self.failed_views = 0
+        self.deadline = self.now + self.timeout if (self.pending and self.changing_to is None) else None
+        out: list[Action] = [Decide(cert)]
+        if p.height % self.config.checkpoint_interval == 0:
+            cp = self._sign(Checkpoint(p.height, p.digest))
+            out.append(Send(cp))
+            out += self._count_checkpoint(self.me, cp.body)
+        if self.fetching is not None and not self._behind():
+            self.fetching = None
+        return out + self._replay() + self._propose()
+
+    def _replay(self) -> list[Action]:
+        """Messages for the next height that arrived before this replica got there."""
+        h = self.height + 1
+        out: list[Action] = []
+        slot = self.slots.get((self.view, h))
+        if slot is None or self.changing_to is not None:
+            return out
+        if slot.pre_prepare is not None and slot.pre_prepare.replica == self.config.primary(self.view):
+            p = slot.pre_prepare.body.proposal
+            if self._valid_proposal(p):
+                out += self._accept(self.view, p)
+        for digest in sorted(set(slot.prepares) | set(slot.commits)):
+            out += self._check_prepared(self.view, h, digest)
+            out += self._check_committed(self.view, h, digest)
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _on_checkpoint(self, m: Signed, body: Checkpoint) -> list[Action]:
+        out = self._note_ahead(m.replica, body.height)
+        return out + self._count_checkpoint(m.replica, body)
+
+    def _count_checkpoint(self, replica: int, body: Checkpoint) -> list[Action]:
+        if body.height <= self.stable:
+            return []
+        self.checkpoints.setdefault(body.height, {}).setdefault(body.digest, set()).add(replica)
+        mine = self.height >= body.height and self.certificates[body.height - 1].proposal.digest == body.digest
+        if mine and len(self.checkpoints[body.height][body.digest]) >= self.config.quorum:
+            self.stable = body.height
+            self.checkpoints = {h: c for h, c in self.checkpoints.items() if h > body.height}
+            self.view_changes = {v: c for v, c in self.view_changes.items() if v > self.view}
+        return []
+
+    # -- view change -----------------------------------------------------------------------
+
+    def _start_view_change(self, target: int) -> list[Action]:
+        if self.changing_to is not None and self.changing_to >= target or target <= self.view:
+            return []
+        self.changing_to = target
+        self.view_change_count += 1
+        self.deadline = self.now + self.timeout
+        vc = self._sign(ViewChange(target, self.certificates[-1] if self.certificates else None, self.prepared))
+        self.view_changes.setdefault(target, {})[self.me] = vc
+        return [self._durable(), Send(vc)] + self._maybe_new_view(target)
+
+    def _valid_commit_certificate(self, c: CommitCertificate) -> bool:
+        d = c.proposal.digest
+        signers = set()
+        view = None
+        for s in c.commits:
+            b = s.body
+            if not (isinstance(b, Commit) and b.height == c.proposal.height and b.digest == d):
+                return False
+            if view is None:
+                view = b.view
+            if b.view != view or s.replica in signers or not (0 <= s.replica < self.config.n):
+                return False
+            if not verify_message(self.keys, s):
+                return False
+            signers.add(s.replica)
+        return len(signers) >= self.config.quorum
+
+    def _valid_prepared_certificate(self, c: PreparedCertificate) -> bool:
+        pp = c.pre_prepare
+        if not isinstance(pp.body, PrePrepare) or pp.replica != self.config.primary(pp.body.view):
+            return False
+        if not verify_message(self.keys, pp):
+            return False
+        view, p = pp.body.view, pp.body.proposal
+        signers = set()
+        for s in c.prepares:
+            b = s.body
+            if not (isinstance(b, Prepare) and b.view == view and b.height == p.height and b.digest == p.digest):
+                return False
+            if s.replica in signers or s.replica == pp.replica or not verify_message(self.keys, s):
+                return False
+            signers.add(s.replica)
+        return len(signers) >= self.config.quorum - 1
+
+    def _valid_view_change(self, m: Signed) -> bool:
+        vc = m.body
+        if not isinstance(vc, ViewChange) or not verify_message(self.keys, m):
+            return False
+        if vc.committed is not None and not self._valid_commit_certificate(vc.committed):
+            return False
+        if vc.prepared is not None:
+            if not self._valid_prepared_certificate(vc.prepared):
+                return False
+            base = vc.committed.proposal.height if vc.committed else 0
+            pp = vc.prepared.pre_prepare.body
+            if pp.proposal.height != base + 1 or pp.view >= vc.view:
+                return False
+        return True
+
+    def _on_view_change(self, m: Signed, body: ViewChange) -> list[Action]:
+        if body.view <= self.view or not self._valid_view_change(m):
+            return []
+        self.view_changes.setdefault(body.view, {})[m.replica] = m
+        out: list[Action] = []
+        if body.committed is not None and body.committed.proposal.height > self.height:
+            out += self._note_ahead(m.replica, body.committed.proposal.height)
+        # f+1 replicas want a higher view: at least one correct replica timed out, so follow.
+        wanting = {r for v, vcs in self.view_changes.items() if v > self.view for r in vcs}
+        current = self.changing_to if self.changing_to is not None else self.view
+        if len(wanting) >= self.config.f + 1:
+            lowest = min(v for v, vcs in self.view_changes.items() if v > current and vcs) if any(
+                v > current and vcs for v, vcs in self.view_changes.items()
+            ) else None
+            if lowest is not None:
+                out += self._start_view_change(lowest)
+        return out + self._maybe_new_view(body.view)
+
+    def _maybe_new_view(self, view: int) -> list[Action]:
+        if self.config.primary(view) != self.me or view in self.new_view_sent or self.changing_to != view:
+            return []
+        vcs = self.view_changes.get(view, {})
+        if len(vcs) < self.config.quorum:
+            return []
+        chosen = tuple(vcs[r] for r in sorted(vcs)[: self.config.quorum])
+        top, carried = _new_view_plan(chosen)
+        self.new_view_sent.add(view)
+        out: list[Action] = []
+        # Take the highest committed block of the quorum first if we lack it (its certificate is here).
+        out += self._adopt(top)
+        proposal = carried
+        if proposal is None and self.pending and top_height(top) == self.height:
+            batches = tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
+            proposal = Proposal(self.height + 1, self.last_digest, batches)
+        pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
+        nv = self._sign(NewView(view, chosen, pp))
+        return out + [Send(nv)] + self._enter_view(view, pp)
+
+    def _on_new_view(self, m: Signed, body: NewView) -> list[Action]:
+        view = body.view
+        if m.replica != self.config.primary(view) or view < (self.changing_to or self.view) or view <= self.view:
+            return []
+        signers = {s.replica for s in body.view_changes}
+        if len(signers) != len(body.view_changes) or len(signers) < self.config.quorum:
+            return []
+        if not all(isinstance(s.body, ViewChange) and s.body.view == view and self._valid_view_change(s)
+                   for s in body.view_changes):
+            return []
+        top, carried = _new_view_plan(body.view_changes)
+        pp = body.pre_prepare
+        if pp is not None:
+            if not (isinstance(pp.body, PrePrepare) and pp.body.view == view and pp.replica == m.replica
+                    and verify_message(self.keys, pp)):
+                return []
+            p = pp.body.proposal
+            if carried is not None and p != carried:
+                return []  # a forged or wrong choice: the carried proposal may have committed somewhere
+            if carried is None and (p.height != top_height(top) + 1 or p.prev != top_digest(top)):
+                return []
+        elif carried is not None:
+            return []
+        out = self._adopt(top)
+        return out + self._enter_view(view, pp)
+
+    def _adopt(self, top: CommitCertificate | None) -> list[Action]:
+        """The quorum's highest committed block: decide it directly if it is our next one,
+        otherwise fetch what lies between."""
+        if top is None or top.proposal.height <= self.height:
+            return []
+        if top.proposal.height == self.height + 1 and top.proposal.prev == self.last_digest:
+            return self._decide(top)
+        signer = sorted(s.replica for s in top.commits if s.replica != self.me)
+        for r in signer:
+            self.ahead.setdefault(top.proposal.height, set()).add(r)
+        return self._fetch_if_behind(force=True)
+
+    def _enter_view(self, view: int, pp: Signed | None) -> list[Action]:
+        self.view = view
+        self.changing_to = None
+        for b in self.pending:  # the new primary gets a fresh chance with every known batch
+            self.pending[b] = self.now
+        self.deadline = self.now + self.timeout if (self.pending or pp is not None) else None
+        self.view_changes = {v: c for v, c in self.view_changes.items() if v > view}
+        out: list[Action] = [self._durable()]
+        if pp is not None:
+            p = pp.body.proposal
+            self._slot(view, p.height).pre_prepare = pp
+            if pp.replica == self.me:
+                self.votes[("pre-prepare", view, p.height)] = p.digest
+                out += self._check_prepared(view, p.height, p.digest)
+            elif self._valid_proposal(p):
+                out += self._accept(view, p)
+        return out + self._replay() + self._propose()
+
+    # -- state transfer --------------------------------------------------------------------
+
+    def _note_ahead(self, replica: int, height: int) -> list[Action]:
+        if height <= self.height:
+            return []
+        self.ahead.setdefault(height, set()).add(replica)
+        return self._fetch_if_behind()
+
+    def _behind(self, gap: int = 1) -> int | None:
+        """A height f+1 replicas (so one correct) showed they reached, more than `gap` above
+        ours. On messages the gap is 1: the next height is normally decided by the protocol
+        itself; on a tick it is 0, for a replica that missed that protocol (it was in a view
+        change of its own, or lost the messages)."""
+        for h in sorted(self.ahead, reverse=True):
+            if h > self.height + gap and len(self.ahead[h]) >= self.config.f + 1:
+                return h
+        return None
+
+    def _fetch_if_behind(self, force: bool = False, gap: int = 1) -> list[Action]:
+        if self.fetching is not None:
+            return []
+        target = max(self.ahead) if force and self.ahead else self._behind(gap)
+        if target is None or target <= self.height:
+            return []
+        peers = sorted(r for h, rs in self.ahead.items() if h >= target for r in rs)
+        if not peers:
+            return []
+        good = [r for r in peers if r not in self.bad_peers]
+        if not good:  # every peer failed us once: try them all again
+            self.bad_peers -= set(peers)
+            good = peers
+        peer = good[(self.height + self.me) % len(good)]
+        self.fetching = (peer, self.now)
+        return [Send(self._sign(FetchBlocks(self.height + 1)), to=peer)]
+
+    def _on_fetch(self, m: Signed, body: FetchBlocks) -> list[Action]:
+        if body.height < 1 or body.height > self.height:
+            return []
+        certs = tuple(self.certificates[body.height - 1 : body.height - 1 + self.config.fetch_batch])
+        return [Send(self._sign(Blocks(certs)), to=m.replica)]
+
+    def _on_blocks(self, m: Signed, body: Blocks) -> list[Action]:
+        if self.fetching is None or self.fetching[0] != m.replica:
+            return []
+        out: list[Action] = []
+        for cert in body.certificates:
+            p = cert.proposal
+            if p.height != self.height + 1:
+                continue
+            if p.prev != self.last_digest or not self._valid_commit_certificate(cert):
+                self.bad_peers.add(m.replica)  # a bad block: this peer is not helping
+                break
+            out += self._decide(cert)
+        self.fetching = None
+        return out + self._fetch_if_behind()
+
+
+def _proposal_in(slot: _Slot, digest: bytes) -> Proposal | None:
+    if slot.pre_prepare is not None and slot.pre_prepare.body.proposal.digest == digest:
+        return slot.pre_prepare.body.proposal
+    return None
+
+
+def _new_view_plan(view_changes: Iterable[Signed]) -> tuple[CommitCertificate | None, Proposal | None]:
+    """From a quorum of view changes: the highest commit certificate, and the proposal the new
+    view must carry for the height after it (the prepared one of the highest view), if any."""
+    vcs = [s.body for s in view_changes]
+    top = max((vc.committed for vc in vcs if vc.committed is not None),
+              key=lambda c: c.proposal.height, default=None)
+    h = top_height(top)
+    prepared = [vc.prepared for vc in vcs
+                if vc.prepared is not None and vc.prepared.pre_prepare.body.proposal.height == h + 1]
+    if not prepared:
+        return top, None
+    best = max(prepared, key=lambda c: (c.pre_prepare.body.view, c.pre_prepare.body.proposal.digest))
+    return top, best.pre_prepare.body.proposal
+
+
+def top_height(top: CommitCertificate | None) -> int:
+    return top.proposal.height if top is not None else 0
+
+
+def top_digest(top: CommitCertificate | None) -> bytes:
+    return top.proposal.digest if top is not None else GENESIS

@@ -1,0 +1,194 @@
+"""The PBFT core as a state machine: messages, votes that survive a restart, view changes.
+
+Driven by hand here (a few replicas, messages passed explicitly); tests/test_consensus_sim.py
+drives thousands of seeded runs with faults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from hub.consensus.core import ConsensusConfig, Decide, Persist, Replica, Send
+from hub.consensus.keys import Ed25519ReplicaKeys, SimulatedReplicaKeys, sign_message, verify_message
+from hub.consensus.messages import (
+    Commit,
+    CommitCertificate,
+    Forward,
+    MessageError,
+    NewView,
+    PrePrepare,
+    Prepare,
+    PreparedCertificate,
+    Proposal,
+    Signed,
+    ViewChange,
+    decode,
+    encode,
+)
+from protos.signing import Signer
+
+SECRETS = {i: bytes([i]) * 32 for i in range(4)}
+CONFIG = ConsensusConfig(n=4, checkpoint_interval=2, base_timeout=1.0)
+
+
+def batch(i: int) -> bytes:
+    return hashlib.sha256(b"batch %d" % i).digest()
+
+
+def keys(i: int) -> SimulatedReplicaKeys:
+    return SimulatedReplicaKeys(i, SECRETS)
+
+
+class Cluster:
+    """n replicas and a FIFO of messages in flight, delivered on request."""
+
+    def __init__(self, n: int = 4) -> None:
+        self.replicas = [Replica(CONFIG, keys(i)) for i in range(n)]
+        self.inbox: list[tuple[int, Signed]] = []
+        self.decided: dict[int, list[CommitCertificate]] = {i: [] for i in range(n)}
+        self.persisted: dict[int, list] = {i: [] for i in range(n)}
+        self.now = 0.0
+
+    def apply(self, i: int, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                for j in ([a.to] if a.to is not None else [j for j in range(len(self.replicas)) if j != i]):
+                    self.inbox.append((j, a.message))
+            elif isinstance(a, Decide):
+                self.decided[i].append(a.certificate)
+            elif isinstance(a, Persist):
+                self.persisted[i].append(a.state)
+
+    def run(self, drop: set[int] = frozenset(), steps: int = 10_000) -> None:
+        """Deliver until quiet; messages to or from replicas in `drop` are lost."""
+        while self.inbox and steps:
+            steps -= 1
+            j, m = self.inbox.pop(0)
+            if j in drop or m.replica in drop:
+                continue
+            self.apply(j, self.replicas[j].receive(m, self.now))
+
+    def submit(self, i: int, *batches: bytes) -> None:
+        self.apply(i, self.replicas[i].submit(list(batches), self.now))
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for i, r in enumerate(self.replicas):
+            self.apply(i, r.tick(self.now))
+
+
+def test_messages_round_trip_and_reject_anything_else() -> None:
+    p = Proposal(3, bytes(32), (batch(1), batch(2)))
+    pp = sign_message(keys(0), PrePrepare(0, p))
+    prepares = tuple(sign_message(keys(i), Prepare(0, 3, p.digest)) for i in (1, 2))
+    commit_cert = CommitCertificate(p, tuple(sign_message(keys(i), Commit(0, 3, p.digest)) for i in range(3)))
+    for m in (p, Forward((batch(1),)), pp, commit_cert, PreparedCertificate(pp, prepares),
+              ViewChange(1, commit_cert, None), NewView(1, (sign_message(keys(1), ViewChange(1, None, None)),), pp)):
+        assert decode(encode(m)) == m
+    data = encode(pp)
+    with pytest.raises(MessageError, match="trailing"):
+        decode(data + b"\x00")
+    with pytest.raises(MessageError, match="truncated"):
+        decode(data[:-1])
+    with pytest.raises(MessageError, match="unknown message tag"):
+        decode(b"\x03abc")
+    with pytest.raises(MessageError, match="a digest is 32 bytes"):
+        encode(Prepare(0, 1, b"short"))
+
+
+def test_signatures_bind_the_replica_and_the_bytes() -> None:
+    m = sign_message(keys(1), Prepare(0, 1, batch(1)))
+    assert verify_message(keys(2), m)
+    assert not verify_message(keys(2), Signed(m.body, 2, m.signature))  # claimed by another replica
+    assert not verify_message(keys(2), Signed(Prepare(0, 1, batch(2)), 1, m.signature))
+    signers = {i: Signer.generate() for i in range(2)}
+    ed = {i: Ed25519ReplicaKeys(i, signers[i], {j: s.public_key for j, s in signers.items()}) for i in range(2)}
+    m = sign_message(ed[0], Commit(2, 5, batch(3)))
+    assert verify_message(ed[1], m) and not verify_message(ed[1], Signed(m.body, 1, m.signature))
+
+
+def test_the_normal_case_decides_one_block_with_a_quorum_certificate() -> None:
+    c = Cluster()
+    c.submit(2, batch(1), batch(2))  # a backup received them: forwarded to the primary
+    c.run()
+    for i in range(4):
+        (cert,) = c.decided[i]
+        assert cert.proposal.height == 1 and set(cert.proposal.batches) == {batch(1), batch(2)}
+        assert len({s.replica for s in cert.commits}) == CONFIG.quorum == 3
+    assert len({c.decided[i][0].proposal.digest for i in range(4)}) == 1
+
+
+def test_one_replica_down_is_tolerated_two_halt_the_chain_then_it_resumes() -> None:
+    c = Cluster()
+    c.submit(0, batch(1))
+    c.run(drop={3})
+    assert [len(c.decided[i]) for i in range(4)] == [1, 1, 1, 0]
+    c.submit(0, batch(2))
+    c.run(drop={2, 3})
+    assert [len(c.decided[i]) for i in range(4)] == [1, 1, 1, 0]  # f+1 down: no decision
+    c.submit(0, batch(3))
+    for _ in range(6):  # back: what was lost is recovered by timeouts (a view change), 3 catches up
+        c.tick(CONFIG.max_timeout)
+        c.run()
+    heights = [len(c.decided[i]) for i in range(4)]
+    assert heights[0] >= 2 and len(set(heights)) == 1, heights
+    assert {b for cert in c.decided[0] for b in cert.proposal.batches} == {batch(1), batch(2), batch(3)}
+    assert len({tuple(x.proposal.digest for x in c.decided[i]) for i in range(4)}) == 1
+
+
+def test_a_restarted_replica_does_not_vote_twice_at_one_height() -> None:
+    """It persisted its prepare before sending it; after a restart it refuses another digest."""
+    c = Cluster()
+    p = Proposal(1, bytes(32), (batch(1),))
+    c.apply(1, c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, p)), 0.0))
+    persisted = c.persisted[1][-1]
+    assert [(v.kind, v.view, v.height, v.digest) for v in persisted.votes] == [("prepare", 0, 1, p.digest)]
+    sends = [a for a in c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, p)), 0.0) if isinstance(a, Send)]
+    assert sends == []
+    restarted = Replica(CONFIG, keys(1), durable=persisted)
+    other = Proposal(1, bytes(32), (batch(9),))
+    actions = restarted.receive(sign_message(keys(0), PrePrepare(0, other)), 1.0)
+    assert not [a for a in actions if isinstance(a, Send) and isinstance(a.message.body, Prepare)]
+
+
+def test_an_equivocating_primary_is_replaced_and_the_chain_goes_on() -> None:
+    c = Cluster()
+    c.replicas[1].submit([batch(1)], 0.0)
+    c.replicas[2].submit([batch(1)], 0.0)
+    a, b = Proposal(1, bytes(32), (batch(1),)), Proposal(1, bytes(32), (batch(1), batch(2)))
+    c.apply(1, c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, a)), 0.0))
+    c.apply(1, c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, b)), 0.0))  # same height, other proposal
+    assert c.replicas[1].changing_to == 1
+    c.inbox = [(j, m) for j, m in c.inbox if not isinstance(m.body, Prepare)]
+    c.tick(CONFIG.base_timeout + 0.01)  # the others time out too
+    c.run(drop={0})
+    views = {r.view for r in c.replicas[1:]}
+    assert len(views) == 1 and views.pop() >= 1 and all(r.changing_to is None for r in c.replicas[1:])
+    assert all(len(c.decided[i]) == 1 for i in (1, 2, 3))
+    assert len({c.decided[i][0].proposal.digest for i in (1, 2, 3)}) == 1
+
+
+def test_a_forged_prepared_certificate_in_a_view_change_is_refused() -> None:
+    fake = Proposal(1, bytes(32), (batch(7),))
+    forged = PreparedCertificate(
+        sign_message(keys(0), PrePrepare(0, fake)),
+        tuple(sign_message(keys(0), Prepare(0, 1, fake.digest)) for _ in range(2)),  # one signer, twice
+    )
+    r = Replica(CONFIG, keys(2))
+    assert not r._valid_view_change(sign_message(keys(0), ViewChange(1, None, forged)))
+    honest = PreparedCertificate(forged.pre_prepare, tuple(sign_message(keys(i), Prepare(0, 1, fake.digest)) for i in (1, 3)))
+    assert r._valid_view_change(sign_message(keys(0), ViewChange(1, None, honest)))
+
+
+def test_timeouts_grow_exponentially_while_views_fail_and_reset_on_a_decision() -> None:
+    r = Replica(CONFIG, keys(1))
+    r.submit([batch(1)], 0.0)
+    seen = []
+    t = 0.0
+    for _ in range(4):
+        t = r.deadline + 0.001
+        r.tick(t)
+        seen.append(r.timeout)
+    assert seen == [2.0, 4.0, 8.0, 16.0]

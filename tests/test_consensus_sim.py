@@ -1,0 +1,67 @@
+"""Seeded simulations of 4 replicas: safe and live under every fault mix, and the checker bites.
+
+`gridtrace chain simulate` runs the same simulations; bench-sized runs take more seeds.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+
+from gridtrace.cli import main
+from hub.consensus import core
+from hub.consensus.cli import DEFAULT_MIXES
+from hub.consensus.simulator import Faults, Simulation, simulate
+
+SEEDS = 40  # per mix: 17 mixes, 680 runs, about 80 s on the CI machine
+
+
+@pytest.mark.parametrize("mix", DEFAULT_MIXES)
+def test_no_two_correct_replicas_ever_decide_differently_and_progress_resumes(mix: str) -> None:
+    outcomes = simulate(4, range(SEEDS), Faults.parse(mix))
+    unsafe = [(o.seed, o.violation) for o in outcomes if o.violation]
+    stalled = [(o.seed, o.stalled) for o in outcomes if o.stalled]
+    assert not unsafe, unsafe[:3]
+    assert not stalled, stalled[:3]
+    assert all(o.blocks > 0 for o in outcomes)
+
+
+def test_seven_replicas_tolerate_two_byzantine_behaviours_worth_of_faults() -> None:
+    for mix in ("equivocate+drop", "twins+partition", "quorum-loss"):
+        for o in simulate(7, range(8), Faults.parse(mix)):
+            assert o.violation is None and o.stalled is None, (mix, o.seed, o.violation, o.stalled)
+
+
+def test_a_seed_replays_exactly() -> None:
+    a = Simulation(4, 17, Faults.parse("drop+delay+crash+twins")).run()
+    b = Simulation(4, 17, Faults.parse("drop+delay+crash+twins")).run()
+    assert (a.heights, a.view_changes) == (b.heights, b.view_changes)
+    assert a.blocks > 0
+
+
+def test_the_checker_finds_a_quorum_that_is_too_small() -> None:
+    """With f+1 instead of 2f+1 votes, an equivocating primary splits the replicas."""
+    with mock.patch.object(core.ConsensusConfig, "quorum", property(lambda self: self.f + 1)):
+        bad = [o for o in simulate(4, range(20), Faults.parse("equivocate")) if o.violation]
+    assert bad and "decided" in bad[0].violation
+
+
+def test_the_checker_finds_a_view_change_that_forgets_a_prepared_proposal() -> None:
+    """A new view must carry the highest prepared proposal: it may have committed somewhere."""
+    plan = core._new_view_plan
+    with mock.patch.object(core, "_new_view_plan", lambda vcs: (plan(vcs)[0], None)):
+        bad = [o for o in simulate(4, range(20), Faults.parse("drop")) if o.violation]
+    assert bad
+
+
+def test_the_command_reports_each_mix_and_fails_on_a_violation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chain", "simulate", "--seeds", "2", "--faults", "none,crash"]) == 0
+    out = capsys.readouterr().out
+    assert "none" in out and "crash" in out and out.count("safe and live") == 2
+    with mock.patch.object(core.ConsensusConfig, "quorum", property(lambda self: self.f + 1)):
+        assert main(["chain", "simulate", "--seeds", "10", "--faults", "equivocate"]) == 1
+    out = capsys.readouterr().out
+    assert "SAFETY VIOLATION" in out and "first seed" in out
+    assert main(["chain", "simulate", "--faults", "meteor"]) == 2
+    assert "unknown fault meteor" in capsys.readouterr().err
