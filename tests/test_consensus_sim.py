@@ -51,7 +51,7 @@ def test_the_checker_finds_a_view_change_that_forgets_a_prepared_proposal() -> N
     """A new view must carry the highest prepared proposal: it may have committed somewhere."""
     plan = core._new_view_plan
     with mock.patch.object(core, "_new_view_plan", lambda vcs: (plan(vcs)[0], None)):
-        bad = [o for o in simulate(4, range(20), Faults.parse("drop")) if o.violation]
+        bad = [o for o in simulate(4, range(20), Faults.parse("drop+twins")) if o.violation]
     assert bad
 
 

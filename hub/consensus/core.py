@@ -161,6 +161,8 @@ class Replica:
         self.view_change_count = 0
         self.now = 0.0
         self.forwarded_at = 0.0
+        self.resent_at = 0.0
+        self.new_views: dict[int, Signed] = {}  # views this replica started as primary: their NEW-VIEW
 
     # -- state ---------------------------------------------------------------------------
 
@@ -218,20 +220,22 @@ class Replica:
             self.bad_peers.add(self.fetching[0])  # silent or unhelpful: ask someone else
             self.fetching = None
         out += self._fetch_if_behind(gap=0)
+        out += self._retransmit()
         if self.deadline is not None and now >= self.deadline:
             target = (self.changing_to if self.changing_to is not None else self.view) + 1
             self.failed_views += 1
             out += self._start_view_change(target)
-        elif self.pending and self.changing_to is None:
+        elif self.pending:
             age = self._oldest_pending_age()
-            if age > 4 * self.timeout:
-                self.failed_views += 1  # the primary keeps leaving a known batch out
-                out += self._start_view_change(self.view + 1)
-            elif age > 2 * self.timeout and now - self.forwarded_at > self.timeout:
-                # The others may never have heard of it (a lost message): tell them again first.
+            if age > 2 * self.timeout and now - self.forwarded_at > self.timeout:
+                # The others may never have heard of it (a lost message, or this replica was in a
+                # view change of its own when it came): tell them again, also while changing views.
                 self.forwarded_at = now
                 old = tuple(sorted(b for b, t in self.pending.items() if now - t > 2 * self.timeout))
                 out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
+            if age > 4 * self.timeout and self.changing_to is None:
+                self.failed_views += 1  # the primary keeps leaving a known batch out
+                out += self._start_view_change(self.view + 1)
         return out
 
     def receive(self, m: Signed, now: float) -> list[Action]:
@@ -258,6 +262,27 @@ class Replica:
         if isinstance(body, Blocks):
             return self._on_blocks(m, body)
         return []
+
+    def _retransmit(self) -> list[Action]:
+        """Every half timeout without a decision, send our messages for the block in flight (or
+        our view change) again: a lost vote then costs a resend, not a view change. Receivers
+        keep one message per replica, so repeats change nothing."""
+        if self.now - self.resent_at < self.timeout / 2:
+            return []
+        mine: list[Signed] = []
+        if self.changing_to is not None:
+            vc = self.view_changes.get(self.changing_to, {}).get(self.me)
+            mine = [vc] if vc is not None else []
+        else:
+            slot = self.slots.get((self.view, self.height + 1))
+            if slot is not None:
+                if slot.pre_prepare is not None and slot.pre_prepare.replica == self.me:
+                    mine.append(slot.pre_prepare)
+                mine += [by[self.me] for by in (*slot.prepares.values(), *slot.commits.values()) if self.me in by]
+        if not mine:
+            return []
+        self.resent_at = self.now
+        return [Send(m) for m in mine]
 
     # -- normal case ---------------------------------------------------------------------
 
@@ -515,6 +540,8 @@ class Replica:
         return True
 
     def _on_view_change(self, m: Signed, body: ViewChange) -> list[Action]:
+        if body.view == self.view and body.view in self.new_views:
+            return [Send(self.new_views[body.view], to=m.replica)]  # it missed our NEW-VIEW
         if body.view <= self.view or not self._valid_view_change(m):
             return []
         self.view_changes.setdefault(body.view, {})[m.replica] = m
@@ -550,6 +577,7 @@ class Replica:
             proposal = Proposal(self.height + 1, self.last_digest, batches)
         pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
         nv = self._sign(NewView(view, chosen, pp))
+        self.new_views = {view: nv}
         return out + [Send(nv)] + self._enter_view(view, pp)
 
     def _on_new_view(self, m: Signed, body: NewView) -> list[Action]:
