@@ -88,7 +88,14 @@ class Simulation:
     def __init__(
         self, n: int, seed: int, faults: Faults, duration: float = 12.0, heal_at: float = 8.0,
         batch_interval: float = 0.1, base_timeout: float = 0.25,
+        script: tuple[tuple[float, str, int], ...] = (),
+        intercept: Callable[[Simulation, int, int, Signed], float | None] | None = None,
     ) -> None:
+        """`script`: scripted (time, "crash" | "restart" | "isolate" | "heal", replica) events, for
+        the classic scenarios; `intercept(sim, from, to, message)` returns None to drop a message,
+        else an extra delay in seconds (0 for none)."""
+        self.script = script
+        self.intercept = intercept
         self.rng = random.Random(seed)
         self.seed = seed
         self.faults = faults
@@ -183,6 +190,8 @@ class Simulation:
             self.twin_sides = (set(others[: len(others) // 2 + 1]), set(others[len(others) // 2:]))
         if "replay" in self.faults:
             self._at(1.0, "replay", self.byzantine)
+        for t, kind, node in self.script:
+            self._at(t, kind, node, {node} if kind == "isolate" else None)
 
     # -- events --------------------------------------------------------------------------
 
@@ -244,6 +253,9 @@ class Simulation:
     def _on_heal(self, ev: _Event) -> None:
         self.cut = set()
 
+    def _on_isolate(self, ev: _Event) -> None:
+        self._on_partition(_Event(ev.time, ev.seq, "partition", -1, {ev.node}))
+
     def _on_replay(self, ev: _Event) -> None:
         if self.seen:
             for m in self.rng.sample(self.seen, min(5, len(self.seen))):
@@ -291,6 +303,12 @@ class Simulation:
     def _deliver_later(self, i: int, j: int, m: Signed) -> None:
         if (i, j) in self.cut or j in self.down:
             return
+        extra = 0.0
+        if self.intercept is not None:
+            verdict = self.intercept(self, i, j, m)
+            if verdict is None:
+                return
+            extra = verdict
         faulty = not self._healed()
         if faulty and "drop" in self.faults and self.rng.random() < 0.1:
             return
@@ -300,7 +318,7 @@ class Simulation:
             for c in range(len(self.nodes[j])):
                 if "twins" in self.faults and j == self.byzantine and i not in self.twin_sides[c]:
                     continue
-                self._at(self.now + self.rng.uniform(lo, hi), "deliver", j, (c, m))
+                self._at(self.now + extra + self.rng.uniform(lo, hi), "deliver", j, (c, m))
 
     # -- Byzantine behaviour -------------------------------------------------------------
 
