@@ -27,15 +27,9 @@ def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         f.write(pem)
 
 
-def create_tls_files(directory: Path, names: list[str], common_name: str) -> tuple[Path, Path, Path]:
-    """Create ca.pem/ca.key and hub.pem/hub.key in `directory`; return (ca, cert, key) paths.
-
-    `names` are DNS names or IP addresses the hub is reached by.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
+def _new_ca(common_name: str, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} substation CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -50,6 +44,13 @@ def create_tls_files(directory: Path, names: list[str], common_name: str) -> tup
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str, names: list[str],
+    usages: list[x509.ObjectIdentifier], now: datetime.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
     for n in names:
@@ -60,18 +61,49 @@ def create_tls_files(directory: Path, names: list[str], common_name: str) -> tup
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=825))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return key, cert
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def create_tls_files(directory: Path, names: list[str], common_name: str) -> tuple[Path, Path, Path]:
+    """Create ca.pem/ca.key and hub.pem/hub.key in `directory`; return (ca, cert, key) paths.
+
+    `names` are DNS names or IP addresses the hub is reached by.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca_cert = _new_ca(f"{common_name} substation CA", now)
+    key, cert = _issue(ca_key, ca_cert, common_name, names, [ExtendedKeyUsageOID.SERVER_AUTH], now)
     ca_path, cert_path, key_path = directory / "ca.pem", directory / "hub.pem", directory / "hub.key"
     _write_private(directory / "ca.key", ca_key)
     _write_private(key_path, key)
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_cert(ca_path, ca_cert)
+    _write_cert(cert_path, cert)
     return ca_path, cert_path, key_path
+
+
+def create_replica_tls(directory: Path, replicas: int, names: list[str], chain_id: str) -> None:
+    """A CA for one substation's replicas and, per replica i, replica-i.pem/.key usable as both
+    server and client certificate: replicas talk mutual TLS, each proving who it is."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca_cert = _new_ca(f"{chain_id} replicas CA", now)
+    _write_private(directory / "ca.key", ca_key)
+    _write_cert(directory / "ca.pem", ca_cert)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    for i in range(replicas):
+        key, cert = _issue(ca_key, ca_cert, f"replica-{i}", names, usages, now)
+        _write_private(directory / f"replica-{i}.key", key)
+        _write_cert(directory / f"replica-{i}.pem", cert)

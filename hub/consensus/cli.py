@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import time
+from pathlib import Path
 
 from gridtrace.clihelp import add_command
 from hub.consensus.simulator import FAULTS, Faults, Outcome, simulate
@@ -35,6 +38,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--faults", default=",".join(DEFAULT_MIXES), help="fault mixes, comma-separated (default: all)")
     sim.add_argument("--duration", type=float, default=12.0, help="simulated seconds per seed (default 12)")
     sim.set_defaults(func=cmd_simulate)
+
+    init = add_command(
+        chain_sub, "init", "create the keys, mutual-TLS files and configs of a substation's replicas",
+        "gridtrace chain init --replicas 4 --dir replicas --base-port 7800",
+    )
+    init.add_argument("--replicas", type=int, default=4, help="n (default 4)")
+    init.add_argument("--dir", type=Path, required=True, help="directory to create (must not exist)")
+    init.add_argument("--host", default="127.0.0.1", help="address every replica listens on (default 127.0.0.1)")
+    init.add_argument("--base-port", type=int, default=7800, help="replica i listens on base-port + i")
+    init.add_argument("--base-timeout", type=float, default=1.0, help="seconds before a view change (default 1)")
+    init.set_defaults(func=cmd_init)
+
+    run = add_command(chain_sub, "replica", "run one replica", "gridtrace chain replica --config replicas/replica-0.toml")
+    run.add_argument("--config", type=Path, required=True)
+    run.set_defaults(func=cmd_replica)
+
+    status = add_command(
+        chain_sub, "status", "a replica's height, view and decided chain (JSON)",
+        "gridtrace chain status --config replicas/replica-0.toml --replica 2",
+    )
+    status.add_argument("--config", type=Path, required=True, help="a replica's config (its TLS identity is used)")
+    status.add_argument("--replica", type=int, default=None, help="which replica to ask (default: the config's own)")
+    status.set_defaults(func=cmd_status)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -73,3 +99,88 @@ def _report(faults: Faults, outcomes: list[Outcome]) -> bool:
         result = "safe and live"
     print(f"{faults.label:42} {len(outcomes):>5} {blocks:>9} {changes:>12}  {result}")
     return bool(unsafe or stalled)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from hub.tls import create_replica_tls
+    from protos.signing import write_private_key, write_public_key
+
+    if args.replicas < 1:
+        print("gridtrace chain init: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    if args.dir.exists():
+        print(f"gridtrace chain init: {args.dir} exists; choose a new directory", file=sys.stderr)
+        return 2
+    (args.dir / "keys").mkdir(parents=True)
+    for i in range(args.replicas):
+        signer = write_private_key(args.dir / "keys" / f"replica-{i}.key")
+        write_public_key(args.dir / "keys" / f"replica-{i}.pub", signer.public_key)
+    create_replica_tls(args.dir / "tls", args.replicas, [args.host, "localhost"], "gridtrace")
+    peers = "\n".join(
+        f'{i} = {{ address = "{args.host}:{args.base_port + i}", public_key = "keys/replica-{i}.pub" }}'
+        for i in range(args.replicas)
+    )
+    for i in range(args.replicas):
+        (args.dir / f"replica-{i}.toml").write_text(
+            f"""[replica]
+id = {i}
+listen = "{args.host}:{args.base_port + i}"
+data = "replica-{i}"
+signing_key = "keys/replica-{i}.key"
+base_timeout_s = {args.base_timeout}
+checkpoint_interval = 10
+
+[tls]
+ca = "tls/ca.pem"
+cert = "tls/replica-{i}.pem"
+key = "tls/replica-{i}.key"
+
+[peers]
+{peers}
+""",
+            encoding="utf-8",
+        )
+    print(f"{args.replicas} replicas in {args.dir}: gridtrace chain replica --config {args.dir}/replica-0.toml, ...")
+    return 0
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    from gridtrace.signals import stop_on_signals
+    from hub.consensus.process import ReplicaProcess
+    from hub.consensus.replica_config import load_replica_config
+
+    cfg = load_replica_config(args.config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await ReplicaProcess(cfg).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hub.consensus.process import SERVICE, open_channel
+    from hub.consensus.replica_config import load_replica_config
+
+    cfg = load_replica_config(args.config)
+    target = cfg.id if args.replica is None else args.replica
+    if target not in cfg.peers:
+        print(f"gridtrace chain status: no replica {target} in {args.config}", file=sys.stderr)
+        return 2
+
+    async def ask() -> bytes:
+        async with open_channel(cfg, cfg.peers[target].address) as ch:
+            call = ch.unary_unary(f"/{SERVICE}/Status", request_serializer=None, response_deserializer=None)
+            return await call(b"", timeout=5)
+
+    import grpc
+
+    try:
+        raw = asyncio.run(ask())
+    except grpc.RpcError as exc:
+        print(f"gridtrace chain status: replica {target} at {cfg.peers[target].address}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(json.dumps(json.loads(raw), indent=2))
+    return 0

@@ -227,11 +227,12 @@ class Replica:
             out += self._start_view_change(target)
         elif self.pending:
             age = self._oldest_pending_age()
-            if age > 2 * self.timeout and now - self.forwarded_at > self.timeout:
+            base = self.config.base_timeout  # not the grown timeout: telling again is cheap
+            if age > 2 * base and now - self.forwarded_at > base:
                 # The others may never have heard of it (a lost message, or this replica was in a
                 # view change of its own when it came): tell them again, also while changing views.
                 self.forwarded_at = now
-                old = tuple(sorted(b for b, t in self.pending.items() if now - t > 2 * self.timeout))
+                old = tuple(sorted(b for b, t in self.pending.items() if now - t > 2 * base))
                 out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
             if age > 4 * self.timeout and self.changing_to is None:
                 self.failed_views += 1  # the primary keeps leaving a known batch out

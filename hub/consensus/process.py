@@ -1,0 +1,194 @@
+"""A replica as a process: the consensus core behind gRPC with mutual TLS, its journal on disk.
+
+`gridtrace chain replica --config replica-0.toml` runs one. Everything the core does goes
+through one asyncio task in order: a message, a submitted batch or a clock tick goes in; the
+journal makes the core's Persist and Decide durable (fsync) before the sends they precede go
+to the per-peer outboxes. Each peer gets one client stream; a peer that is down costs only
+its messages (the core resends and changes views as it must), and the stream reconnects.
+
+Services (raw bytes, the consensus canonical encoding; `gridtrace.v1.Replica`):
+* `Deliver` (client stream): signed consensus messages from a peer;
+* `Submit`: batch digests (32 bytes each) given to this replica, as a hub's ingest will;
+* `Status`: JSON with height, view, and the decided chain (proposal digests and batches).
+
+The hub's ingest, blocks and receipts do not run on this yet (docs/consensus.md, "Not yet").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import grpc
+
+from hub.consensus.core import ConsensusConfig, Replica, Send
+from hub.consensus.journal import ConsensusJournal
+from hub.consensus.keys import Ed25519ReplicaKeys
+from hub.consensus.messages import DIGEST, MessageError, Signed, decode, encode
+from hub.consensus.replica_config import ReplicaConfig
+
+log = logging.getLogger("gridtrace.chain")
+
+SERVICE = "gridtrace.v1.Replica"
+TICK_S = 0.05
+OUTBOX = 10_000  # messages held for a peer that is down; the oldest go first
+
+
+def channel_credentials(cfg: ReplicaConfig) -> grpc.ChannelCredentials:
+    assert cfg.tls_ca and cfg.tls_cert and cfg.tls_key
+    return grpc.ssl_channel_credentials(
+        root_certificates=cfg.tls_ca.read_bytes(), private_key=cfg.tls_key.read_bytes(),
+        certificate_chain=cfg.tls_cert.read_bytes(),
+    )
+
+
+def open_channel(cfg: ReplicaConfig, address: str) -> grpc.aio.Channel:
+    if cfg.insecure_plaintext:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, channel_credentials(cfg))
+
+
+class ReplicaProcess:
+    def __init__(self, cfg: ReplicaConfig) -> None:
+        self.cfg = cfg
+        cfg.data.mkdir(parents=True, exist_ok=True)
+        self.journal = ConsensusJournal(cfg.data / "journal.sqlite")
+        durable, decided = self.journal.load()
+        keys = Ed25519ReplicaKeys(cfg.id, cfg.signer, {i: p.public_key for i, p in cfg.peers.items()})
+        config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s)
+        self.core = Replica(config, keys, committed=decided, durable=durable)
+        self.inputs: asyncio.Queue = asyncio.Queue()
+        self.outboxes: dict[int, asyncio.Queue] = {i: asyncio.Queue(OUTBOX) for i in cfg.peers if i != cfg.id}
+        self.started = time.monotonic()
+        self.logged_height = self.core.height
+
+    def _now(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- the core, in order ---------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        self._apply(self.core.start(self._now()))
+        while True:
+            kind, value = await self.inputs.get()
+            now = self._now()
+            if kind == "message":
+                actions = self.core.receive(value, now)
+            elif kind == "submit":
+                actions = self.core.submit(value, now)
+            else:
+                actions = self.core.tick(now)
+            self._apply(actions)
+
+    def _apply(self, actions: list) -> None:
+        for send in self.journal.record(actions):  # fsync'd before anything below leaves
+            self._send(send)
+        if self.core.height > self.logged_height:
+            self.logged_height = self.core.height
+            log.info("decided up to height %d (view %d)", self.core.height, self.core.view,
+                     extra={"height": self.core.height, "view": self.core.view})
+
+    def _send(self, s: Send) -> None:
+        data = encode(s.message)
+        for peer in ([s.to] if s.to is not None else list(self.outboxes)):
+            box = self.outboxes.get(peer)
+            if box is None:
+                continue
+            if box.full():
+                box.get_nowait()
+            box.put_nowait(data)
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self.inputs.put(("tick", None))
+
+    async def _peer(self, peer: int) -> None:
+        """One client stream to a peer, reconnected with backoff while the peer is away."""
+        address = self.cfg.peers[peer].address
+        box = self.outboxes[peer]
+        backoff = 0.1
+        while True:
+            channel = open_channel(self.cfg, address)
+            try:
+                call = channel.stream_unary(f"/{SERVICE}/Deliver", request_serializer=None, response_deserializer=None)
+
+                async def stream():  # noqa: ANN202
+                    while True:
+                        yield await box.get()
+
+                await call(stream())
+            except (grpc.aio.AioRpcError, OSError) as exc:
+                log.debug("stream to replica %d at %s ended: %s", peer, address, exc)
+            finally:
+                await channel.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    # -- services -------------------------------------------------------------------------
+
+    async def deliver(self, requests, context: grpc.aio.ServicerContext) -> bytes:  # noqa: ANN001
+        async for raw in requests:
+            try:
+                m = decode(raw)
+            except MessageError as exc:
+                log.warning("a peer sent bytes that are not a consensus message: %s", exc)
+                continue
+            if isinstance(m, Signed):
+                await self.inputs.put(("message", m))
+        return b""
+
+    async def submit(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if not raw or len(raw) % DIGEST:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(raw)} bytes are not 32-byte batch digests")
+        await self.inputs.put(("submit", [raw[i : i + DIGEST] for i in range(0, len(raw), DIGEST)]))
+        return b""
+
+    async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        c = self.core
+        return json.dumps({
+            "id": self.cfg.id, "height": c.height, "view": c.view, "changing_to": c.changing_to,
+            "view_changes": c.view_change_count, "pending": len(c.pending),
+            "pending_batches": sorted(b.hex() for b in c.pending),
+            "chain": [cert.proposal.digest.hex() for cert in c.certificates],
+            "batches": [[b.hex() for b in cert.proposal.batches] for cert in c.certificates],
+        }).encode()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        raw = {"request_deserializer": None, "response_serializer": None}
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Deliver": grpc.stream_unary_rpc_method_handler(self.deliver, **raw),
+            "Submit": grpc.unary_unary_rpc_method_handler(self.submit, **raw),
+            "Status": grpc.unary_unary_rpc_method_handler(self.status, **raw),
+        })
+
+    async def run(self, stop: asyncio.Event) -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((self.handler(),))
+        if self.cfg.insecure_plaintext:
+            port = server.add_insecure_port(self.cfg.listen)
+        else:
+            assert self.cfg.tls_ca and self.cfg.tls_cert and self.cfg.tls_key
+            creds = grpc.ssl_server_credentials(
+                [(self.cfg.tls_key.read_bytes(), self.cfg.tls_cert.read_bytes())],
+                root_certificates=self.cfg.tls_ca.read_bytes(), require_client_auth=True,
+            )
+            port = server.add_secure_port(self.cfg.listen, creds)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.cfg.listen} (address in use or not available)")
+        await server.start()
+        tasks = [asyncio.create_task(self._drive()), asyncio.create_task(self._ticks())]
+        tasks += [asyncio.create_task(self._peer(p)) for p in self.outboxes]
+        log.info("replica %d of %d listening on %s (height %d, view %d)", self.cfg.id, self.cfg.n,
+                 self.cfg.listen, self.core.height, self.core.view)
+        print(f"replica {self.cfg.id} listening on {self.cfg.listen}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.stop(1.0)
+            self.journal.close()
