@@ -9,7 +9,8 @@ its messages (the core resends and changes views as it must), and the stream rec
 Services (raw bytes, the consensus canonical encoding; `gridtrace.v1.Replica`):
 * `Deliver` (client stream): signed consensus messages from a peer;
 * `Submit`: batch digests (32 bytes each) given to this replica, as a hub's ingest will;
-* `Status`: JSON with height, view, and the decided chain (proposal digests and batches).
+* `Status`: JSON with height, view, and the decided chain (proposal digests and batches), all
+  of it or from a height on.
 
 The hub's ingest, blocks and receipts do not run on this yet (docs/consensus.md, "Not yet").
 """
@@ -147,13 +148,17 @@ class ReplicaProcess:
         return b""
 
     async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The request is empty (the whole chain) or a big-endian u64: the chain from that height on."""
         c = self.core
+        start = int.from_bytes(raw, "big") if len(raw) == 8 else 1
+        blocks = c.certificates[max(start, 1) - 1 :]
         return json.dumps({
             "id": self.cfg.id, "height": c.height, "view": c.view, "changing_to": c.changing_to,
             "view_changes": c.view_change_count, "pending": len(c.pending),
             "pending_batches": sorted(b.hex() for b in c.pending),
-            "chain": [cert.proposal.digest.hex() for cert in c.certificates],
-            "batches": [[b.hex() for b in cert.proposal.batches] for cert in c.certificates],
+            "from": max(start, 1),
+            "chain": [cert.proposal.digest.hex() for cert in blocks],
+            "batches": [[b.hex() for b in cert.proposal.batches] for cert in blocks],
         }).encode()
 
     def handler(self) -> grpc.GenericRpcHandler:
