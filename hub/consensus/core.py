@@ -228,11 +228,11 @@ class Replica:
         elif self.pending:
             age = self._oldest_pending_age()
             base = self.config.base_timeout  # not the grown timeout: telling again is cheap
-            if age > 2 * base and now - self.forwarded_at > base:
+            if age > base / 2 and now - self.forwarded_at > base / 2:
                 # The others may never have heard of it (a lost message, or this replica was in a
                 # view change of its own when it came): tell them again, also while changing views.
                 self.forwarded_at = now
-                old = tuple(sorted(b for b, t in self.pending.items() if now - t > 2 * base))
+                old = tuple(sorted(b for b, t in self.pending.items() if now - t > base / 2))
                 out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
             if age > 4 * self.timeout and self.changing_to is None:
                 self.failed_views += 1  # the primary keeps leaving a known batch out
@@ -268,7 +268,7 @@ class Replica:
         """Every half timeout without a decision, send our messages for the block in flight (or
         our view change) again: a lost vote then costs a resend, not a view change. Receivers
         keep one message per replica, so repeats change nothing."""
-        if self.now - self.resent_at < self.timeout / 2:
+        if self.now - self.resent_at < self.timeout / 4:
             return []
         mine: list[Signed] = []
         if self.changing_to is not None:

@@ -41,7 +41,9 @@ class JournalError(Exception):
 class ConsensusJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
+        # Used from one thread at a time, not always the creating one (a replica process
+        # fsyncs on a worker thread so its event loop keeps serving).
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)

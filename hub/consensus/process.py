@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -56,6 +57,7 @@ class ReplicaProcess:
         self.cfg = cfg
         cfg.data.mkdir(parents=True, exist_ok=True)
         self.journal = ConsensusJournal(cfg.data / "journal.sqlite")
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         durable, decided = self.journal.load()
         keys = Ed25519ReplicaKeys(cfg.id, cfg.signer, {i: p.public_key for i, p in cfg.peers.items()})
         config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s)
@@ -71,20 +73,27 @@ class ReplicaProcess:
     # -- the core, in order ---------------------------------------------------------------
 
     async def _drive(self) -> None:
-        self._apply(self.core.start(self._now()))
+        await self._apply(self.core.start(self._now()))
         while True:
             kind, value = await self.inputs.get()
             now = self._now()
-            if kind == "message":
-                actions = self.core.receive(value, now)
-            elif kind == "submit":
-                actions = self.core.submit(value, now)
-            else:
-                actions = self.core.tick(now)
-            self._apply(actions)
+            try:
+                if kind == "message":
+                    actions = self.core.receive(value, now)
+                elif kind == "submit":
+                    actions = self.core.submit(value, now)
+                else:
+                    actions = self.core.tick(now)
+            except Exception:  # noqa: BLE001 - one bad input must not stop the replica
+                log.exception("consensus core failed on a %s input; input dropped", kind)
+                continue
+            await self._apply(actions)
 
-    def _apply(self, actions: list) -> None:
-        for send in self.journal.record(actions):  # fsync'd before anything below leaves
+    async def _apply(self, actions: list) -> None:
+        # fsync'd on the journal's thread, the loop serving meanwhile; the next input waits,
+        # so nothing below leaves before what it depends on is on disk.
+        sends = await asyncio.get_running_loop().run_in_executor(self.io, self.journal.record, actions)
+        for send in sends:
             self._send(send)
         if self.core.height > self.logged_height:
             self.logged_height = self.core.height
@@ -196,4 +205,5 @@ class ReplicaProcess:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.stop(1.0)
+            self.io.shutdown(wait=True)
             self.journal.close()
