@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from hub.consensus.core import ConsensusConfig, Replica, Send
+from hub.consensus.core import ConsensusConfig, Decide, Persist, Replica, Send
 from hub.consensus.journal import ConsensusJournal
 from hub.consensus.keys import Ed25519ReplicaKeys
 from hub.consensus.messages import DIGEST, MessageError, Signed, decode, encode
@@ -60,7 +60,8 @@ class ReplicaProcess:
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         durable, decided = self.journal.load()
         keys = Ed25519ReplicaKeys(cfg.id, cfg.signer, {i: p.public_key for i, p in cfg.peers.items()})
-        config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s)
+        config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s,
+                                 batch_delay=min(TICK_S, cfg.base_timeout_s / 10))
         self.core = Replica(config, keys, committed=decided, durable=durable)
         self.inputs: asyncio.Queue = asyncio.Queue()
         self.outboxes: dict[int, asyncio.Queue] = {i: asyncio.Queue(OUTBOX) for i in cfg.peers if i != cfg.id}
@@ -92,7 +93,10 @@ class ReplicaProcess:
     async def _apply(self, actions: list) -> None:
         # fsync'd on the journal's thread, the loop serving meanwhile; the next input waits,
         # so nothing below leaves before what it depends on is on disk.
-        sends = await asyncio.get_running_loop().run_in_executor(self.io, self.journal.record, actions)
+        if any(isinstance(a, Persist | Decide) for a in actions):
+            sends = await asyncio.get_running_loop().run_in_executor(self.io, self.journal.record, actions)
+        else:  # nothing to make durable: no thread hop (a tick, a forward, a message already held)
+            sends = [a for a in actions if isinstance(a, Send)]
         for send in sends:
             self._send(send)
         if self.core.height > self.logged_height:
