@@ -7,7 +7,8 @@ import sqlite3
 
 import pytest
 
-from hub.consensus.core import ConsensusConfig, Replica, Send
+from hub.consensus.config import ConsensusConfig
+from hub.consensus.core import Replica, Send
 from hub.consensus.journal import ConsensusJournal, JournalError
 from hub.consensus.keys import Ed25519ReplicaKeys, sign_message
 from hub.consensus.messages import Commit, PrePrepare, Prepare, Proposal

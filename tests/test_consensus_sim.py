@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 
 from gridtrace.cli import main
-from hub.consensus import core
+from hub.consensus import certificates, core
 from hub.consensus.cli import DEFAULT_MIXES
 from hub.consensus.simulator import Faults, Simulation, simulate
 
@@ -49,8 +49,8 @@ def test_the_checker_finds_a_quorum_that_is_too_small() -> None:
 
 def test_the_checker_finds_a_view_change_that_forgets_a_prepared_proposal() -> None:
     """A new view must carry the highest prepared proposal: it may have committed somewhere."""
-    plan = core._new_view_plan
-    with mock.patch.object(core, "_new_view_plan", lambda vcs: (plan(vcs)[0], None)):
+    plan = certificates.new_view_plan
+    with mock.patch.object(certificates, "new_view_plan", lambda vcs: (plan(vcs)[0], None)):
         bad = [o for o in simulate(4, range(20), Faults.parse("drop+twins")) if o.violation]
     assert bad
 

@@ -33,10 +33,11 @@ receipts the replies):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from hub.consensus import certificates
+from hub.consensus.config import GENESIS, ConsensusConfig
 from hub.consensus.keys import ReplicaKeys, sign_message, verify_message
 from hub.consensus.messages import (
     DIGEST,
@@ -54,34 +55,6 @@ from hub.consensus.messages import (
     Signed,
     ViewChange,
 )
-
-GENESIS = bytes(DIGEST)
-
-
-@dataclass(frozen=True)
-class ConsensusConfig:
-    n: int
-    checkpoint_interval: int = 10
-    base_timeout: float = 1.0  # seconds without a decision, while work is pending, before a view change
-    max_timeout: float = 60.0
-    max_batches: int = 1000  # per proposal
-    # A primary waits until its oldest pending batch is this old (or max_batches are pending)
-    # before proposing, and replicas forward what gateways gave them once per tick: without it
-    # a busy replica seals a block (two fsyncs) and signs a forward per batch. 0: at once.
-    batch_delay: float = 0.0
-    fetch_batch: int = 50  # blocks per state-transfer answer
-
-    @property
-    def f(self) -> int:
-        return (self.n - 1) // 3
-
-    @property
-    def quorum(self) -> int:
-        return math.ceil((self.n + self.f + 1) / 2)
-
-    def primary(self, view: int) -> int:
-        return view % self.n
-
 
 # -- what a replica asks its shell to do ------------------------------------------------
 
@@ -508,59 +481,10 @@ class Replica:
         self.view_changes.setdefault(target, {})[self.me] = vc
         return [self._durable(), Send(vc)] + self._maybe_new_view(target)
 
-    def _valid_commit_certificate(self, c: CommitCertificate) -> bool:
-        d = c.proposal.digest
-        signers = set()
-        view = None
-        for s in c.commits:
-            b = s.body
-            if not (isinstance(b, Commit) and b.height == c.proposal.height and b.digest == d):
-                return False
-            if view is None:
-                view = b.view
-            if b.view != view or s.replica in signers or not (0 <= s.replica < self.config.n):
-                return False
-            if not verify_message(self.keys, s):
-                return False
-            signers.add(s.replica)
-        return len(signers) >= self.config.quorum
-
-    def _valid_prepared_certificate(self, c: PreparedCertificate) -> bool:
-        pp = c.pre_prepare
-        if not isinstance(pp.body, PrePrepare) or pp.replica != self.config.primary(pp.body.view):
-            return False
-        if not verify_message(self.keys, pp):
-            return False
-        view, p = pp.body.view, pp.body.proposal
-        signers = set()
-        for s in c.prepares:
-            b = s.body
-            if not (isinstance(b, Prepare) and b.view == view and b.height == p.height and b.digest == p.digest):
-                return False
-            if s.replica in signers or s.replica == pp.replica or not verify_message(self.keys, s):
-                return False
-            signers.add(s.replica)
-        return len(signers) >= self.config.quorum - 1
-
-    def _valid_view_change(self, m: Signed) -> bool:
-        vc = m.body
-        if not isinstance(vc, ViewChange) or not verify_message(self.keys, m):
-            return False
-        if vc.committed is not None and not self._valid_commit_certificate(vc.committed):
-            return False
-        if vc.prepared is not None:
-            if not self._valid_prepared_certificate(vc.prepared):
-                return False
-            base = vc.committed.proposal.height if vc.committed else 0
-            pp = vc.prepared.pre_prepare.body
-            if pp.proposal.height != base + 1 or pp.view >= vc.view:
-                return False
-        return True
-
     def _on_view_change(self, m: Signed, body: ViewChange) -> list[Action]:
         if body.view == self.view and body.view in self.new_views:
             return [Send(self.new_views[body.view], to=m.replica)]  # it missed our NEW-VIEW
-        if body.view <= self.view or not self._valid_view_change(m):
+        if body.view <= self.view or not certificates.valid_view_change(self.config, self.keys, m):
             return []
         self.view_changes.setdefault(body.view, {})[m.replica] = m
         out: list[Action] = []
@@ -584,13 +508,13 @@ class Replica:
         if len(vcs) < self.config.quorum:
             return []
         chosen = tuple(vcs[r] for r in sorted(vcs)[: self.config.quorum])
-        top, carried = _new_view_plan(chosen)
+        top, carried = certificates.new_view_plan(chosen)
         self.new_view_sent.add(view)
         out: list[Action] = []
         # Take the highest committed block of the quorum first if we lack it (its certificate is here).
         out += self._adopt(top)
         proposal = carried
-        if proposal is None and self.pending and top_height(top) == self.height:
+        if proposal is None and self.pending and certificates.top_height(top) == self.height:
             batches = tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
             proposal = Proposal(self.height + 1, self.last_digest, batches)
         pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
@@ -605,10 +529,10 @@ class Replica:
         signers = {s.replica for s in body.view_changes}
         if len(signers) != len(body.view_changes) or len(signers) < self.config.quorum:
             return []
-        if not all(isinstance(s.body, ViewChange) and s.body.view == view and self._valid_view_change(s)
+        if not all(isinstance(s.body, ViewChange) and s.body.view == view and certificates.valid_view_change(self.config, self.keys, s)
                    for s in body.view_changes):
             return []
-        top, carried = _new_view_plan(body.view_changes)
+        top, carried = certificates.new_view_plan(body.view_changes)
         pp = body.pre_prepare
         if pp is not None:
             if not (isinstance(pp.body, PrePrepare) and pp.body.view == view and pp.replica == m.replica
@@ -617,7 +541,7 @@ class Replica:
             p = pp.body.proposal
             if carried is not None and p != carried:
                 return []  # a forged or wrong choice: the carried proposal may have committed somewhere
-            if carried is None and (p.height != top_height(top) + 1 or p.prev != top_digest(top)):
+            if carried is None and (p.height != certificates.top_height(top) + 1 or p.prev != certificates.top_digest(top)):
                 return []
         elif carried is not None:
             return []
@@ -703,7 +627,7 @@ class Replica:
             p = cert.proposal
             if p.height != self.height + 1:
                 continue
-            if p.prev != self.last_digest or not self._valid_commit_certificate(cert):
+            if p.prev != self.last_digest or not certificates.valid_commit_certificate(self.config, self.keys, cert):
                 self.bad_peers.add(m.replica)  # a bad block: this peer is not helping
                 break
             out += self._decide(cert)
@@ -715,26 +639,3 @@ def _proposal_in(slot: _Slot, digest: bytes) -> Proposal | None:
     if slot.pre_prepare is not None and slot.pre_prepare.body.proposal.digest == digest:
         return slot.pre_prepare.body.proposal
     return None
-
-
-def _new_view_plan(view_changes: Iterable[Signed]) -> tuple[CommitCertificate | None, Proposal | None]:
-    """From a quorum of view changes: the highest commit certificate, and the proposal the new
-    view must carry for the height after it (the prepared one of the highest view), if any."""
-    vcs = [s.body for s in view_changes]
-    top = max((vc.committed for vc in vcs if vc.committed is not None),
-              key=lambda c: c.proposal.height, default=None)
-    h = top_height(top)
-    prepared = [vc.prepared for vc in vcs
-                if vc.prepared is not None and vc.prepared.pre_prepare.body.proposal.height == h + 1]
-    if not prepared:
-        return top, None
-    best = max(prepared, key=lambda c: (c.pre_prepare.body.view, c.pre_prepare.body.proposal.digest))
-    return top, best.pre_prepare.body.proposal
-
-
-def top_height(top: CommitCertificate | None) -> int:
-    return top.proposal.height if top is not None else 0
-
-
-def top_digest(top: CommitCertificate | None) -> bytes:
-    return top.proposal.digest if top is not None else GENESIS

@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from hub.consensus.core import ConsensusConfig, Decide, Persist, Replica, Send
+from hub.consensus.config import ConsensusConfig
+from hub.consensus.core import Decide, Persist, Replica, Send
 from hub.consensus.journal import ConsensusJournal
 from hub.consensus.keys import Ed25519ReplicaKeys
 from hub.consensus.messages import DIGEST, MessageError, Signed, decode, encode

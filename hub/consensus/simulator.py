@@ -20,13 +20,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from hub.consensus.core import ConsensusConfig, Decide, Durable, Persist, Replica, Send
+from hub.consensus.config import ConsensusConfig
+from hub.consensus.core import Decide, Durable, Persist, Replica, Send
 from hub.consensus.keys import SimulatedReplicaKeys, sign_message
 from hub.consensus.messages import (
     Blocks,
     Commit,
     CommitCertificate,
-    FetchBlocks,
     NewView,
     PrePrepare,
     Prepare,
