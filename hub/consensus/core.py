@@ -304,8 +304,11 @@ class Replica:
             return []
         if len(self.pending) < self.config.max_batches and self._oldest_pending_age() < self.config.batch_delay:
             return []  # a tick proposes once the oldest batch has waited batch_delay
-        batches = tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
-        return self._send_pre_prepare(Proposal(h, self.last_digest, batches))
+        return self._send_pre_prepare(Proposal(h, self.last_digest, self._oldest_pending()))
+
+    def _oldest_pending(self) -> tuple[bytes, ...]:
+        """What the next proposal seals: the longest-known pending batches, up to max_batches."""
+        return tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
 
     def _send_pre_prepare(self, proposal: Proposal) -> list[Action]:
         self.votes[("pre-prepare", self.view, proposal.height)] = proposal.digest
@@ -515,8 +518,7 @@ class Replica:
         out += self._adopt(top)
         proposal = carried
         if proposal is None and self.pending and certificates.top_height(top) == self.height:
-            batches = tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
-            proposal = Proposal(self.height + 1, self.last_digest, batches)
+            proposal = Proposal(self.height + 1, self.last_digest, self._oldest_pending())
         pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
         nv = self._sign(NewView(view, chosen, pp))
         self.new_views = {view: nv}
