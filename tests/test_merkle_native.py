@@ -6,7 +6,6 @@ headers at install time) protos/merkle.py falls back to hashlib. CI must build i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 
