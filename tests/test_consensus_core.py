@@ -12,7 +12,8 @@ import pytest
 
 from hub.consensus.certificates import valid_view_change
 from hub.consensus.config import ConsensusConfig
-from hub.consensus.core import Decide, Persist, Replica, Send
+from hub.consensus.core import Decide, Fetch, Persist, Replica, Send
+from hub.consensus.ledger import DigestLedger
 from hub.consensus.keys import Ed25519ReplicaKeys, SimulatedReplicaKeys, sign_message, verify_message
 from hub.consensus.messages import (
     Commit,
@@ -39,6 +40,21 @@ def batch(i: int) -> bytes:
     return hashlib.sha256(b"batch %d" % i).digest()
 
 
+class HoldsAll(DigestLedger):
+    """A ledger that holds every batch: these tests are about votes, not batch data."""
+
+    def holds(self, batch: bytes) -> bool:
+        return True
+
+
+HOLDS_ALL = HoldsAll()
+
+
+def proposal(height: int, prev: bytes, batches: tuple[bytes, ...]) -> Proposal:
+    """A proposal with the header the simulator's ledger builds for it."""
+    return Proposal(height, prev, batches, HOLDS_ALL.build(height, prev, batches, 0.0))
+
+
 def keys(i: int) -> SimulatedReplicaKeys:
     return SimulatedReplicaKeys(i, SECRETS)
 
@@ -47,7 +63,7 @@ class Cluster:
     """n replicas and a FIFO of messages in flight, delivered on request."""
 
     def __init__(self, n: int = 4) -> None:
-        self.replicas = [Replica(CONFIG, keys(i)) for i in range(n)]
+        self.replicas = [Replica(CONFIG, keys(i), HOLDS_ALL) for i in range(n)]
         self.inbox: list[tuple[int, Signed]] = []
         self.decided: dict[int, list[CommitCertificate]] = {i: [] for i in range(n)}
         self.persisted: dict[int, list] = {i: [] for i in range(n)}
@@ -82,7 +98,7 @@ class Cluster:
 
 
 def test_messages_round_trip_and_reject_anything_else() -> None:
-    p = Proposal(3, bytes(32), (batch(1), batch(2)))
+    p = proposal(3, bytes(32), (batch(1), batch(2)))
     pp = sign_message(keys(0), PrePrepare(0, p))
     prepares = tuple(sign_message(keys(i), Prepare(0, 3, p.digest)) for i in (1, 2))
     commit_cert = CommitCertificate(p, tuple(sign_message(keys(i), Commit(0, 3, p.digest)) for i in range(3)))
@@ -143,14 +159,14 @@ def test_one_replica_down_is_tolerated_two_halt_the_chain_then_it_resumes() -> N
 def test_a_restarted_replica_does_not_vote_twice_at_one_height() -> None:
     """It persisted its prepare before sending it; after a restart it refuses another digest."""
     c = Cluster()
-    p = Proposal(1, bytes(32), (batch(1),))
+    p = proposal(1, bytes(32), (batch(1),))
     c.apply(1, c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, p)), 0.0))
     persisted = c.persisted[1][-1]
     assert [(v.kind, v.view, v.height, v.digest) for v in persisted.votes] == [("prepare", 0, 1, p.digest)]
     sends = [a for a in c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, p)), 0.0) if isinstance(a, Send)]
     assert sends == []
-    restarted = Replica(CONFIG, keys(1), durable=persisted)
-    other = Proposal(1, bytes(32), (batch(9),))
+    restarted = Replica(CONFIG, keys(1), HOLDS_ALL, durable=persisted)
+    other = proposal(1, bytes(32), (batch(9),))
     actions = restarted.receive(sign_message(keys(0), PrePrepare(0, other)), 1.0)
     assert not [a for a in actions if isinstance(a, Send) and isinstance(a.message.body, Prepare)]
 
@@ -159,7 +175,7 @@ def test_an_equivocating_primary_is_replaced_and_the_chain_goes_on() -> None:
     c = Cluster()
     c.replicas[1].submit([batch(1)], 0.0)
     c.replicas[2].submit([batch(1)], 0.0)
-    a, b = Proposal(1, bytes(32), (batch(1),)), Proposal(1, bytes(32), (batch(1), batch(2)))
+    a, b = proposal(1, bytes(32), (batch(1),)), proposal(1, bytes(32), (batch(1), batch(2)))
     c.apply(1, c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, a)), 0.0))
     c.apply(1, c.replicas[1].receive(sign_message(keys(0), PrePrepare(0, b)), 0.0))  # same height, other proposal
     assert c.replicas[1].changing_to == 1
@@ -173,7 +189,7 @@ def test_an_equivocating_primary_is_replaced_and_the_chain_goes_on() -> None:
 
 
 def test_a_forged_prepared_certificate_in_a_view_change_is_refused() -> None:
-    fake = Proposal(1, bytes(32), (batch(7),))
+    fake = proposal(1, bytes(32), (batch(7),))
     forged = PreparedCertificate(
         sign_message(keys(0), PrePrepare(0, fake)),
         tuple(sign_message(keys(0), Prepare(0, 1, fake.digest)) for _ in range(2)),  # one signer, twice
@@ -184,7 +200,7 @@ def test_a_forged_prepared_certificate_in_a_view_change_is_refused() -> None:
 
 
 def test_timeouts_grow_exponentially_while_views_fail_and_reset_on_a_decision() -> None:
-    r = Replica(CONFIG, keys(1))
+    r = Replica(CONFIG, keys(1), HOLDS_ALL)
     r.submit([batch(1)], 0.0)
     seen = []
     t = 0.0
@@ -193,3 +209,55 @@ def test_timeouts_grow_exponentially_while_views_fail_and_reset_on_a_decision() 
         r.tick(t)
         seen.append(r.timeout)
     assert seen == [2.0, 4.0, 8.0, 16.0]
+
+
+def test_a_backup_votes_only_once_it_holds_the_blocks_batches_and_fetches_them_first() -> None:
+    """A commit quorum must mean f+1 correct replicas stored every batch of the block."""
+    ledger = DigestLedger()
+    r = Replica(CONFIG, keys(1), ledger)
+    p = proposal(1, bytes(32), (batch(1), batch(2)))
+    ledger.held.add(batch(1))
+    actions = r.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0)
+    fetches = [a for a in actions if isinstance(a, Fetch)]
+    assert [(f.batches, f.peers[0]) for f in fetches] == [((batch(2),), 0)]  # the primary is asked first
+    assert not [a for a in actions if isinstance(a, Send)]
+    again = r.tick(CONFIG.base_timeout / 2)  # the answer was lost: asked again
+    assert [a.batches for a in again if isinstance(a, Fetch)] == [(batch(2),)]
+    ledger.held.add(batch(2))
+    actions = r.batches_arrived([batch(2)], 0.6)
+    assert [a.message.body for a in actions if isinstance(a, Send)] == [Prepare(0, 1, p.digest)]
+
+
+def test_a_header_that_does_not_match_its_batches_gets_no_vote_but_a_view_change() -> None:
+    p = proposal(1, bytes(32), (batch(1), batch(2)))
+    lying = Proposal(1, bytes(32), (batch(1),), p.header)  # the header of another batch list
+    r = Replica(CONFIG, keys(1), HOLDS_ALL)
+    sent = [a.message.body for a in r.receive(sign_message(keys(0), PrePrepare(0, lying)), 0.0) if isinstance(a, Send)]
+    assert [type(b) for b in sent] == [ViewChange] and sent[0].view == 1
+    honest = Replica(CONFIG, keys(2), HOLDS_ALL)
+    assert [a.message.body for a in honest.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0)
+            if isinstance(a, Send)] == [Prepare(0, 1, p.digest)]
+
+
+def test_a_primary_proposes_only_batches_it_holds_and_fetches_the_others_from_who_told_it() -> None:
+    ledger = DigestLedger({batch(1)})
+    primary = Replica(CONFIG, keys(0), ledger)
+    actions = primary.receive(sign_message(keys(2), Forward((batch(1), batch(2)))), 0.0)
+    proposals = [a.message.body.proposal for a in actions if isinstance(a, Send)
+                 and isinstance(a.message.body, PrePrepare)]
+    assert [p.batches for p in proposals] == [(batch(1),)]
+    fetches = [a for a in primary.tick(0.6 * CONFIG.base_timeout) if isinstance(a, Fetch)]
+    assert [(f.batches, f.peers) for f in fetches] == [((batch(2),), (2,))]
+
+
+def test_made_up_forwarded_digests_cause_no_view_change_and_are_forgotten() -> None:
+    """A faulty replica forwarding digests of batches nobody holds must not trigger view
+    changes (no correct replica can propose them) nor fill memory for ever."""
+    r = Replica(CONFIG, keys(1), DigestLedger())
+    r.receive(sign_message(keys(3), Forward((batch(5),))), 0.0)
+    t = 0.0
+    while t < 10 * CONFIG.max_timeout:
+        t += 0.05
+        r.tick(t)
+    assert r.view_change_count == 0 and r.changing_to is None
+    assert batch(5) not in r.pending

@@ -10,6 +10,7 @@ import pytest
 from hub.consensus.config import ConsensusConfig
 from hub.consensus.core import Replica, Send
 from hub.consensus.journal import ConsensusJournal, JournalError
+from hub.consensus.ledger import DigestLedger
 from hub.consensus.keys import Ed25519ReplicaKeys, sign_message
 from hub.consensus.messages import Commit, PrePrepare, Prepare, Proposal
 from protos.signing import Signer
@@ -17,6 +18,21 @@ from protos.signing import Signer
 CONFIG = ConsensusConfig(n=4, checkpoint_interval=2)
 SIGNERS = {i: Signer.generate() for i in range(4)}
 PUBLIC = {i: s.public_key for i, s in SIGNERS.items()}
+
+
+class HoldsAll(DigestLedger):
+    """A ledger that holds every batch: these tests are about votes, not batch data."""
+
+    def holds(self, batch: bytes) -> bool:
+        return True
+
+
+HOLDS_ALL = HoldsAll()
+
+
+def proposal(height: int, prev: bytes, batches: tuple[bytes, ...]) -> Proposal:
+    """A proposal with the header the simulator's ledger builds for it."""
+    return Proposal(height, prev, batches, HOLDS_ALL.build(height, prev, batches, 0.0))
 
 
 def keys(i: int) -> Ed25519ReplicaKeys:
@@ -29,7 +45,7 @@ def batch(i: int) -> bytes:
 
 def decide_one(journal: ConsensusJournal, replica: Replica, height: int, prev: bytes) -> Proposal:
     """Drive replica 1 through one block with signed messages from the others."""
-    p = Proposal(height, prev, (batch(height),))
+    p = proposal(height, prev, (batch(height),))
     view = replica.view
     sends = journal.record(replica.receive(sign_message(keys(0), PrePrepare(view, p)), 0.0))
     assert any(isinstance(s.message.body, Prepare) for s in sends)
@@ -43,11 +59,11 @@ def decide_one(journal: ConsensusJournal, replica: Replica, height: int, prev: b
 
 def test_a_replica_restarted_from_its_journal_resumes_and_does_not_vote_twice(tmp_path) -> None:
     journal = ConsensusJournal(tmp_path / "replica-1.sqlite")
-    r = Replica(CONFIG, keys(1))
+    r = Replica(CONFIG, keys(1), HOLDS_ALL)
     p1 = decide_one(journal, r, 1, bytes(32))
     p2 = decide_one(journal, r, 2, p1.digest)
     # it prepares height 3, then crashes before anything else
-    p3 = Proposal(3, p2.digest, (batch(3),))
+    p3 = proposal(3, p2.digest, (batch(3),))
     sends = journal.record(r.receive(sign_message(keys(0), PrePrepare(0, p3)), 0.0))
     assert [type(s.message.body) for s in sends] == [Prepare]
     journal.close()
@@ -56,9 +72,9 @@ def test_a_replica_restarted_from_its_journal_resumes_and_does_not_vote_twice(tm
     durable, certs = journal.load()
     assert [c.proposal for c in certs] == [p1, p2]
     assert [(v.kind, v.height, v.digest) for v in durable.votes] == [("prepare", 3, p3.digest)]
-    again = Replica(CONFIG, keys(1), committed=certs, durable=durable)
+    again = Replica(CONFIG, keys(1), HOLDS_ALL, committed=certs, durable=durable)
     assert again.height == 2 and again.last_digest == p2.digest
-    other = Proposal(3, p2.digest, (batch(99),))
+    other = proposal(3, p2.digest, (batch(99),))
     sends = journal.record(again.receive(sign_message(keys(0), PrePrepare(0, other)), 1.0))
     assert not [s for s in sends if isinstance(s, Send) and isinstance(s.message.body, Prepare)]
     journal.close()
@@ -67,7 +83,7 @@ def test_a_replica_restarted_from_its_journal_resumes_and_does_not_vote_twice(tm
 def test_a_damaged_journal_names_the_block(tmp_path) -> None:
     path = tmp_path / "replica-1.sqlite"
     journal = ConsensusJournal(path)
-    r = Replica(CONFIG, keys(1))
+    r = Replica(CONFIG, keys(1), HOLDS_ALL)
     p1 = decide_one(journal, r, 1, bytes(32))
     decide_one(journal, r, 2, p1.digest)
     journal.close()

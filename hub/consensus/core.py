@@ -16,6 +16,10 @@ receipts the replies):
 * every replica forwards the batches gateways give it to all others, so a batch that reached
   one correct replica is proposed by any correct primary, and a primary that leaves a known
   batch out for too long is replaced;
+* a replica votes only for a block whose batches it holds and whose header its `Ledger` (see
+  hub/consensus/ledger.py) would have built: a commit quorum therefore means f+1 correct
+  replicas stored every batch of the block, and a replica missing some asks a peer for them
+  (`Fetch`) before it votes;
 * a replica votes at most once per (view, height) and kind, and asks the shell to persist
   that vote before the message leaves (`Persist` comes before the `Send`), so a restart
   cannot make it vote twice;
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from hub.consensus import certificates
 from hub.consensus.config import GENESIS, ConsensusConfig
 from hub.consensus.keys import ReplicaKeys, sign_message, verify_message
+from hub.consensus.ledger import Ledger
 from hub.consensus.messages import (
     DIGEST,
     Blocks,
@@ -93,7 +98,16 @@ class Decide:
     certificate: CommitCertificate
 
 
-Action = Send | Persist | Decide
+@dataclass(frozen=True)
+class Fetch:
+    """The shell should get these batches from a peer (the first of `peers` that has them),
+    store them, tell the ledger, and call `Replica.batches_arrived`."""
+
+    batches: tuple[bytes, ...]
+    peers: tuple[int, ...]
+
+
+Action = Send | Persist | Decide | Fetch
 
 
 @dataclass
@@ -110,11 +124,13 @@ class Replica:
         self,
         config: ConsensusConfig,
         keys: ReplicaKeys,
+        ledger: Ledger,
         committed: Iterable[CommitCertificate] = (),
         durable: Durable | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
+        self.ledger = ledger
         self.me = keys.replica
         self.certificates: list[CommitCertificate] = list(committed)  # index = height - 1
         self.committed_batches: set[bytes] = {b for c in self.certificates for b in c.proposal.batches}
@@ -124,6 +140,8 @@ class Replica:
             (v.kind, v.view, v.height): v.digest for v in (durable.votes if durable else ())
         }
         self.pending: dict[bytes, float] = {}  # batch digest -> when first seen
+        self.sources: dict[bytes, int] = {}  # pending batch not held -> the replica that told us of it
+        self.fetched_at = 0.0
         self.slots: dict[tuple[int, int], _Slot] = {}
         self.prepared: PreparedCertificate | None = None  # at height + 1, the highest view
         self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
@@ -181,8 +199,10 @@ class Replica:
         return out
 
     def submit(self, batches: Iterable[bytes], now: float) -> list[Action]:
-        """Batches a gateway gave this replica (their digests)."""
+        """Batches a gateway gave this replica (their digests), already stored and held."""
         self.now = now
+        for b in batches:
+            self.sources.pop(b, None)
         new = tuple(sorted(b for b in set(batches) if b not in self.committed_batches and b not in self.pending))
         if not new:
             return []
@@ -193,6 +213,15 @@ class Replica:
             return self._work_arrived()
         out: list[Action] = [Send(self._sign(Forward(new)))]
         return out + self._work_arrived()
+
+    def batches_arrived(self, batches: Iterable[bytes], now: float) -> list[Action]:
+        """Batches fetched from a peer are now stored and held: vote for the block waiting on
+        them, or propose them."""
+        self.now = now
+        for b in batches:
+            self.sources.pop(b, None)
+        out = self._work_arrived() if self._held_pending() else []
+        return out + self._replay()
 
     def tick(self, now: float) -> list[Action]:
         self.now = now
@@ -209,6 +238,8 @@ class Replica:
                 for i in range(0, len(fresh), self.config.max_batches):
                     out.append(Send(self._sign(Forward(fresh[i : i + self.config.max_batches]))))
             out += self._propose()
+        if self.sources:
+            out += self._fetch_unheld()
         if self.deadline is not None and now >= self.deadline:
             target = (self.changing_to if self.changing_to is not None else self.view) + 1
             self.failed_views += 1
@@ -220,12 +251,32 @@ class Replica:
                 # The others may never have heard of it (a lost message, or this replica was in a
                 # view change of its own when it came): tell them again, also while changing views.
                 self.forwarded_at = now
-                old = tuple(sorted(b for b, t in self.pending.items() if now - t > base / 2))
-                out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
+                old = tuple(sorted(b for b, t in self._held_pending().items() if now - t > base / 2))
+                if old:
+                    out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
             if age > 4 * self.timeout and self.changing_to is None:
-                self.failed_views += 1  # the primary keeps leaving a known batch out
+                self.failed_views += 1  # the primary keeps leaving a batch we hold out
                 out += self._start_view_change(self.view + 1)
         return out
+
+    def _fetch_unheld(self) -> list[Action]:
+        """Batches others told us of but whose data never came: ask the teller (so that this
+        replica can propose or vote for them). One whose data nobody serves for long is
+        forgotten: a faulty replica could otherwise fill `pending` with made-up digests."""
+        base = self.config.base_timeout
+        if self.now - self.fetched_at < base / 2:
+            return []
+        self.fetched_at = self.now
+        forget = [b for b in self.sources if self.now - self.pending[b] > 8 * self.config.max_timeout]
+        for b in forget:
+            del self.sources[b], self.pending[b]
+        by_peer: dict[int, list[bytes]] = {}
+        for b, peer in sorted(self.sources.items()):
+            if self.ledger.holds(b):
+                continue
+            if self.now - self.pending[b] > base / 2:
+                by_peer.setdefault(peer, []).append(b)
+        return [Fetch(tuple(bs[: self.config.max_batches]), (peer,)) for peer, bs in sorted(by_peer.items())]
 
     def receive(self, m: Signed, now: float) -> list[Action]:
         self.now = now
@@ -233,7 +284,7 @@ class Replica:
             return []
         body = m.body
         if isinstance(body, Forward):
-            return self._on_forward(body)
+            return self._on_forward(m.replica, body)
         if isinstance(body, PrePrepare):
             return self._on_pre_prepare(m, body)
         if isinstance(body, Prepare):
@@ -259,6 +310,7 @@ class Replica:
         if self.now - self.resent_at < self.timeout / 4:
             return []
         mine: list[Signed] = []
+        fetch: list[Action] = []
         if self.changing_to is not None:
             vc = self.view_changes.get(self.changing_to, {}).get(self.me)
             mine = [vc] if vc is not None else []
@@ -267,27 +319,43 @@ class Replica:
             if slot is not None:
                 if slot.pre_prepare is not None and slot.pre_prepare.replica == self.me:
                     mine.append(slot.pre_prepare)
+                elif slot.pre_prepare is not None and ("prepare", self.view, self.height + 1) not in self.votes:
+                    p = slot.pre_prepare.body.proposal
+                    if self._valid_proposal(p):  # still waiting for its batches: ask again
+                        fetch = self._missing(p, slot.pre_prepare.replica)
                 mine += [by[self.me] for by in (*slot.prepares.values(), *slot.commits.values()) if self.me in by]
-        if not mine:
+        if not mine and not fetch:
             return []
         self.resent_at = self.now
-        return [Send(m) for m in mine]
+        return [*fetch, *(Send(m) for m in mine)]
 
     # -- normal case ---------------------------------------------------------------------
 
+    def _held_pending(self) -> dict[bytes, float]:
+        """Pending batches this replica holds (those it can propose, vote for and serve)."""
+        if not self.sources:
+            return self.pending
+        return {b: t for b, t in self.pending.items() if b not in self.sources}
+
     def _oldest_pending_age(self) -> float:
-        return self.now - min(self.pending.values()) if self.pending else 0.0
+        held = self._held_pending()
+        return self.now - min(held.values()) if held else 0.0
 
     def _work_arrived(self) -> list[Action]:
-        if self.deadline is None and self.changing_to is None:
+        if self.deadline is None and self.changing_to is None and self._held_pending():
             self.deadline = self.now + self.timeout
         return self._propose()
 
-    def _on_forward(self, body: Forward) -> list[Action]:
+    def _on_forward(self, sender: int, body: Forward) -> list[Action]:
         fresh = [b for b in body.batches if b not in self.committed_batches and b not in self.pending]
+        unheld: list[bytes] = []
         for b in sorted(fresh):
             self.pending[b] = self.now
-        return self._work_arrived() if fresh else []
+            if not self.ledger.holds(b):  # its data did not come with the forward: fetch it from the sender
+                self.sources[b] = sender
+                unheld.append(b)
+        out: list[Action] = [Fetch(tuple(unheld), (sender,))] if unheld else []
+        return out + (self._work_arrived() if fresh else [])
 
     def _slot(self, view: int, height: int) -> _Slot:
         return self.slots.setdefault((view, height), _Slot())
@@ -302,13 +370,20 @@ class Replica:
             return []
         if ("pre-prepare", self.view, h) in self.votes:
             return []
-        if len(self.pending) < self.config.max_batches and self._oldest_pending_age() < self.config.batch_delay:
+        held = self._held_pending()
+        if not held:
+            return []
+        if len(held) < self.config.max_batches and self.now - min(held.values()) < self.config.batch_delay:
             return []  # a tick proposes once the oldest batch has waited batch_delay
-        return self._send_pre_prepare(Proposal(h, self.last_digest, self._oldest_pending()))
+        return self._send_pre_prepare(self._next_proposal())
 
-    def _oldest_pending(self) -> tuple[bytes, ...]:
-        """What the next proposal seals: the longest-known pending batches, up to max_batches."""
-        return tuple(sorted(self.pending, key=lambda b: (self.pending[b], b))[: self.config.max_batches])
+    def _next_proposal(self) -> Proposal:
+        """What the next proposal seals: the longest-known pending batches this replica holds,
+        up to max_batches, with the header its ledger builds for them."""
+        held = self._held_pending()
+        batches = tuple(sorted(held, key=lambda b: (held[b], b))[: self.config.max_batches])
+        h = self.height + 1
+        return Proposal(h, self.last_digest, batches, self.ledger.build(h, self.last_digest, batches, self.now))
 
     def _send_pre_prepare(self, proposal: Proposal) -> list[Action]:
         self.votes[("pre-prepare", self.view, proposal.height)] = proposal.digest
@@ -317,6 +392,7 @@ class Replica:
         return [self._durable(), Send(pp)] + self._check_prepared(self.view, proposal.height, proposal.digest)
 
     def _valid_proposal(self, p: Proposal) -> bool:
+        """Could be the next block (not yet: whether this replica holds its batches)."""
         return (
             p.height == self.height + 1
             and p.prev == self.last_digest
@@ -324,6 +400,23 @@ class Replica:
             and len(set(p.batches)) == len(p.batches)
             and all(len(b) == DIGEST and b not in self.committed_batches for b in p.batches)
         )
+
+    def _missing(self, p: Proposal, primary: int) -> list[Action]:
+        """A Fetch for the batches of `p` this replica does not hold (none if it holds all)."""
+        missing = tuple(b for b in p.batches if not self.ledger.holds(b))
+        if not missing:
+            return []
+        peers = (primary, *sorted(r for r in range(self.config.n) if r not in (primary, self.me)))
+        return [Fetch(missing, peers)]
+
+    def _vote_or_fetch(self, view: int, p: Proposal) -> list[Action]:
+        """Prepare a valid proposal once its batches are here and its header is right."""
+        fetch = self._missing(p, self.config.primary(view))
+        if fetch:
+            return fetch
+        if self.ledger.check(p, self.now) is not None:
+            return self._start_view_change(self.view + 1)  # a header that lies about its batches: a faulty primary
+        return self._accept(view, p)
 
     def _on_pre_prepare(self, m: Signed, body: PrePrepare) -> list[Action]:
         p = body.proposal
@@ -345,7 +438,7 @@ class Replica:
         if not self._valid_proposal(p):
             return []
         slot.pre_prepare = m
-        return self._accept(body.view, p)
+        return self._vote_or_fetch(body.view, p)
 
     def _accept(self, view: int, p: Proposal) -> list[Action]:
         out: list[Action] = []
@@ -420,16 +513,18 @@ class Replica:
     def _decide(self, cert: CommitCertificate) -> list[Action]:
         p = cert.proposal
         self.certificates.append(cert)
+        self.ledger.decided(p)
         self.committed_batches.update(p.batches)
         for b in p.batches:
             self.pending.pop(b, None)
+            self.sources.pop(b, None)
         self.slots = {k: s for k, s in self.slots.items() if k[1] > p.height}
         self.votes = {k: d for k, d in self.votes.items() if k[2] > p.height}
         if self.prepared is not None and self.prepared.pre_prepare.body.proposal.height <= p.height:
             self.prepared = None
         self.ahead = {h: r for h, r in self.ahead.items() if h > p.height}
         self.failed_views = 0
-        self.deadline = self.now + self.timeout if (self.pending and self.changing_to is None) else None
+        self.deadline = self.now + self.timeout if (self._held_pending() and self.changing_to is None) else None
         out: list[Action] = [Decide(cert)]
         if p.height % self.config.checkpoint_interval == 0:
             cp = self._sign(Checkpoint(p.height, p.digest))
@@ -449,7 +544,7 @@ class Replica:
         if slot.pre_prepare is not None and slot.pre_prepare.replica == self.config.primary(self.view):
             p = slot.pre_prepare.body.proposal
             if self._valid_proposal(p):
-                out += self._accept(self.view, p)
+                out += self._vote_or_fetch(self.view, p)
         for digest in sorted(set(slot.prepares) | set(slot.commits)):
             out += self._check_prepared(self.view, h, digest)
             out += self._check_committed(self.view, h, digest)
@@ -517,8 +612,8 @@ class Replica:
         # Take the highest committed block of the quorum first if we lack it (its certificate is here).
         out += self._adopt(top)
         proposal = carried
-        if proposal is None and self.pending and certificates.top_height(top) == self.height:
-            proposal = Proposal(self.height + 1, self.last_digest, self._oldest_pending())
+        if proposal is None and self._held_pending() and certificates.top_height(top) == self.height:
+            proposal = self._next_proposal()
         pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
         nv = self._sign(NewView(view, chosen, pp))
         self.new_views = {view: nv}
@@ -567,7 +662,7 @@ class Replica:
         self.changing_to = None
         for b in self.pending:  # the new primary gets a fresh chance with every known batch
             self.pending[b] = self.now
-        self.deadline = self.now + self.timeout if (self.pending or pp is not None) else None
+        self.deadline = self.now + self.timeout if (self._held_pending() or pp is not None) else None
         self.view_changes = {v: c for v, c in self.view_changes.items() if v > view}
         out: list[Action] = [self._durable()]
         if pp is not None:
@@ -577,7 +672,7 @@ class Replica:
                 self.votes[("pre-prepare", view, p.height)] = p.digest
                 out += self._check_prepared(view, p.height, p.digest)
             elif self._valid_proposal(p):
-                out += self._accept(view, p)
+                out += self._vote_or_fetch(view, p)
         return out + self._replay() + self._propose()
 
     # -- state transfer --------------------------------------------------------------------

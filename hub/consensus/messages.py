@@ -3,8 +3,11 @@
 Every message a replica sends is `Signed`: its canonical bytes (one function, `encode`, and
 its twin `decode`) signed by the sender's replica key. A replica counts only distinct
 signers, so quorums cannot be faked by repeating one replica's message. Proposals carry the
-batch digests a block seals, in the order the primary chose; the block itself is built from
-them deterministically by every replica (`Proposal.digest` is what replicas vote on).
+batch digests a block seals, in the order the primary chose, and the header of the block they
+make (built by the primary's ledger, checked by every backup's before it votes).
+`Proposal.digest` is what replicas vote on; it commits to the header's hash and to the batch
+list's hash, so a commit certificate can be checked against a block header alone
+(`proposal_digest`, used by `gridtrace cert verify`).
 
 Layout (big-endian; the same conventions as protos/canonical.py): a domain tag, then the
 fields in the order declared here; integers u64, digests 32 bytes, lists u32 count + items,
@@ -27,15 +30,36 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True)
 class Proposal:
-    """What the primary proposes for one height: the batches to seal, after the previous block."""
+    """What the primary proposes for one height: the batches to seal, after the previous block,
+    and the header of the block they make."""
 
     height: int
     prev: bytes  # digest of the proposal committed at height - 1 (zeros at height 1)
     batches: tuple[bytes, ...]  # batch digests, in the order they are sealed
+    header: bytes = b""  # the block header's canonical bytes (the ledger's format)
 
     @property
     def digest(self) -> bytes:
-        return hashlib.sha256(encode(self)).digest()
+        return proposal_digest(
+            self.height, self.prev, hashlib.sha256(self.header).digest(), batch_list_digest(self.batches)
+        )
+
+
+def batch_list_digest(batches: tuple[bytes, ...]) -> bytes:
+    return hashlib.sha256(_list(batches, _digest)).digest()
+
+
+_PROPOSAL_DIGEST_TAG = b"gridtrace/pbft/proposal-digest/v1"
+
+
+def proposal_digest(height: int, prev: bytes, header_hash: bytes, batches_digest: bytes) -> bytes:
+    """What replicas vote on for a proposal. Defined over hashes, so that a verifier holding
+    only a block header (whose hash is `header_hash`) and a certificate's `prev` and
+    `batches_digest` can recompute what the commit signatures cover."""
+    return hashlib.sha256(
+        bytes([len(_PROPOSAL_DIGEST_TAG)]) + _PROPOSAL_DIGEST_TAG + _u64(height) + _digest(prev)
+        + _digest(header_hash) + _digest(batches_digest)
+    ).digest()
 
 
 @dataclass(frozen=True)
@@ -158,7 +182,7 @@ def _opt(item: object | None) -> bytes:
 
 
 _TAGS: dict[type, bytes] = {
-    Proposal: b"gridtrace/pbft/proposal/v1",
+    Proposal: b"gridtrace/pbft/proposal/v2",
     Forward: b"gridtrace/pbft/forward/v1",
     PrePrepare: b"gridtrace/pbft/pre-prepare/v1",
     Prepare: b"gridtrace/pbft/prepare/v1",
@@ -177,7 +201,7 @@ _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 
 def _fields(m: object) -> bytes:
     if isinstance(m, Proposal):
-        return _u64(m.height) + _digest(m.prev) + _list(m.batches, _digest)
+        return _u64(m.height) + _digest(m.prev) + _list(m.batches, _digest) + _nested(m.header)
     if isinstance(m, Forward):
         return _list(m.batches, _digest)
     if isinstance(m, PrePrepare):
@@ -265,7 +289,7 @@ def decode(data: bytes) -> object:
     r = _Reader(data)
     r.pos = 1 + data[0]
     if cls is Proposal:
-        m: object = Proposal(r.u64(), r.digest(), r.items(r.digest))
+        m: object = Proposal(r.u64(), r.digest(), r.items(r.digest), r.nested())
     elif cls is Forward:
         m = Forward(r.items(r.digest))
     elif cls is PrePrepare:

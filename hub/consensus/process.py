@@ -8,11 +8,16 @@ its messages (the core resends and changes views as it must), and the stream rec
 
 Services (raw bytes, the consensus canonical encoding; `gridtrace.v1.Replica`):
 * `Deliver` (client stream): signed consensus messages from a peer;
-* `Submit`: batch digests (32 bytes each) given to this replica, as a hub's ingest will;
+* `Submit`: batch digests (32 bytes each) given to this replica (digests-only replicas);
 * `Status`: JSON with height, view, and the decided chain (proposal digests and batches), all
-  of it or from a height on.
+  of it or from a height on;
+* whatever the `ReplicaApp` adds: a replicated hub serves its batches to peers (`Batches`).
 
-The hub's ingest, blocks and receipts do not run on this yet (docs/consensus.md, "Not yet").
+Two ways to run it. A hub replica (`gridtrace hub serve` with `[consensus]`) passes its
+`BlockLedger` and itself as the `ReplicaApp`: it submits the batches its ingest stored, builds
+blocks from what is decided, and fetches the batches the core asks for. Without an app
+(`gridtrace chain replica`), a replica orders digests only (`DigestLedger`): a batch it is told
+of counts as held at once, there being no data to fetch; benchmarks of consensus alone use it.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from typing import Protocol
+
 from hub.consensus.config import ConsensusConfig
-from hub.consensus.core import Decide, Persist, Replica, Send
+from hub.consensus.core import Decide, Fetch, Persist, Replica, Send
 from hub.consensus.journal import ConsensusJournal
 from hub.consensus.keys import Ed25519ReplicaKeys
-from hub.consensus.messages import DIGEST, MessageError, Signed, decode, encode
+from hub.consensus.ledger import DigestLedger, Ledger
+from hub.consensus.messages import DIGEST, CommitCertificate, MessageError, Signed, decode, encode
 from hub.consensus.replica_config import ReplicaConfig
 
 log = logging.getLogger("gridtrace.chain")
@@ -53,17 +61,41 @@ def open_channel(cfg: ReplicaConfig, address: str) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, channel_credentials(cfg))
 
 
+class ReplicaApp(Protocol):
+    """What runs on top of a replica process (the hub): told of decisions, asked for batches."""
+
+    def decided(self, certificates: list[CommitCertificate]) -> None:
+        """Blocks decided, in height order, already durable in the journal."""
+
+    def fetch(self, request: Fetch) -> None:
+        """Get these batches from a peer; call `ReplicaProcess.arrived` once they are stored."""
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Extra methods of the replica service (between replicas, over their mutual TLS)."""
+
+
+def load_journal(cfg: ReplicaConfig) -> tuple[ConsensusJournal, object, list[CommitCertificate]]:
+    """The replica's journal and what it holds (durable state, decided blocks)."""
+    cfg.data.mkdir(parents=True, exist_ok=True)
+    journal = ConsensusJournal(cfg.data / "journal.sqlite")
+    durable, decided = journal.load()
+    return journal, durable, decided
+
+
 class ReplicaProcess:
-    def __init__(self, cfg: ReplicaConfig) -> None:
+    def __init__(
+        self, cfg: ReplicaConfig, ledger: Ledger | None = None, app: ReplicaApp | None = None,
+        journal: tuple[ConsensusJournal, object, list[CommitCertificate]] | None = None,
+    ) -> None:
         self.cfg = cfg
-        cfg.data.mkdir(parents=True, exist_ok=True)
-        self.journal = ConsensusJournal(cfg.data / "journal.sqlite")
+        self.journal, durable, decided = journal if journal is not None else load_journal(cfg)
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        durable, decided = self.journal.load()
         keys = Ed25519ReplicaKeys(cfg.id, cfg.signer, {i: p.public_key for i, p in cfg.peers.items()})
         config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s,
                                  batch_delay=min(TICK_S, cfg.base_timeout_s / 10))
-        self.core = Replica(config, keys, committed=decided, durable=durable)
+        self.app = app
+        self.ledger = ledger if ledger is not None else DigestLedger()
+        self.core = Replica(config, keys, self.ledger, committed=decided, durable=durable)  # type: ignore[arg-type]
         self.inputs: asyncio.Queue = asyncio.Queue()
         self.outboxes: dict[int, asyncio.Queue] = {i: asyncio.Queue(OUTBOX) for i in cfg.peers if i != cfg.id}
         self.started = time.monotonic()
@@ -84,6 +116,8 @@ class ReplicaProcess:
                     actions = self.core.receive(value, now)
                 elif kind == "submit":
                     actions = self.core.submit(value, now)
+                elif kind == "arrived":
+                    actions = self.core.batches_arrived(value, now)
                 else:
                     actions = self.core.tick(now)
             except Exception:  # noqa: BLE001 - one bad input must not stop the replica
@@ -100,6 +134,15 @@ class ReplicaProcess:
             sends = [a for a in actions if isinstance(a, Send)]
         for send in sends:
             self._send(send)
+        decided = [a.certificate for a in actions if isinstance(a, Decide)]
+        if decided and self.app is not None:
+            self.app.decided(decided)
+        for f in (a for a in actions if isinstance(a, Fetch)):
+            if self.app is not None:
+                self.app.fetch(f)
+            elif isinstance(self.ledger, DigestLedger):  # digests only: nothing to fetch
+                self.ledger.held.update(f.batches)
+                await self.inputs.put(("arrived", list(f.batches)))
         if self.core.height > self.logged_height:
             self.logged_height = self.core.height
             log.info("decided up to height %d (view %d)", self.core.height, self.core.view,
@@ -155,10 +198,23 @@ class ReplicaProcess:
                 await self.inputs.put(("message", m))
         return b""
 
+    def give(self, digests: list[bytes]) -> None:
+        """Batches stored from gateways (held by the ledger already): to be ordered."""
+        self.inputs.put_nowait(("submit", digests))
+
+    def arrived(self, digests: list[bytes]) -> None:
+        """Batches the app fetched and stored (held by the ledger already)."""
+        self.inputs.put_nowait(("arrived", digests))
+
     async def submit(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if self.app is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this replica is a hub: send batches to its ingest")
         if not raw or len(raw) % DIGEST:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(raw)} bytes are not 32-byte batch digests")
-        await self.inputs.put(("submit", [raw[i : i + DIGEST] for i in range(0, len(raw), DIGEST)]))
+        digests = [raw[i : i + DIGEST] for i in range(0, len(raw), DIGEST)]
+        if isinstance(self.ledger, DigestLedger):
+            self.ledger.held.update(digests)
+        await self.inputs.put(("submit", digests))
         return b""
 
     async def status(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -181,6 +237,7 @@ class ReplicaProcess:
             "Deliver": grpc.stream_unary_rpc_method_handler(self.deliver, **raw),
             "Submit": grpc.unary_unary_rpc_method_handler(self.submit, **raw),
             "Status": grpc.unary_unary_rpc_method_handler(self.status, **raw),
+            **(self.app.handlers() if self.app is not None else {}),
         })
 
     async def run(self, stop: asyncio.Event) -> None:

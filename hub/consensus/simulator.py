@@ -21,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from hub.consensus.config import ConsensusConfig
-from hub.consensus.core import Decide, Durable, Persist, Replica, Send
+from hub.consensus.core import Decide, Durable, Fetch, Persist, Replica, Send
+from hub.consensus.ledger import DigestLedger
 from hub.consensus.keys import SimulatedReplicaKeys, sign_message
 from hub.consensus.messages import (
     Blocks,
     Commit,
     CommitCertificate,
+    Forward,
     NewView,
     PrePrepare,
     Prepare,
@@ -114,6 +116,9 @@ class Simulation:
                 else self.rng.randrange(n)
         self.nodes: dict[int, list[Replica | None]] = {}  # id -> instances (two for Twins)
         self.ledgers: dict[int, list[CommitCertificate]] = {i: [] for i in range(n)}
+        # What each replica has stored (it survives a crash): the batch data a Forward carries
+        # or a Fetch brings.
+        self.stored: dict[int, DigestLedger] = {i: DigestLedger() for i in range(n)}
         self.durable: dict[int, Durable | None] = {i: None for i in range(n)}
         self.decided: dict[int, bytes] = {}  # height -> proposal digest, over correct replicas
         self.outcome = Outcome(seed, faults.label, {}, 0)
@@ -162,7 +167,7 @@ class Simulation:
 
     def _new_replica(self, i: int) -> Replica:
         keys = SimulatedReplicaKeys(i, self.secrets)
-        return Replica(self.config, keys, committed=list(self.ledgers[i]), durable=self.durable[i])
+        return Replica(self.config, keys, self.stored[i], committed=list(self.ledgers[i]), durable=self.durable[i])
 
     def _schedule_faults(self) -> None:
         f = self.config.f
@@ -208,9 +213,7 @@ class Simulation:
             digest = hashlib.sha256(f"batch-{self.seed}-{self.batch_no}".encode()).digest()
             target = self.rng.randrange(self.n)
             self.submitted.append((self.now, digest))
-            for c, r in enumerate(self.nodes[target]):
-                if r is not None and target not in self.down:
-                    self._apply(target, c, r.submit([digest], self.now))
+            self._submit(target, digest)
         self._at(self.now + self.rng.expovariate(1 / self.batch_interval), "batch", -1)
 
     def _on_resend(self, ev: _Event) -> None:
@@ -220,11 +223,16 @@ class Simulation:
                    for b in cert.proposal.batches}
         for t, digest in self.submitted:
             if t < self.now - 1.0 and digest not in decided:
-                target = self.rng.randrange(self.n)
-                for c, r in enumerate(self.nodes[target]):
-                    if r is not None and target not in self.down:
-                        self._apply(target, c, r.submit([digest], self.now))
+                self._submit(self.rng.randrange(self.n), digest)
         self._at(self.now + 1.0, "resend", -1)
+
+    def _submit(self, target: int, digest: bytes) -> None:
+        if target in self.down:
+            return
+        self.stored[target].held.add(digest)  # the hub stores a batch before it submits it
+        for c, r in enumerate(self.nodes[target]):
+            if r is not None:
+                self._apply(target, c, r.submit([digest], self.now))
 
     def _on_deliver(self, ev: _Event) -> None:
         copy, m = ev.payload
@@ -232,7 +240,30 @@ class Simulation:
         r = self.nodes[i][copy]
         if r is None or i in self.down:
             return
+        if isinstance(m.body, Forward):  # the batches' data travels with their forward
+            self.stored[i].held.update(b for b in m.body.batches if self.stored[m.replica].holds(b))
         self._apply(i, copy, r.receive(m, self.now))
+
+    def _on_arrive(self, ev: _Event) -> None:
+        copy, batches = ev.payload
+        r = self.nodes[ev.node][copy]
+        if r is None or ev.node in self.down:
+            return
+        self.stored[ev.node].held.update(batches)
+        self._apply(ev.node, copy, r.batches_arrived(batches, self.now))
+
+    def _fetch(self, i: int, copy: int, a: Fetch) -> None:
+        """A peer that is up, reachable and correct serves what it holds of the batches; the
+        answer is lost like any message."""
+        for peer in a.peers:
+            if peer in self.down or (peer, i) in self.cut or not self._correct(peer):
+                continue
+            served = tuple(b for b in a.batches if self.stored[peer].holds(b))
+            if served:
+                if not self._healed() and "drop" in self.faults and self.rng.random() < 0.1:
+                    return
+                self._at(self.now + self.rng.uniform(0.002, 0.02), "arrive", i, (copy, served))
+                return
 
     def _on_crash(self, ev: _Event) -> None:
         if self.now < self.heal_at:
@@ -273,6 +304,8 @@ class Simulation:
                     self.durable[i] = a.state
             elif isinstance(a, Decide):
                 self._decided(i, copy, a.certificate)
+            elif isinstance(a, Fetch):
+                self._fetch(i, copy, a)
             elif isinstance(a, Send):
                 for m, to in self._misbehave(i, a):
                     self._send(i, copy, m, to)
@@ -334,7 +367,8 @@ class Simulation:
             out = []
             for j in others:  # a different proposal for every backup
                 p = body.proposal
-                alt = Proposal(p.height, p.prev, tuple(reversed(p.batches))[: max(1, len(p.batches) - (j % 2))])
+                batches = tuple(reversed(p.batches))[: max(1, len(p.batches) - (j % 2))]
+                alt = Proposal(p.height, p.prev, batches, self.stored[i].build(p.height, p.prev, batches, self.now))
                 if j % 2 == 0:
                     alt = p
                 out.append((sign_message(keys, PrePrepare(body.view, alt)), j))
@@ -349,7 +383,8 @@ class Simulation:
             # claim a prepared certificate for a proposal nobody prepared, prepares all self-made
             base = body.committed.proposal.height if body.committed else 0
             prev = body.committed.proposal.digest if body.committed else bytes(32)
-            fake = Proposal(base + 1, prev, (hashlib.sha256(b"forged" + bytes([i])).digest(),))
+            forged_batch = (hashlib.sha256(b"forged" + bytes([i])).digest(),)
+            fake = Proposal(base + 1, prev, forged_batch, self.stored[i].build(base + 1, prev, forged_batch, self.now))
             pp = sign_message(keys, PrePrepare(max(body.view - 1, 0), fake))
             prepares = tuple(sign_message(keys, Prepare(max(body.view - 1, 0), fake.height, fake.digest))
                              for _ in range(self.config.quorum - 1))

@@ -1,4 +1,4 @@
-"""Table definitions of the hub database at the head revision (0002).
+"""Table definitions of the hub database at the head revision (0004).
 
 Canonical bytes are stored as they were hashed and signed: each batch's entry bodies are kept
 together in one payload row (bodies concatenated in Merkle-leaf order, plus their offsets), so a
@@ -124,6 +124,18 @@ seals = Table(
     Column("height", BigInteger, ForeignKey("blocks.height"), primary_key=True),
     Column("key_id", String(16), primary_key=True),
     Column("signature", LargeBinary(64), nullable=False),
+)
+
+# A block decided by PBFT replicas: its seals are the quorum's commit votes, over
+# Commit(view, height, proposal digest) with the digest recomputed from the header's hash,
+# `prev` and `batches_digest` (hub/consensus/quorum.py). Blocks of a single hub have no row.
+block_quorums = Table(
+    "block_quorums",
+    metadata,
+    Column("height", BigInteger, ForeignKey("blocks.height"), primary_key=True, autoincrement=False),
+    Column("view", BigInteger, nullable=False),
+    Column("prev", LargeBinary(32), nullable=False),
+    Column("batches_digest", LargeBinary(32), nullable=False),
 )
 
 chain_state = Table(

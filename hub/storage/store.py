@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.storage import migrate
@@ -26,6 +26,7 @@ from hub.storage.schema import (
     HOUR_NS,
     batch_payloads,
     batches,
+    block_quorums,
     blocks,
     chain_state,
     entry_spans,
@@ -128,6 +129,15 @@ class StoredBatch:
 
 
 @dataclass(frozen=True)
+class StoredQuorum:
+    """What a replicated block's commit votes need besides its header (hub/consensus/quorum.py)."""
+
+    view: int
+    prev: bytes
+    batches_digest: bytes
+
+
+@dataclass(frozen=True)
 class StoredBlock:
     height: int
     hash: bytes
@@ -135,7 +145,8 @@ class StoredBlock:
     batch_count: int
     entry_count: int
     log_size: int
-    seals: tuple[tuple[str, bytes], ...]
+    seals: tuple[tuple[str, bytes], ...]  # (key id, signature): over the CommitStatement, or commit votes if `quorum`
+    quorum: StoredQuorum | None = None
 
 
 def _entry_fields(body: bytes, where: str) -> tuple[str, int, int | None, int]:
@@ -174,8 +185,10 @@ class Store:
         self._upsert_heads = ins.on_conflict_do_update(
             index_elements=["gateway_id"],
             set_={
-                "seq": ins.excluded.seq,
-                "hash": ins.excluded.hash,
+                # Never backwards: a replica may store a gateway's batches out of order when it
+                # fetches them from its peers.
+                "seq": case((ins.excluded.seq > gateway_heads.c.seq, ins.excluded.seq), else_=gateway_heads.c.seq),
+                "hash": case((ins.excluded.seq > gateway_heads.c.seq, ins.excluded.hash), else_=gateway_heads.c.hash),
                 "batches": gateway_heads.c.batches + ins.excluded.batches,
                 "entries": gateway_heads.c.entries + ins.excluded.entries,
                 "last_stored_ns": ins.excluded.last_stored_ns,
@@ -292,7 +305,8 @@ class Store:
                     b.gateway_id,
                     {"gateway_id": b.gateway_id, "batches": 0, "entries": 0, "last_stored_ns": stored_ns},
                 )
-                h.update(seq=b.seq, hash=b.hash)
+                if b.seq > h.get("seq", -1):
+                    h.update(seq=b.seq, hash=b.hash)
                 h["batches"] += 1
                 h["entries"] += b.entry_count
             insert_rows(c, batch_payloads, _PAYLOAD_COLUMNS, payload_rows)
@@ -340,6 +354,7 @@ class Store:
         log_size: int,
         frontier: CompactRange,
         block_seals: Iterable[tuple[str, bytes]],
+        quorum: StoredQuorum | None = None,
     ) -> None:
         first_log_index = log_size - len(batch_ids)
         with self.engine.begin() as c:
@@ -349,6 +364,10 @@ class Store:
                     batch_count=len(batch_ids), entry_count=entry_count, log_size=log_size,
                 )
             )
+            if quorum is not None:
+                c.execute(block_quorums.insert().values(
+                    height=height, view=quorum.view, prev=quorum.prev, batches_digest=quorum.batches_digest,
+                ))
             for key_id, signature in block_seals:
                 c.execute(seals.insert().values(height=height, key_id=key_id, signature=signature))
             # One executemany for the block's batches (thousands at full load): this runs on the
@@ -378,9 +397,11 @@ class Store:
             block_seals = c.execute(
                 select(seals.c.key_id, seals.c.signature).where(seals.c.height == height).order_by(seals.c.key_id)
             ).all()
+            q = c.execute(select(block_quorums).where(block_quorums.c.height == height)).first()
         return StoredBlock(
             row.height, bytes(row.hash), bytes(row.header), row.batch_count, row.entry_count,
             row.log_size, tuple((s.key_id, bytes(s.signature)) for s in block_seals),
+            None if q is None else StoredQuorum(q.view, bytes(q.prev), bytes(q.batches_digest)),
         )
 
     def block_batch_hashes(self, height: int) -> list[bytes]:
@@ -458,6 +479,23 @@ class Store:
         if missing:
             raise PayloadError(f"batches {sorted(missing)[:5]} have no stored payload")
         return out
+
+    def batches_by_hash(self, hashes: Sequence[bytes]) -> dict[bytes, StoredBatch]:
+        """The stored batches among `hashes` (sealed or not), by hash."""
+        out: dict[bytes, StoredBatch] = {}
+        with self.engine.connect() as c:
+            for i in range(0, len(hashes), 500):
+                for r in c.execute(select(batches).where(batches.c.hash.in_(hashes[i : i + 500]))).all():
+                    out[bytes(r.hash)] = _batch(r)
+        return out
+
+    def batch_pack(self, batch_id: int) -> EntryPack:
+        """A batch's entries packed as stored: what a replica sends a peer that lacks the batch."""
+        with self.engine.connect() as c:
+            r = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id == batch_id)).first()
+        if r is None:
+            raise PayloadError(f"batch {batch_id} has no stored payload")
+        return EntryPack(bytes(r.bodies), bytes(r.offsets), bytes(r.names))
 
     def batch_by_id(self, batch_id: int) -> StoredBatch:
         with self.engine.connect() as c:
