@@ -87,7 +87,7 @@ def copy_chain(src, dst, chain_id: str, now_ns: int) -> CopyCounts:  # noqa: ANN
         except (CanonicalError, RecordError) as exc:
             raise BackupError(f"block {height}: stored header does not decode ({exc}); the source is damaged") from exc
         dst.append_block(
-            height, blk.hash, blk.header, time_ns, ids, blk.entry_count, log.size, log, blk.seals,
+            height, blk.hash, blk.header, time_ns, ids, blk.entry_count, log.size, log, blk.seals, blk.quorum,
         )
         n_batches += len(batches)
         n_entries += sum(b.entry_count for b in batches)

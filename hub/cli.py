@@ -110,45 +110,64 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    init_hub_dir(args.dir, args.chain_id, args.listen, args.insecure, args.metrics_listen, args.database, args.tls_name)
+    return 0
+
+
+def init_hub_dir(
+    directory: Path, chain_id: str, listen: str, insecure: bool, metrics_listen: str,
+    database: str = "hub.sqlite", tls_names: list[str] | tuple[str, ...] = (), extra_config: str = "",
+    tls_files: tuple[str, str, str] | None = None, key_file: str | None = None,
+) -> None:
+    """A hub directory: hub.toml (plus `extra_config`), the hub key (0600; or `key_file`, an
+    existing key relative to the directory, as a replica's), TLS files unless insecure or given
+    (`tls_files`: cert, key, CA, relative to the directory), and a database created for
+    `chain_id`. hub.pub.pem is the public key either way (what agents pin)."""
     from hub.config import render_hub_config
     from hub.storage.store import Store, StoreError, sqlite_url
     from hub.tls import create_tls_files
     from protos.records import RecordError, check_id
-    from protos.signing import KeyFileError, create_key_pair, key_id
+    from protos.signing import KeyFileError, Signer, create_key_pair, key_id, write_public_key
 
     try:
-        check_id("chain id", args.chain_id)
+        check_id("chain id", chain_id)
     except RecordError as exc:
         raise ConfigError(f"--chain-id: {exc}") from exc
-    args.dir.mkdir(parents=True, exist_ok=True)
-    config_path = args.dir / "hub.toml"
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "hub.toml"
     if config_path.exists():
         raise ConfigError(f"{config_path} exists; refusing to overwrite")
     try:
-        key = create_key_pair(args.dir, "hub")
+        if key_file is None:
+            key = create_key_pair(directory, "hub")
+        else:
+            key = Signer.from_file(directory / key_file)
+            write_public_key(directory / "hub.pub.pem", key.public_key)
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from exc
-    if not args.insecure:
-        names = list(dict.fromkeys(["localhost", "127.0.0.1", *args.tls_name]))
-        create_tls_files(args.dir / "tls", names, args.chain_id)
-    text = render_hub_config(args.chain_id, args.listen, args.insecure, args.metrics_listen)
-    if args.database != "hub.sqlite":
-        text, n = re.subn(r'(?m)^database = "hub\.sqlite"', lambda _: f"database = {json.dumps(args.database)}", text)
+    if not insecure and tls_files is None:
+        names = list(dict.fromkeys(["localhost", "127.0.0.1", *tls_names]))
+        create_tls_files(directory / "tls", names, chain_id)
+    text = render_hub_config(chain_id, listen, insecure, metrics_listen, *([tls_files] if tls_files else []))
+    if key_file is not None:
+        text = text.replace('key = "hub.key"      ', f"key = {json.dumps(key_file)}", 1)
+    if database != "hub.sqlite":
+        text, n = re.subn(r'(?m)^database = "hub\.sqlite"', lambda _: f"database = {json.dumps(database)}", text)
         if n != 1:
             raise ConfigError("--database: the hub.toml template has no `database = \"hub.sqlite\"` line to set")
-    url = args.database if "://" in args.database else sqlite_url(args.dir / args.database)
+    url = database if "://" in database else sqlite_url(directory / database)
     store = Store(url)
     try:
-        store.create(args.chain_id)
+        store.create(chain_id)
     except StoreError as exc:
         raise ConfigError(f"--database: {exc}") from exc
     finally:
         store.close()
-    config_path.write_text(text, encoding="utf-8")
+    config_path.write_text(text + extra_config, encoding="utf-8")
     print(f"created {config_path}, hub key {key_id(key.public_key)} and database {store.where}")
-    if not args.insecure:
-        print(f"gateways need {args.dir / 'tls/ca.pem'} (TLS) and {args.dir / 'hub.pub.pem'} (receipts)")
-    return 0
+    if not insecure:
+        ca = directory / (tls_files[2] if tls_files else "tls/ca.pem")
+        print(f"gateways need {ca} (TLS) and {directory / 'hub.pub.pem'} (receipts)")
 
 
 def _store(config: Path):
@@ -238,14 +257,23 @@ def cmd_trust(args: argparse.Namespace) -> int:
     from protos.signing import Signer, parse_public_key_pem
 
     cfg, store = _store(args.config)
-    signer = Signer.from_file(cfg.key)
     gateways = {
         gw: [parse_public_key_pem(pem) for _, pem in sorted(keys.items())]
         for gw, keys in store.gateway_keys().items()
     }
-    doc = trust_document(gateways, {cfg.chain_id: (1, [(cfg.chain_id, signer.public_key)])})
+    if cfg.consensus_replica is not None:
+        # Replicated: blocks carry the commit votes of a quorum of the replicas' keys.
+        from hub.consensus.config import ConsensusConfig
+        from hub.consensus.replica_config import load_replica_config
+
+        rcfg = load_replica_config(cfg.consensus_replica)
+        quorum = ConsensusConfig(n=rcfg.n).quorum
+        replicas = [(f"replica-{i}", p.public_key) for i, p in sorted(rcfg.peers.items())]
+    else:
+        quorum, replicas = 1, [(cfg.chain_id, Signer.from_file(cfg.key).public_key)]
+    doc = trust_document(gateways, {cfg.chain_id: (quorum, replicas)})
     args.output.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output}: chain {cfg.chain_id} (quorum 1) and {len(gateways)} gateways")
+    print(f"wrote {args.output}: chain {cfg.chain_id} (quorum {quorum} of {len(replicas)}) and {len(gateways)} gateways")
     return 0
 
 
@@ -342,21 +370,30 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seal_keys(cfg, extra: list[Path]) -> dict:  # noqa: ANN001
+def _seal_keys(cfg, extra: list[Path]) -> tuple[dict, int]:  # noqa: ANN001
+    """The keys whose seals count on this hub's blocks, and how many must have sealed each:
+    the hub's own key (and `extra` keys, each enough alone), or a replicated hub's replica keys
+    with the PBFT quorum."""
     from protos.signing import Signer, key_id, load_public_key
 
+    if cfg.consensus_replica is not None:
+        from hub.consensus.config import ConsensusConfig
+        from hub.consensus.replica_config import load_replica_config
+
+        rcfg = load_replica_config(cfg.consensus_replica)
+        return {key_id(p.public_key): p.public_key for p in rcfg.peers.values()}, ConsensusConfig(n=rcfg.n).quorum
     own = Signer.from_file(cfg.key)
     keys = {own.key_id: own.public_key}
     for path in extra:
         pub = load_public_key(path)
         keys[key_id(pub)] = pub
-    return keys
+    return keys, 1
 
 
-def _audit(store, cfg, seal_keys: dict, what: str, deep: bool = False) -> int:  # noqa: ANN001
+def _audit(store, cfg, seal_keys: tuple[dict, int], what: str, deep: bool = False) -> int:  # noqa: ANN001
     from hub.chain.audit import audit_store
 
-    report = audit_store(store, cfg.chain_id, seal_keys, deep=deep)
+    report = audit_store(store, cfg.chain_id, seal_keys[0], quorum=seal_keys[1], deep=deep)
     if report.ok:
         print(f"{what}: {report.blocks} blocks, {report.batches} batches, {report.entries} entries: all check out")
         return 0

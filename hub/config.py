@@ -21,6 +21,7 @@ SETTINGS: dict[str, frozenset[str]] = {
     "metrics": frozenset({"listen"}),
     "logging": frozenset({"format", "level"}),
     "peers": frozenset({"replicas"}),
+    "consensus": frozenset({"replica"}),
 }
 
 LOG_FORMATS = ("auto", "json", "text")
@@ -49,6 +50,9 @@ class HubConfig:
     verifier_processes: int = 1
     max_pending_mb: int = 256
     max_in_flight_per_stream: int = 16
+    # A replica of a substation's PBFT replicas: its replica.toml (hub/consensus/replica_config.py).
+    # None: a single hub, sealing blocks on its own timer.
+    consensus_replica: Path | None = None
 
 
 def _host_port(sec: Section, key: str, value: str) -> str:
@@ -103,6 +107,11 @@ def load_hub_config(path: Path) -> HubConfig:
             raise peers.fail("replicas", f"must be a list of host:port strings, got {r!r}")
         _host_port(peers, "replicas", r)
 
+    consensus = sec["consensus"]
+    replica = consensus.path_value("replica", None)
+    if replica is not None and not replica.exists():
+        raise consensus.fail("replica", f"{replica} does not exist (gridtrace chain init writes one per replica)")
+
     return HubConfig(
         path=path,
         chain_id=hub.identifier("chain_id"),
@@ -124,6 +133,7 @@ def load_hub_config(path: Path) -> HubConfig:
         verifier_processes=verifiers,
         max_pending_mb=ingest.positive("max_pending_mb", int, 256),
         max_in_flight_per_stream=ingest.positive("max_in_flight_per_stream", int, 16),
+        consensus_replica=replica,
     )
 
 
@@ -147,7 +157,8 @@ def redact_url(url: str) -> str:
 
 
 def render_hub_config(
-    chain_id: str, listen: str, insecure_plaintext: bool = False, metrics_listen: str = "127.0.0.1:9464"
+    chain_id: str, listen: str, insecure_plaintext: bool = False, metrics_listen: str = "127.0.0.1:9464",
+    tls: tuple[str, str, str] = ("tls/hub.pem", "tls/hub.key", "tls/ca.pem"),
 ) -> str:
     return f"""# gridtrace hub configuration (docs/hub.md lists every setting).
 # Relative paths are relative to this file.
@@ -159,9 +170,9 @@ database = "hub.sqlite"        # a file path (SQLite) or an SQLAlchemy URL
 
 [server]
 listen = "{listen}"
-tls_cert = "tls/hub.pem"       # server certificate chain (PEM)
-tls_key = "tls/hub.key"        # its private key (mode 0600)
-tls_ca = "tls/ca.pem"          # CA that operator commands (status, health) check the hub with
+tls_cert = "{tls[0]}"       # server certificate chain (PEM)
+tls_key = "{tls[1]}"        # its private key (mode 0600)
+tls_ca = "{tls[2]}"          # CA that operator commands (status, health) check the hub with
 insecure_plaintext = {'true' if insecure_plaintext else 'false'}   # development only
 max_group_commit = 256         # batches committed together in one transaction at most
 

@@ -1,5 +1,9 @@
 """`gridtrace hub serve`: the hub process with its gRPC services and block producer.
 
+With `[consensus] replica` in hub.toml the hub is one of a substation's PBFT replicas: no
+block producer; blocks are what the replicas decide (hub/chain/replicated.py), and receipts
+wait for them.
+
 All database work runs on one thread, in order, so SQLite sees one writer and
 the ingest writer and block producer never interleave inside a transaction.
 Batch checks run in verifier processes (`[ingest] verifier_processes`).
@@ -20,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 
 from gridtrace.signals import stop_on_signals
 from hub.chain.producer import BlockProducer
+from hub.chain.replicated import ReplicatedChain
+from hub.consensus.replica_config import load_replica_config
 from hub.config import HubConfig, redact_url
 from hub.ingest.service import IngestService, Ingestor
 from hub.ingest.verifier import InlineVerifier, VerifierPool
@@ -49,8 +55,9 @@ class DatabaseWatch:
     load balancers and container health checks stop sending gateways to this hub."""
 
     def __init__(self, store: Store, db: ThreadPoolExecutor, health_servicer: health.aio.HealthServicer,
-                 metrics: HubMetrics, interval_s: float) -> None:
+                 metrics: HubMetrics, interval_s: float, chain: ReplicatedChain | None = None) -> None:
         self.store, self.db, self.health, self.metrics = store, db, health_servicer, metrics
+        self.chain = chain
         self.interval_s = interval_s
         self.serving: bool | None = None
 
@@ -66,6 +73,8 @@ class DatabaseWatch:
             problem = f"the database failed: {exc}"
         if problem is None and self.metrics.last_commit_failed:
             problem = "the last ingest commit failed"
+        if problem is None and self.chain is not None and self.chain.stopped:
+            problem = self.chain.stopped
         await self.set(problem is None, problem)
         return problem is None
 
@@ -104,6 +113,7 @@ async def serve(
     metrics = metrics or HubMetrics()
 
     signer = Signer.from_file(cfg.key)
+    replica_cfg = load_replica_config(cfg.consensus_replica) if cfg.consensus_replica else None
     raw_store = Store(cfg.database_url, background_checkpoints=True)
     store = metrics.timed_store(raw_store)
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
@@ -132,9 +142,16 @@ async def serve(
     )
     await ingestor.start()
     metrics.queue_depth.labels("commit").set_function(lambda: ingestor.commit_queue_depth)
-    producer = BlockProducer(
-        store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block, metrics=metrics
-    )
+    chain: ReplicatedChain | None = None
+    producer: BlockProducer | None = None
+    if replica_cfg is not None:
+        chain = ReplicatedChain(store, db, ingestor, cfg.chain_id, replica_cfg, metrics=metrics)
+        ingestor.sealing = chain
+        await chain.start()
+    else:
+        producer = BlockProducer(
+            store, db, signer, cfg.chain_id, cfg.block_interval_s, cfg.max_batches_per_block, metrics=metrics
+        )
 
     server = grpc.aio.server(
         options=[
@@ -166,7 +183,7 @@ async def serve(
     except OSError as exc:
         raise OSError(f"cannot serve metrics on {cfg.metrics_listen} ([metrics] listen): {exc.strerror}") from exc
     await server.start()
-    watch = DatabaseWatch(store, db, health_servicer, metrics, cfg.health_interval_s)
+    watch = DatabaseWatch(store, db, health_servicer, metrics, cfg.health_interval_s, chain)
     await watch.check()
     log.info(
         "hub %s (key %s) serving on %s, database %s, metrics %s", cfg.chain_id, signer.key_id, cfg.listen,
@@ -175,7 +192,9 @@ async def serve(
     )
 
     producer_stop = asyncio.Event()
-    producer_task = asyncio.create_task(producer.run(producer_stop), name="block-producer")
+    producer_task = asyncio.create_task(
+        producer.run(producer_stop) if producer is not None else producer_stop.wait(), name="block-producer"
+    )
     watch_stop = asyncio.Event()
     watch_task = asyncio.create_task(watch.run(watch_stop), name="database-watch")
     if not merkle.NATIVE:
@@ -199,9 +218,12 @@ async def serve(
         await ingestor.stop()
         producer_stop.set()
         await asyncio.gather(producer_task, return_exceptions=True)
-        sealed = await loop.run_in_executor(db, producer.seal_all)
-        if sealed:
-            log.info("sealed %d final blocks", sealed, extra={"height": producer.height})
+        if producer is not None:
+            sealed = await loop.run_in_executor(db, producer.seal_all)
+            if sealed:
+                log.info("sealed %d final blocks", sealed, extra={"height": producer.height})
+        if chain is not None:
+            await chain.stop()
         db.shutdown(wait=True)
         raw_store.close()
         if metrics_server is not None:

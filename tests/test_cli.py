@@ -395,7 +395,7 @@ def test_config_error_exits_2_naming_file_and_key(site, tmp_path):
     bad = tmp_path / "agent.toml"
     bad.write_text(text)
     bad_hub = tmp_path / "hub.toml"
-    bad_hub.write_text((root / "hub" / "hub.toml").read_text() + "\n[consensus]\n")
+    bad_hub.write_text((root / "hub" / "hub.toml").read_text() + "\n[concensus]\n")  # a misspelt table
     edge, hub = gridtrace_many(
         (("edge", "run", "--config", str(bad)), tmp_path),
         (("hub", "serve", "--config", str(bad_hub)), tmp_path),
@@ -405,5 +405,5 @@ def test_config_error_exits_2_naming_file_and_key(site, tmp_path):
     assert str(bad) in edge.stderr and "[batching] max_entries" in edge.stderr and "must be > 0" in edge.stderr
     assert "Traceback" not in edge.stderr
     assert hub.returncode == 2
-    assert str(bad_hub) in hub.stderr and "unknown table [consensus]" in hub.stderr
+    assert str(bad_hub) in hub.stderr and "unknown table [concensus]" in hub.stderr
     assert "Traceback" not in hub.stderr

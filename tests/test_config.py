@@ -371,7 +371,13 @@ def test_insecure_hub_needs_no_tls_files(tmp_path):
 
 
 def test_hub_unknown_table(tmp_path):
-    _expect_hub(_hub(tmp_path, _hub_rendered() + "\n[consensus]\nf = 1\n"), "unknown table [consensus]")
+    _expect_hub(_hub(tmp_path, _hub_rendered() + "\n[pbft]\nf = 1\n"), "unknown table [pbft]")
+
+
+def test_hub_consensus_replica_must_exist_and_keys_are_checked(tmp_path):
+    _expect_hub(_hub(tmp_path, _hub_rendered() + '\n[consensus]\nreplica = "nowhere.toml"\n'),
+                "[consensus] replica")
+    _expect_hub(_hub(tmp_path, _hub_rendered() + "\n[consensus]\nf = 1\n"), "[consensus]")
 
 
 @pytest.mark.parametrize(
@@ -487,7 +493,9 @@ def test_example_hub_config_loads_and_sets_every_table(tmp_path):
 
     example = ROOT / "deploy" / "hub.example.toml"
     copy = _hub(tmp_path, example.read_text(encoding="utf-8"))
+    (copy.parent / "replica-0.toml").write_text("")  # written by `gridtrace chain init`
     cfg = load_hub_config(copy)
+    assert cfg.consensus_replica == copy.parent / "replica-0.toml"
     assert cfg.chain_id == "substation-7"
     assert cfg.database_url.startswith("postgresql+psycopg://")
     assert cfg.listen == "0.0.0.0:7700" and cfg.metrics_listen == "0.0.0.0:9464"

@@ -19,6 +19,7 @@ from hub.certificates.document import (
     reading_to_json,
 )
 from hub.chain.block import commit_statement
+from hub.consensus.quorum import commit_bytes
 from hub.storage.schema import ENTRY_READING
 from hub.storage.store import Store, StoredBatch
 from protos import merkle
@@ -107,14 +108,18 @@ def build_certificate(
     for h in heights:
         blk = blocks[h]
         header = decode_block_header(blk.header)
-        blocks_json.append(
-            {
-                "header": block_header_to_json(header),
-                "header_bytes": blk.header.hex(),
-                "commit_bytes": encode_commit(commit_statement(header)).hex(),
-                "seals": [{"key_id": k, "signature": s.hex()} for k, s in blk.seals],
-            }
-        )
+        item = {
+            "header": block_header_to_json(header),
+            "header_bytes": blk.header.hex(),
+            "commit_bytes": encode_commit(commit_statement(header)).hex(),
+            "seals": [{"key_id": k, "signature": s.hex()} for k, s in blk.seals],
+        }
+        if blk.quorum is not None:
+            # Decided by PBFT replicas: the seals are their commit votes (hub/consensus/quorum.py).
+            q = blk.quorum
+            item["quorum"] = {"view": q.view, "prev": q.prev.hex(), "batches_digest": q.batches_digest.hex()}
+            item["commit_bytes"] = commit_bytes(blk.header, header.height, q.view, q.prev, q.batches_digest).hex()
+        blocks_json.append(item)
 
     consistency = []
     if len(heights) > 1:

@@ -23,7 +23,8 @@ from hub.certificates.document import (
     reading_from_json,
 )
 from hub.certificates.trust import Trust
-from hub.chain.block import check_seal, commit_statement
+from hub.chain.block import commit_statement
+from hub.consensus.quorum import commit_bytes
 from protos import merkle
 from protos.canonical import (
     batch_hash,
@@ -146,7 +147,7 @@ def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:
     last_height = 0
     for i, item in enumerate(items):
         path = f"certificate.blocks[{i}]"
-        o = Obj(item, path, {"header", "header_bytes", "commit_bytes", "seals"})
+        o = Obj(item, path, {"header", "header_bytes", "commit_bytes", "seals", "quorum"})
         header = block_header_from_json(o.get("header", dict), f"{path}.header")
         if o.hex("header_bytes") != encode_block_header(header):
             raise _fail(f"{path}.header_bytes", "do not match the header fields")
@@ -155,8 +156,18 @@ def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:
         if header.height <= last_height:
             raise _fail(f"{path}.header.height", "blocks must be listed once each, by increasing height")
         last_height = header.height
-        if o.hex("commit_bytes") != encode_commit(commit_statement(header)):
-            raise _fail(f"{path}.commit_bytes", "do not match the block's commit statement")
+        if "quorum" in item:
+            # Decided by PBFT replicas: each seal is a replica's commit vote for this header.
+            qo = Obj(o.get("quorum", dict), f"{path}.quorum", {"view", "prev", "batches_digest"})
+            signed = commit_bytes(
+                o.hex("header_bytes"), header.height, qo.get("view", int), qo.hex("prev"), qo.hex("batches_digest")
+            )
+            what = "the replicas' commit vote for this header"
+        else:
+            signed = encode_commit(commit_statement(header))
+            what = "the block's commit statement"
+        if o.hex("commit_bytes") != signed:
+            raise _fail(f"{path}.commit_bytes", f"do not match {what}")
         signers: set[str] = set()
         for j, s in enumerate(o.get("seals", list)):
             so = Obj(s, f"{path}.seals[{j}]", {"key_id", "signature"})
@@ -166,7 +177,7 @@ def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:
                 raise _fail(f"{so.path}.key_id", f"key {kid!r} is not a replica key of chain {chain_id}")
             if kid in signers:
                 raise _fail(f"{so.path}.key_id", f"key {kid} seals the block twice")
-            if not check_seal(header, so.hex("signature"), key):
+            if not verify_signature(key, so.hex("signature"), signed):
                 raise _fail(f"{so.path}.signature", f"seal by key {kid} on block {header.height} does not verify")
             signers.add(kid)
         if len(signers) < chain.quorum:

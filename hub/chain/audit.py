@@ -9,7 +9,8 @@ what a certificate relies on and what the hub computed when it sealed:
 - its batch and entry counts, its batches_root over its batch hashes, and log_size/log_root
   of the whole log of batch hashes;
 - its seals: every seal verifies with the key it names, and at least `quorum` of the
-  configured sealing keys sealed it;
+  configured sealing keys sealed it (a block decided by PBFT replicas: its seals are the
+  replicas' commit votes, hub/consensus/quorum.py);
 - every batch: the header decodes, the stored hash is its hash, the gateway's key verifies
   its signature, the entries root and count match the stored bodies (with `deep`, every
   body also decodes and the time range matches), and it follows the gateway's previous
@@ -32,12 +33,15 @@ from protos.canonical import (
     decode_batch_header,
     decode_block_header,
     decode_entry,
+    encode_commit,
 )
 from protos.merkle import CompactRange
 from protos.records import ZERO_HASH, BlockHeader, RecordError
 from protos.signing import PublicKey, verify_signature
 
-from hub.chain.block import check_seal
+from hub.chain.block import commit_statement
+from hub.consensus.quorum import commit_bytes
+from hub.storage.store import StoredQuorum
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class BlockRecord:
     hash: bytes
     header: bytes
     seals: tuple[tuple[str, bytes], ...]
+    quorum: StoredQuorum | None = None  # decided by replicas: the seals are commit votes
 
 
 @dataclass(frozen=True)
@@ -218,11 +223,14 @@ class ChainAudit:
 
     def _check_seals(self, header: BlockHeader, block: BlockRecord, bad) -> None:  # noqa: ANN001
         valid = set()
+        q = block.quorum
+        signed = (encode_commit(commit_statement(header)) if q is None
+                  else commit_bytes(block.header, header.height, q.view, q.prev, q.batches_digest))
         for key_id, signature in block.seals:
             key = self.seal_keys.get(key_id)
             if key is None:
                 bad(f"seal by key {key_id}, which is not a configured sealing key")
-            elif not check_seal(header, signature, key):
+            elif not verify_signature(key, signature, signed):
                 bad(f"seal by key {key_id} does not verify")
             else:
                 valid.add(key_id)
@@ -253,7 +261,7 @@ def stored_blocks(store, from_height: int = 1) -> Iterator[tuple[BlockRecord, li
             yield BlockRecord(height, b"", b"", ()), []
             continue
         yield (
-            BlockRecord(blk.height, blk.hash, blk.header, blk.seals),
+            BlockRecord(blk.height, blk.hash, blk.header, blk.seals, blk.quorum),
             [batch_record(store, b) for b in store.block_batches(height)],
         )
 

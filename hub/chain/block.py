@@ -15,7 +15,7 @@ from protos import merkle
 from protos.canonical import block_hash, encode_commit
 from protos.merkle import CompactRange
 from protos.records import ZERO_HASH, BlockHeader, CommitStatement
-from protos.signing import PublicKey, Signer, verify_signature
+from protos.signing import Signer
 
 
 def next_block(
@@ -57,7 +57,3 @@ def commit_statement(header: BlockHeader) -> CommitStatement:
 def seal(header: BlockHeader, signer: Signer) -> tuple[str, bytes]:
     """One replica's seal: (key id, signature over the commit statement)."""
     return signer.key_id, signer.sign(encode_commit(commit_statement(header)))
-
-
-def check_seal(header: BlockHeader, signature: bytes, key: PublicKey) -> bool:
-    return verify_signature(key, signature, encode_commit(commit_statement(header)))

@@ -7,23 +7,42 @@ that differs in any field (entry count, log root, previous block) gets no vote. 
 is the primary's clock; a backup refuses one too far ahead of its own (or before the previous
 block, which `next_block` never builds).
 
+A gateway's batches form a chain (each names its predecessor's hash), and a block keeps
+them in that order: a batch may go into a block only after its predecessor, decided before or
+earlier in the same block. The primary orders by it (`select`), backups check it.
+
 State kept in memory, restored at start from the store and the consensus journal: the last
-decided header, the log frontier after it, and the entry count of every held batch not yet
-decided.
+decided header, the log frontier after it, every held batch not yet decided (its entry count
+and place in its gateway's chain), each gateway's last decided batch, and the decided batches
+this replica does not hold yet (their gateways unknown until they are fetched).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from hub.chain.block import next_block
 from hub.consensus.messages import Proposal
 from protos import merkle
 from protos.canonical import CanonicalError, decode_block_header, encode_block_header
 from protos.merkle import CompactRange
-from protos.records import BlockHeader, RecordError
+from protos.records import ZERO_HASH, BlockHeader, RecordError
+
+log = logging.getLogger("gridtrace.hub.chain")
+
+
+@dataclass(frozen=True)
+class HeldBatch:
+    """What the ledger knows of a batch stored here."""
+
+    hash: bytes
+    entry_count: int
+    gateway_id: str
+    seq: int
+    prev_hash: bytes
 
 
 class BlockLedger:
@@ -32,26 +51,62 @@ class BlockLedger:
         chain_id: str,
         head: BlockHeader | None,
         frontier: CompactRange,
-        held: Iterable[tuple[bytes, int]] = (),
+        held: Iterable[HeldBatch] = (),
+        gateway_heads: dict[str, tuple[int, bytes]] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         max_ahead_s: float = 30.0,
     ) -> None:
         self.chain_id = chain_id
         self.head = head
         self.frontier = frontier
-        self.entry_counts: dict[bytes, int] = dict(held)
+        self.held: dict[bytes, HeldBatch] = {b.hash: b for b in held}
+        # gateway -> (seq, hash) of its last decided batch
+        self.gateway_heads: dict[str, tuple[int, bytes]] = dict(gateway_heads or {})
+        self.decided_unheld: set[bytes] = set()
         self.clock_ns = clock_ns
         self.max_ahead_ns = int(max_ahead_s * 1e9)
 
-    def hold(self, batches: Iterable[tuple[bytes, int]]) -> None:
-        """Batches now stored here: (hash, entry count)."""
-        self.entry_counts.update(batches)
+    def hold(self, batches: Iterable[HeldBatch]) -> None:
+        """Batches now stored here."""
+        for b in batches:
+            if b.hash in self.decided_unheld:  # decided before it got here: its gateway's chain moves on
+                self.decided_unheld.discard(b.hash)
+                self._advance(b)
+            else:
+                self.held[b.hash] = b
 
     def holds(self, batch: bytes) -> bool:
-        return batch in self.entry_counts
+        return batch in self.held
+
+    def _follows(self, b: HeldBatch, before: set[bytes]) -> bool:
+        """Its predecessor is decided, or in `before` (earlier in the same block)."""
+        if b.prev_hash in before or b.prev_hash in self.decided_unheld:
+            return True
+        head = self.gateway_heads.get(b.gateway_id)
+        if head is None:
+            return b.seq == 1 and b.prev_hash == ZERO_HASH
+        return b.prev_hash == head[1]
+
+    def select(self, batches: tuple[bytes, ...], limit: int) -> tuple[bytes, ...]:
+        """Each gateway's held batches in chain order, from its last decided one on; gateways in
+        the order their oldest batch was first seen."""
+        by_prev: dict[bytes, HeldBatch] = {self.held[b].prev_hash: self.held[b] for b in batches if b in self.held}
+        out: list[bytes] = []
+        chosen: set[bytes] = set()
+        for digest in batches:
+            b = self.held.get(digest)
+            if b is None or digest in chosen or not self._follows(b, chosen):
+                continue
+            while b is not None and len(out) < limit and b.hash not in chosen:
+                out.append(b.hash)
+                chosen.add(b.hash)
+                b = by_prev.get(b.hash)
+            if len(out) >= limit:
+                break
+        return tuple(out)
 
     def _header(self, batches: tuple[bytes, ...], time_ns: int) -> BlockHeader:
-        count = sum(self.entry_counts[b] for b in batches)
+        count = sum(self.held[b].entry_count for b in batches)
         header, _ = next_block(self.chain_id, self.head, batches, count, self.frontier, time_ns)
         return header
 
@@ -61,13 +116,26 @@ class BlockLedger:
         return encode_block_header(header)
 
     def check(self, p: Proposal, now: float) -> str | None:
+        why = self._check(p)
+        if why is not None:  # the core votes no and changes views; the operator learns why here
+            log.warning("refusing the proposal for block %d: %s", p.height, why, extra={"height": p.height})
+        return why
+
+    def _check(self, p: Proposal) -> str | None:
         try:
             h = decode_block_header(p.header)
         except (CanonicalError, RecordError, ValueError) as exc:
             return f"block {p.height}: the proposed header does not decode: {exc}"
-        missing = [b for b in p.batches if b not in self.entry_counts]
+        missing = [b for b in p.batches if b not in self.held]
         if missing:
             return f"block {p.height}: {len(missing)} of its batches are not held here"
+        before: set[bytes] = set()
+        for i, digest in enumerate(p.batches):
+            b = self.held[digest]
+            if not self._follows(b, before):
+                return (f"block {p.height}: batch {i} (gateway {b.gateway_id} batch {b.seq}) comes before the "
+                        "batch it follows")
+            before.add(digest)
         expected = self._header(p.batches, h.time_ns)
         if h != expected:
             wrong = [f.name for f in fields(BlockHeader) if getattr(h, f.name) != getattr(expected, f.name)]
@@ -79,6 +147,15 @@ class BlockLedger:
 
     def decided(self, p: Proposal) -> None:
         self.head = decode_block_header(p.header)
-        for b in p.batches:
-            self.frontier.append(merkle.leaf_hash(b))
-            self.entry_counts.pop(b, None)
+        for digest in p.batches:
+            self.frontier.append(merkle.leaf_hash(digest))
+            b = self.held.pop(digest, None)
+            if b is None:
+                self.decided_unheld.add(digest)
+            else:
+                self._advance(b)
+
+    def _advance(self, b: HeldBatch) -> None:
+        head = self.gateway_heads.get(b.gateway_id)
+        if head is None or b.seq > head[0]:
+            self.gateway_heads[b.gateway_id] = (b.seq, b.hash)

@@ -1,4 +1,4 @@
-"""`gridtrace chain ...`: the consensus simulator (and, later, replica operations)."""
+"""`gridtrace chain ...`: the consensus simulator, and setting up and running replicas."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--host", default="127.0.0.1", help="address every replica listens on (default 127.0.0.1)")
     init.add_argument("--base-port", type=int, default=7800, help="replica i listens on base-port + i")
     init.add_argument("--base-timeout", type=float, default=1.0, help="seconds before a view change (default 1)")
+    init.add_argument("--chain-id", default=None,
+                      help="also create a hub per replica (DIR/hub-i: hub.toml with [consensus], key, TLS, database) "
+                           "for this slave chain")
+    init.add_argument("--hub-base-port", type=int, default=7700, help="hub i takes gateways on hub-base-port + i")
+    init.add_argument("--insecure", action="store_true",
+                      help="development only: replicas and hubs without TLS (plaintext gRPC)")
     init.set_defaults(func=cmd_init)
 
     run = add_command(chain_sub, "replica", "run one replica", "gridtrace chain replica --config replicas/replica-0.toml")
@@ -115,32 +121,39 @@ def cmd_init(args: argparse.Namespace) -> int:
     for i in range(args.replicas):
         signer = write_private_key(args.dir / "keys" / f"replica-{i}.key")
         write_public_key(args.dir / "keys" / f"replica-{i}.pub", signer.public_key)
-    create_replica_tls(args.dir / "tls", args.replicas, [args.host, "localhost"], "gridtrace")
+    if not args.insecure:
+        create_replica_tls(args.dir / "tls", args.replicas, [args.host, "localhost"], "gridtrace")
     peers = "\n".join(
         f'{i} = {{ address = "{args.host}:{args.base_port + i}", public_key = "keys/replica-{i}.pub" }}'
         for i in range(args.replicas)
     )
     for i in range(args.replicas):
+        transport = (
+            "insecure_plaintext = true            # development only: no TLS between replicas\n" if args.insecure else
+            f'\n[tls]\nca = "tls/ca.pem"\ncert = "tls/replica-{i}.pem"\nkey = "tls/replica-{i}.key"\n'
+        )
         (args.dir / f"replica-{i}.toml").write_text(
-            f"""[replica]
-id = {i}
-listen = "{args.host}:{args.base_port + i}"
-data = "replica-{i}"
-signing_key = "keys/replica-{i}.key"
-base_timeout_s = {args.base_timeout}
-checkpoint_interval = 10
-
-[tls]
-ca = "tls/ca.pem"
-cert = "tls/replica-{i}.pem"
-key = "tls/replica-{i}.key"
-
-[peers]
-{peers}
-""",
+            f"[replica]\nid = {i}\nlisten = \"{args.host}:{args.base_port + i}\"\ndata = \"replica-{i}\"\n"
+            f"signing_key = \"keys/replica-{i}.key\"\nbase_timeout_s = {args.base_timeout}\ncheckpoint_interval = 10\n"
+            f"{transport}\n[peers]\n{peers}\n",
             encoding="utf-8",
         )
-    print(f"{args.replicas} replicas in {args.dir}: gridtrace chain replica --config {args.dir}/replica-0.toml, ...")
+    if args.chain_id is None:
+        print(f"{args.replicas} replicas in {args.dir}: gridtrace chain replica --config {args.dir}/replica-0.toml, ...")
+        return 0
+    from hub.cli import init_hub_dir
+
+    for i in range(args.replicas):
+        init_hub_dir(
+            args.dir / f"hub-{i}", args.chain_id, f"{args.host}:{args.hub_base_port + i}", args.insecure, "",
+            tls_names=[args.host], extra_config=f'\n[consensus]\nreplica = "../replica-{i}.toml"\n',
+            # One CA for the substation: gateways trust tls/ca.pem for every hub replica.
+            tls_files=(f"../tls/replica-{i}.pem", f"../tls/replica-{i}.key", "../tls/ca.pem"),
+            # One key per replica: its votes, its receipts and the certificates it issues.
+            key_file=f"../keys/replica-{i}.key",
+        )
+    print(f"{args.replicas} hub replicas of chain {args.chain_id} in {args.dir}: "
+          f"gridtrace hub serve --config {args.dir}/hub-0/hub.toml, ...; register each gateway with every hub")
     return 0
 
 

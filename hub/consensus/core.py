@@ -375,13 +375,17 @@ class Replica:
             return []
         if len(held) < self.config.max_batches and self.now - min(held.values()) < self.config.batch_delay:
             return []  # a tick proposes once the oldest batch has waited batch_delay
-        return self._send_pre_prepare(self._next_proposal())
+        proposal = self._next_proposal()
+        return self._send_pre_prepare(proposal) if proposal is not None else []
 
-    def _next_proposal(self) -> Proposal:
-        """What the next proposal seals: the longest-known pending batches this replica holds,
-        up to max_batches, with the header its ledger builds for them."""
+    def _next_proposal(self) -> Proposal | None:
+        """What the next proposal seals: of the pending batches this replica holds, longest
+        known first, those the ledger says may go next (in its order), up to max_batches, with
+        the header it builds for them. None if none may."""
         held = self._held_pending()
-        batches = tuple(sorted(held, key=lambda b: (held[b], b))[: self.config.max_batches])
+        batches = self.ledger.select(tuple(sorted(held, key=lambda b: (held[b], b))), self.config.max_batches)
+        if not batches:
+            return None
         h = self.height + 1
         return Proposal(h, self.last_digest, batches, self.ledger.build(h, self.last_digest, batches, self.now))
 

@@ -24,6 +24,11 @@ class Ledger(Protocol):
     def holds(self, batch: bytes) -> bool:
         """This replica has the batch stored (durably) and can serve it."""
 
+    def select(self, batches: tuple[bytes, ...], limit: int) -> tuple[bytes, ...]:
+        """Of these held batches (longest known first), those that may go into the next block,
+        in the order they must have there, at most `limit` (a gateway's batches follow its
+        chain: one goes in only after its predecessor)."""
+
     def build(self, height: int, prev: bytes, batches: tuple[bytes, ...], now: float) -> bytes:
         """The header of the block sealing `batches` after the last decided one (all held)."""
 
@@ -52,6 +57,9 @@ class DigestLedger:
 
     def holds(self, batch: bytes) -> bool:
         return batch in self.held
+
+    def select(self, batches: tuple[bytes, ...], limit: int) -> tuple[bytes, ...]:
+        return batches[:limit]
 
     def build(self, height: int, prev: bytes, batches: tuple[bytes, ...], now: float) -> bytes:
         return _SIM_HEADER.pack(

@@ -55,10 +55,14 @@ def channel_credentials(cfg: ReplicaConfig) -> grpc.ChannelCredentials:
     )
 
 
+# Batches fetched from a peer come in answers of up to 32 MiB (hub/chain/replicated.py).
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+
+
 def open_channel(cfg: ReplicaConfig, address: str) -> grpc.aio.Channel:
     if cfg.insecure_plaintext:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, channel_credentials(cfg))
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, channel_credentials(cfg), options=CHANNEL_OPTIONS)
 
 
 class ReplicaApp(Protocol):

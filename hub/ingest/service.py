@@ -5,7 +5,8 @@ Merkle root, signature) by verifier processes (`hub.ingest.verifier`), several
 at a time; their chain position is then decided here, in the stream's order, and
 they go to one writer task that commits whatever has accumulated in a single
 transaction. Each stream answers with receipts in the order its batches arrived,
-each sent only after its batch's commit returned. A re-sent batch gets a receipt
+each sent only after its batch's commit returned, or, on a replicated hub (`Sealing`, see
+hub/chain/replicated.py), only once the batch is in a block the replicas decided. A re-sent batch gets a receipt
 marked `duplicate` and is not stored again. The raw bytes held between arrival
 and commit are capped; above the cap no stream is read, so gRPC flow control
 slows the gateways down instead of the hub running out of memory.
@@ -17,9 +18,10 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from concurrent.futures import Executor
+from typing import Protocol
 
 import grpc
 
@@ -40,6 +42,15 @@ class StoreFailure(Exception):
     """The database refused a commit; the batches involved were not receipted."""
 
 
+class Sealing(Protocol):
+    """A replicated hub's chain, as ingest sees it: what it stored goes to consensus, and a
+    receipt waits until the batch is in a decided block (hub.chain.replicated.ReplicatedChain)."""
+
+    def stored(self, batches: Sequence[NewBatch]) -> None: ...
+
+    def when_sealed(self, digest: bytes) -> asyncio.Future: ...
+
+
 class Ingestor:
     """The ingest core shared by all streams: gateway keys, chain heads, the group-commit writer."""
 
@@ -54,8 +65,10 @@ class Ingestor:
         max_pending_bytes: int = 256 << 20,
         max_in_flight_per_stream: int = 16,
         metrics: HubMetrics | None = None,
+        sealing: Sealing | None = None,
     ):
         self.store = store
+        self.sealing = sealing
         self.metrics = metrics
         self.db = db
         self.signer = signer
@@ -220,12 +233,41 @@ class Ingestor:
             stored = await self._run_db(self.store.find_batch, b.gateway_id, b.seq)
         except Exception as exc:  # noqa: BLE001
             raise Rejection(Reason.UNAVAILABLE, f"gateway {b.gateway_id} batch {b.seq}: database unavailable ({exc})") from exc
+        if stored is None and self.sealing is not None:
+            # Its successors came from the other replicas, not this one yet: not a fork.
+            raise Rejection(
+                Reason.UNAVAILABLE,
+                f"gateway {b.gateway_id} batch {b.seq}: this replica is still fetching it from its peers; send it again",
+            )
         if stored is None or stored.hash != b.hash:
             raise fork
         fut = loop.create_future()
-        fut.set_result(self._receipt(b, stored.stored_ns, duplicate=True))
+        self._receipt_when_sealed(fut, self._receipt(b, stored.stored_ns, duplicate=True), b.hash,
+                                  sealed=stored.block_height is not None)
         self.accepted["duplicate"] += 1
         return fut
+
+    def _receipt_when_sealed(self, fut: asyncio.Future, receipt: ipb.Receipt, digest: bytes, sealed: bool) -> None:
+        """Resolve `fut` with the receipt now (a single hub, or a batch already in a block) or
+        once the replicas decided a block holding it."""
+        if self.sealing is None or sealed:
+            if not fut.done():
+                fut.set_result(receipt)
+            return
+
+        def release(done: asyncio.Future) -> None:
+            if not fut.done() and not done.cancelled():
+                fut.set_result(receipt)
+
+        self.sealing.when_sealed(digest).add_done_callback(release)
+
+    def advance_heads(self, batches: Sequence[NewBatch]) -> None:
+        """Batches of gateways stored by another path (fetched from a peer replica): a gateway
+        re-sending one of them gets a duplicate receipt, not a gap."""
+        for b in batches:
+            head = self.heads.get(b.gateway_id)
+            if head is None or b.seq > head[0]:
+                self.heads[b.gateway_id] = (b.seq, b.hash)
 
     def _receipt(self, b: NewBatch, stored_ns: int, duplicate: bool) -> ipb.Receipt:
         stmt = ReceiptStatement(self.chain_id, b.gateway_id, b.seq, b.hash, stored_ns)
@@ -260,6 +302,8 @@ class Ingestor:
             return
         for b, fut in group:
             self._stored(b, fut, stored_ns)
+        if self.sealing is not None:
+            self.sealing.stored([b for b, _ in group])
 
     async def _commit_singly(self, group: list[tuple[NewBatch, asyncio.Future]]) -> None:
         """After a failed group commit, one bad batch must not fail the others; but a batch
@@ -275,6 +319,8 @@ class Ingestor:
                 failed[b.gateway_id] = f"database commit failed: {exc}"
                 continue
             self._stored(b, fut, stored_ns)
+            if self.sealing is not None:
+                self.sealing.stored([b])
         for gw, why in failed.items():
             self._fail_gateways([item for item in group if item[0].gateway_id == gw], {gw}, why)
 
@@ -282,8 +328,7 @@ class Ingestor:
         self.pending.pop((b.gateway_id, b.seq), None)
         self.accepted["batches"] += 1
         self.accepted["entries"] += b.entry_count
-        if not fut.done():
-            fut.set_result(self._receipt(b, stored_ns, duplicate=False))
+        self._receipt_when_sealed(fut, self._receipt(b, stored_ns, duplicate=False), b.hash, sealed=False)
 
     def _fail_gateways(self, items: list[tuple[NewBatch, asyncio.Future]], gateways: set[str], why: str) -> None:
         """Nothing receipted for these batches, nor for queued later ones of the same gateways

@@ -281,11 +281,19 @@ class Store:
             ).first()
         return _batch(row) if row else None
 
-    def store_batches(self, new: Sequence[NewBatch], stored_ns: int) -> None:
-        """Store batches, their payloads and spans in one durable transaction."""
+    def store_batches(self, new: Sequence[NewBatch], stored_ns: int, skip_stored: bool = False) -> list[NewBatch]:
+        """Store batches, their payloads and spans in one durable transaction; return them.
+        `skip_stored`: leave out (and do not return) batches whose hash is stored already,
+        as a replica does with batches it fetched from a peer while ingest may store them too."""
         if not new:
-            return
+            return []
         with self.engine.begin() as c:
+            if skip_stored:
+                hashes = [b.hash for b in new]
+                have = {bytes(h) for h in c.execute(select(batches.c.hash).where(batches.c.hash.in_(hashes))).scalars()}
+                new = [b for b in new if b.hash not in have]
+                if not new:
+                    return []
             keys = self._meter_keys_for(c, {sp.meter_id for b in new for sp in b.spans})
             payload_rows: list[tuple] = []
             span_rows: list[tuple] = []
@@ -314,6 +322,7 @@ class Store:
             c.execute(self._upsert_heads, list(heads.values()))
             c.execute(_ADD_COUNTS, {"n_batches": len(new), "n_entries": sum(b.entry_count for b in new)})
         self._meter_keys.update(keys)
+        return list(new)
 
     def _meter_keys_for(self, c: Connection, meter_ids: set[str]) -> dict[str, int]:
         """meter_key of each id, adding new meters in this transaction (not cached until it commits)."""
@@ -479,6 +488,19 @@ class Store:
         if missing:
             raise PayloadError(f"batches {sorted(missing)[:5]} have no stored payload")
         return out
+
+    def sealed_gateway_heads(self) -> dict[str, tuple[int, bytes]]:
+        """Each gateway's last batch in a block: (seq, hash)."""
+        last = (
+            select(batches.c.gateway_id, func.max(batches.c.seq).label("seq"))
+            .where(batches.c.block_height.is_not(None)).group_by(batches.c.gateway_id).subquery()
+        )
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(batches.c.gateway_id, batches.c.seq, batches.c.hash)
+                .join(last, (batches.c.gateway_id == last.c.gateway_id) & (batches.c.seq == last.c.seq))
+            ).all()
+        return {r.gateway_id: (r.seq, bytes(r.hash)) for r in rows}
 
     def batches_by_hash(self, hashes: Sequence[bytes]) -> dict[bytes, StoredBatch]:
         """The stored batches among `hashes` (sealed or not), by hash."""

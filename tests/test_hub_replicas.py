@@ -1,0 +1,159 @@
+"""A substation's hub as 4 PBFT replicas, for real: `gridtrace hub serve` processes on loopback
+(mutual TLS between them, TLS towards gateways), agents streaming to them. The primary is
+killed with SIGKILL, then a backup; one replica is paused (to the others, partitioned); they
+are restarted. Every receipted batch must be in exactly one block, the same chain on every
+replica, each block carrying a quorum of commit votes that `hub verify` and `cert verify`
+check against the replicas' keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge.queue import DurableQueue
+from edge.uplink import Uplink
+from protos.records import ClockStatus, Quality, Quantity, Reading
+from protos.signing import Signer
+
+from replicaharness import HubReplicas
+from test_failover import _sealer
+
+N = 4
+
+
+class Gateway:
+    """An agent's queue and uplink, fed with readings while the test runs."""
+
+    def __init__(self, site: HubReplicas, directory: Path, name: str, first_hub: int) -> None:
+        self.name, self.signer = name, Signer.generate()
+        site.register(name, self.signer)
+        self.queue = DurableQueue(directory / f"{name}.sqlite", name)
+        self.uplink = Uplink(site.uplink_config(first_hub), self.queue, name)
+        self.sealed = 0
+        self.reading = 0
+
+    def add_batch(self, size: int = 20) -> None:
+        rs = []
+        for _ in range(size):
+            self.reading += 1
+            rs.append(Reading(f"MTR-{self.name}", self.reading, time.time_ns(), ClockStatus.SYNCHRONIZED, Quality.OK,
+                              (Quantity("energy_import", "kWh", float(self.reading)),)))
+        self.queue.append_readings(rs)
+        self.queue.seal_next_batch(size, _sealer_for(self.signer, self.name))
+        self.sealed += 1
+        self.uplink.wakeup.set()
+
+
+def _sealer_for(signer: Signer, name: str):
+    from protos.batch import seal_batch
+
+    def seal(s, prev, bodies, ts):
+        b = seal_batch(signer, name, s, prev, bodies, ts, time.time_ns())
+        return b.header, b.signature, b.hash
+
+    return seal
+
+
+async def _feed(gateways: list[Gateway], stop: asyncio.Event, every_s: float = 0.05) -> None:
+    while not stop.is_set():
+        for g in gateways:
+            await asyncio.to_thread(g.add_batch)
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except TimeoutError:
+            pass
+
+
+def test_hub_replicas_seal_every_receipted_batch_once_through_kills_a_pause_and_restarts(tmp_path: Path) -> None:
+    site = HubReplicas(tmp_path / "substation", N)
+    gateways = [Gateway(site, tmp_path, "gw-a", first_hub=0), Gateway(site, tmp_path, "gw-b", first_hub=2)]
+    events: list[str] = []
+    try:
+        for i in range(N):
+            site.start(i)
+        site.wait_ready(list(range(N)))
+
+        async def run() -> list[bool]:
+            stop_uplinks, stop_feed = asyncio.Event(), asyncio.Event()
+            uplinks = [asyncio.create_task(g.uplink.run(stop_uplinks)) for g in gateways]
+            feed = asyncio.create_task(_feed(gateways, stop_feed))
+
+            async def step(what: str, fn, *args, pause_s: float = 2.0) -> None:  # noqa: ANN001
+                await asyncio.to_thread(fn, *args)
+                events.append(what)
+                await asyncio.sleep(pause_s)
+
+            await asyncio.sleep(2.0)
+            primary = await asyncio.to_thread(site.primary)
+            await step(f"kill -9 primary {primary}", site.kill, primary)
+            await step(f"restart {primary}", site.start, primary)
+            backup = (await asyncio.to_thread(site.primary) + 1) % N
+            await step(f"kill -9 backup {backup}", site.kill, backup)
+            await step(f"restart {backup}", site.start, backup)
+            paused = (backup + 1) % N
+            await step(f"pause {paused}", site.pause, paused)
+            await step(f"resume {paused}", site.resume, paused)
+            stop_feed.set()
+            await feed
+            drained = [await g.uplink.drain(60) for g in gateways]
+            stop_uplinks.set()
+            await asyncio.gather(*uplinks)
+            return drained
+
+        drained = asyncio.run(run())
+        assert all(drained), f"{[g.queue.stats() for g in gateways]} after {events}"
+        total = sum(g.sealed for g in gateways)
+        chain = site.wait_same_chain(list(range(N)), total)
+        _check_verify_and_certificates(site, tmp_path)
+    finally:
+        site.stop_all()
+    # Every batch the agents sent (and got receipts for: their queues are empty) is in exactly one block.
+    sealed = [b for _, batches in chain for b in batches]
+    assert len(sealed) == len(set(sealed)) == total, events
+    receipts = sum(g.uplink.stats.receipts for g in gateways)
+    assert receipts >= total
+    for i in range(N):
+        s = site.store(i)
+        try:
+            assert s.counts()[:2] == (total, 0)  # all stored, none unsealed
+            head = s.block(s.head().height)
+            assert head.quorum is not None and len(head.seals) >= 3
+        finally:
+            s.close()
+
+
+def _gridtrace(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gridtrace", *args], capture_output=True, text=True)
+
+
+def _check_verify_and_certificates(site: HubReplicas, tmp_path: Path) -> None:
+    """Offline, after the run: the audit of a replica's database checks every block's commit
+    votes against the replicas' keys, and a measurement certificate issued by one replica
+    verifies with the trust file `hub trust` writes (quorum 3 of 4); a forged vote does not."""
+    audit = _gridtrace("hub", "verify", "--config", str(site.hub_toml(1)))
+    assert audit.returncode == 0, audit.stderr
+    trust = tmp_path / "trust.json"
+    assert _gridtrace("hub", "trust", "--config", str(site.hub_toml(2)), "--output", str(trust)).returncode == 0
+    doc = json.loads(trust.read_text())
+    assert doc["chains"]["sub-test"]["quorum"] == 3 and len(doc["chains"]["sub-test"]["replicas"]) == 4
+    cert = tmp_path / "cert.json"
+    issued = _gridtrace("cert", "pull", "--hub", site.hubs[3], "--tls-ca", str(site.dir / "tls" / "ca.pem"),
+                        "--meter", "MTR-gw-a", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z",
+                        "--output", str(cert))
+    assert issued.returncode == 0, issued.stderr
+    ok = _gridtrace("cert", "verify", str(cert), "--trust", str(trust))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    body = json.loads(cert.read_text())
+    block = body["certificate"]["blocks"][0] if "certificate" in body else body["blocks"][0]
+    assert "quorum" in block
+    sig = bytearray(bytes.fromhex(block["seals"][0]["signature"]))
+    sig[0] ^= 1
+    block["seals"][0]["signature"] = sig.hex()
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(body))
+    bad = _gridtrace("cert", "verify", str(forged), "--trust", str(trust))
+    assert bad.returncode != 0 and "seals[0].signature" in bad.stdout + bad.stderr
