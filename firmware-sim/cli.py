@@ -248,7 +248,9 @@ def _add_fleet(kinds: argparse._SubParsersAction) -> None:
         epilog=_FLEET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fleet.add_argument("--hub", metavar="HOST:PORT", help="the hub's ingest address (required unless --keys-only)")
+    fleet.add_argument("--hub", metavar="HOST:PORT",
+                       help="the hub's ingest address (required unless --keys-only); several, comma-separated, "
+                            "spread the gateways over a substation's replicas")
     fleet.add_argument("--gateways", type=_positive_int, default=4, metavar="G", help="gateways (default: %(default)s)")
     fleet.add_argument("--meters", type=meter_count, default=32, metavar="M",
                        help="meters per gateway (default: %(default)s)")
@@ -269,8 +271,9 @@ def _add_fleet(kinds: argparse._SubParsersAction) -> None:
     fleet.add_argument("--ca", type=Path, metavar="FILE", help="the hub's TLS CA certificate (its tls/ca.pem)")
     fleet.add_argument("--tls-server-name", metavar="NAME", help="name to check in the hub's certificate")
     fleet.add_argument("--insecure", action="store_true", help="plaintext gRPC (a hub with insecure_plaintext)")
-    fleet.add_argument("--hub-key", type=Path, metavar="FILE",
-                       help="the hub's public key (hub.pub.pem): every receipt's signature is checked")
+    fleet.add_argument("--hub-key", type=Path, metavar="FILE", action="append",
+                       help="the hub's public key (hub.pub.pem): every receipt's signature is checked; "
+                            "repeat for replicas (a receipt verifies with any)")
     fleet.add_argument("--unsigned-acks", action="store_true", help=argparse.SUPPRESS)  # bench baseline only
     fleet.add_argument("--keys-dir", type=Path, default=Path("fleet-keys"), metavar="DIR",
                        help="gateway keys: DIR/<id>.key (0600) and DIR/<id>.pub.pem (default: %(default)s)")
@@ -312,7 +315,8 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         hub=args.hub, gateways=ids, keys_dir=args.keys_dir, meters=args.meters, rate=args.rate,
         seconds=args.seconds, batch_size=args.batch_size, processes=args.processes, window=args.window,
         prebuild=args.prebuild, max_readings=args.max_readings, ca=args.ca, insecure=args.insecure,
-        server_name=args.tls_server_name, hub_key=args.hub_key, unsigned_acks=args.unsigned_acks,
+        server_name=args.tls_server_name, hub_key=args.hub_key[0] if args.hub_key else None,
+        hub_keys=tuple(args.hub_key or ()), unsigned_acks=args.unsigned_acks,
     )
     print(
         f"fleet: {args.gateways} gateways x {args.meters} meters in {args.processes} processes -> {args.hub}, "

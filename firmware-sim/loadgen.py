@@ -68,7 +68,7 @@ class FleetError(Exception):
 
 @dataclass(frozen=True)
 class FleetSpec:
-    hub: str
+    hub: str  # host:port, or several comma-separated (a substation's replicas: gateways spread over them)
     gateways: tuple[str, ...]
     keys_dir: Path
     meters: int = 32  # per gateway
@@ -83,9 +83,18 @@ class FleetSpec:
     insecure: bool = False
     server_name: str | None = None
     hub_key: Path | None = None  # pinned hub public key; None only with unsigned_acks
+    hub_keys: tuple[Path, ...] = ()  # more pinned keys (one per replica); a receipt verifies with any
     unsigned_acks: bool = False  # bench baseline: acks name the batch but carry no signature
     register_map: str = "eastron_sdm630"
     drain_timeout_s: float = 60.0
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.hub.split(",") if a.strip())
+
+    def address_of(self, gateway_id: str) -> str:
+        """The hub a gateway streams to: the fleet's gateways are spread over the addresses."""
+        return self.addresses[self.gateways.index(gateway_id) % len(self.addresses)]
 
 
 @dataclass
@@ -317,19 +326,19 @@ class GatewayLoad:
 # -- one worker process ---------------------------------------------------------------
 
 
-def _channel(spec: FleetSpec) -> grpc.aio.Channel:
+def _channel(spec: FleetSpec, address: str) -> grpc.aio.Channel:
     options = [
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         # One connection per simulated gateway, as separate gateways would have.
         ("grpc.use_local_subchannel_pool", 1),
     ]
     if spec.insecure:
-        return grpc.aio.insecure_channel(spec.hub, options=options)
+        return grpc.aio.insecure_channel(address, options=options)
     assert spec.ca is not None
     creds = grpc.ssl_channel_credentials(root_certificates=spec.ca.read_bytes())
     if spec.server_name:
         options.append(("grpc.ssl_target_name_override", spec.server_name))
-    return grpc.aio.secure_channel(spec.hub, creds, options=options)
+    return grpc.aio.secure_channel(address, creds, options=options)
 
 
 def _rpc_problem(spec: FleetSpec, gateway_id: str, exc: grpc.aio.AioRpcError) -> str:
@@ -481,11 +490,12 @@ async def _run_worker(spec: FleetSpec, index: int, conn) -> None:  # noqa: ANN00
     hub_keys: dict[str, PublicKey] = {}
     if not spec.unsigned_acks:
         assert spec.hub_key is not None
-        try:
-            pub = load_public_key(spec.hub_key)
-        except KeyFileError as exc:
-            raise FleetError(f"--hub-key: {exc}") from exc
-        hub_keys = {key_id(pub): pub}
+        for path in dict.fromkeys((spec.hub_key, *spec.hub_keys)):
+            try:
+                pub = load_public_key(path)
+            except KeyFileError as exc:
+                raise FleetError(f"--hub-key: {exc}") from exc
+            hub_keys[key_id(pub)] = pub
     loads = [GatewayLoad(gw, signers[gw], spec.meters, spec.register_map) for gw in my_ids]
     interval = _pace(spec, len(spec.gateways))
     limit = _batches_per_gateway(spec)
@@ -503,7 +513,7 @@ async def _run_worker(spec: FleetSpec, index: int, conn) -> None:  # noqa: ANN00
                 q.append(g.next_batch(spec.batch_size, t_ns + k * spec.batch_size * spacing, spacing))
                 built += spec.batch_size
     prebuild_s = time.perf_counter() - t
-    channels = [_channel(spec) for _ in loads]
+    channels = [_channel(spec, spec.address_of(g.gateway_id)) for g in loads]
     try:
         await asyncio.gather(*(_preflight(spec, ch, g.gateway_id) for ch, g in zip(channels, loads)))
         conn.send(("ready", prebuild_s, built))

@@ -9,6 +9,7 @@ the encoder produces.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import re
 import struct
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from hub.consensus.messages import Commit, Proposal
+from hub.consensus.messages import encode as encode_consensus
 from protos import canonical, merkle
 from protos.records import (
     BatchHeader,
@@ -95,6 +98,8 @@ def test_domain_tags_table(text: str) -> None:
         "commit statement": canonical.TAG_COMMIT,
         "receipt statement": canonical.TAG_RECEIPT,
         "certificate issue statement": canonical.TAG_ISSUE,
+        "PBFT commit vote": b"gridtrace/pbft/commit/v1",
+        "PBFT proposal digest": b"gridtrace/pbft/proposal-digest/v1",
     }
     for name, tag in tags.items():
         row = re.search(rf"^\| {name} \| `([^`]+)` \((\d+) bytes\) \| `([0-9a-f]{{2}}) ([0-9a-f]+)` \|$", text, re.M)
@@ -117,6 +122,7 @@ SAMPLES = {
     "## Commit statement": CommitStatement("substation-7", 5, H3),
     "## Receipt statement": ReceiptStatement("substation-7", "gw-7", 3, H2, 1_762_128_000_000_000_001),
     "## Certificate issue statement": IssueStatement("substation-7", "MTR-9", 1, 2, 3, H1),
+    "## Commit vote": Commit(4, 5, H3),
 }
 ENCODERS = {
     "### Reading": canonical.encode_reading,
@@ -126,7 +132,25 @@ ENCODERS = {
     "## Commit statement": canonical.encode_commit,
     "## Receipt statement": canonical.encode_receipt,
     "## Certificate issue statement": canonical.encode_issue,
+    "## Commit vote": encode_consensus,
 }
+
+
+def test_commit_vote_digest_formula_is_the_code() -> None:
+    """The proposal digest as docs/formats.md spells it out, against Proposal.digest."""
+    batches = (H1, H2)
+    header = b"any header bytes"
+    p = Proposal(5, H3, batches, header)
+
+    def tag(t: bytes) -> bytes:
+        return bytes([len(t)]) + t
+
+    batches_digest = hashlib.sha256(struct.pack(">I", 2) + H1 + H2).digest()
+    documented = hashlib.sha256(
+        tag(b"gridtrace/pbft/proposal-digest/v1") + struct.pack(">Q", 5) + H3 + hashlib.sha256(header).digest()
+        + batches_digest
+    ).digest()
+    assert p.digest == documented
 
 
 def encode_as_documented(rows: list[tuple[str, str, str]], value: object) -> bytes:
