@@ -65,7 +65,7 @@ def _port_free(port: int) -> bool:
 class Substation:
     """n hub replicas as processes, set up by `gridtrace chain init --chain-id`."""
 
-    def __init__(self, work: Path, n: int, keys_dir: Path, gateways: tuple[str, ...]) -> None:
+    def __init__(self, work: Path, n: int, keys_dir: Path, gateways: tuple[str, ...], base_timeout: float) -> None:
         from hub.config import load_hub_config
         from hub.storage.store import Store
         from protos.signing import key_id, load_public_key, public_key_pem
@@ -74,7 +74,7 @@ class Substation:
         base = _free_base(2 * n)
         subprocess.run(
             [GRIDTRACE, "chain", "init", "--replicas", str(n), "--dir", str(self.dir), "--chain-id", "bench",
-             "--base-port", str(base), "--hub-base-port", str(base + n), "--base-timeout", "0.5"],
+             "--base-port", str(base), "--hub-base-port", str(base + n), "--base-timeout", str(base_timeout)],
             check=True, capture_output=True, cwd=ROOT,
         )
         self.ports = [base + n + i for i in range(n)]
@@ -144,10 +144,11 @@ class Substation:
             time.sleep(0.3)
 
 
-def fleet(args: argparse.Namespace, site: Substation, keys_dir: Path, rate: float, log: Path) -> dict:
+def fleet(args: argparse.Namespace, site: Substation, keys_dir: Path, prefix: str, rate: float, log: Path) -> dict:
+    """One fleet run with its own gateways (`prefix`): each run starts fresh gateway chains."""
     hubs = ",".join(f"127.0.0.1:{p}" for p in site.ports)
     cmd = [GRIDTRACE, "sim", "fleet", "--hub", hubs, "--ca", str(site.tls_ca), "--keys-dir", str(keys_dir),
-           "--gateway-prefix", "bench", "--gateways", str(args.gateways), "--meters", str(args.meters),
+           "--gateway-prefix", prefix, "--gateways", str(args.gateways), "--meters", str(args.meters),
            "--batch-size", str(args.batch_size), "--seconds", str(args.seconds), "--processes", str(args.processes),
            "--window", str(args.window), "--rate", f"{rate:.0f}", "--prebuild", "--json", *site.hub_keys()]
     if not rate:
@@ -190,7 +191,7 @@ def failover(args: argparse.Namespace, site: Substation, keys_dir: Path, rate: f
 
     t = threading.Thread(target=kill)
     t.start()
-    figures = fleet(args, site, keys_dir, rate, work / "fleet-failover.log")
+    figures = fleet(args, site, keys_dir, "failover", rate, work / "fleet-failover.log")
     t.join()
     alive = [i for i in range(site.n) if i != primary]
     after = [d for i in alive for d in decisions(site.log(i)) if d[0] >= killed_at[0] and d[2] > view]
@@ -214,6 +215,8 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=16, help="batches in flight per gateway stream")
     ap.add_argument("--runs", type=int, default=3, help="full-rate runs of each configuration")
     ap.add_argument("--max-rate", type=float, default=150_000, help="readings/s cap of the full-rate runs")
+    ap.add_argument("--base-timeout", type=float, default=1.0, help="replicas' base view-change timeout, s (default 1, "
+                    "as gridtrace chain init)")
     ap.add_argument("--no-failover", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     ap.add_argument("--json", action="store_true")
@@ -221,9 +224,10 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gridtrace-replicas-bench-"))
     keys_dir = work / "fleet-keys"
-    ids = gateway_ids("bench", args.gateways)
+    prefixes = [f"r{r}n{n}" for r in range(args.runs) for n in (1, 4)] + ["half", "failover"]
+    ids = tuple(gw for p in prefixes for gw in gateway_ids(p, args.gateways))
     ensure_keys(keys_dir, ids)
-    sites = {n: Substation(work, n, keys_dir, ids) for n in (1, 4)}
+    sites = {n: Substation(work, n, keys_dir, ids, args.base_timeout) for n in (1, 4)}
     result: dict = {"config": vars(args), "runs": {1: [], 4: []}}
     med = {1: 0.0, 4: 0.0}
     try:
@@ -231,7 +235,7 @@ def main() -> int:
             site.start()
         for r in range(args.runs):
             for n in (1, 4):
-                f = fleet(args, sites[n], keys_dir, 0.0, work / f"fleet-{n}-{r}.log")
+                f = fleet(args, sites[n], keys_dir, f"r{r}n{n}", 0.0, work / f"fleet-{n}-{r}.log")
                 wait = sites[n].check(f["batches_receipted"], list(range(n)))
                 result["runs"][n].append({"readings_per_s": f["readings_per_s"], "p50_ms": f["receipt_p50_ms"],
                                           "p99_ms": f["receipt_p99_ms"], "settle_s": round(wait, 2),
@@ -241,7 +245,7 @@ def main() -> int:
         med = {n: statistics.median(x["readings_per_s"] for x in result["runs"][n]) for n in (1, 4)}
         result["median_readings_per_s"] = med
         result["ratio_4_to_1"] = round(med[4] / med[1], 3) if med[1] else None
-        half = fleet(args, sites[4], keys_dir, med[4] / 2, work / "fleet-half.log")
+        half = fleet(args, sites[4], keys_dir, "half", med[4] / 2, work / "fleet-half.log")
         sites[4].check(half["batches_receipted"], list(range(4)))
         result["half_rate"] = {"rate": round(med[4] / 2), "readings_per_s": half["readings_per_s"],
                                "p50_ms": half["receipt_p50_ms"], "p99_ms": half["receipt_p99_ms"]}

@@ -57,6 +57,7 @@ MAX_ANSWER_BYTES = 32 << 20  # a Batches answer stops adding batches here; the a
 MAX_MESSAGE = 64 << 20
 _LEN = struct.Struct(">I")
 SEALED_MEMORY = 200_000  # hashes of recently sealed batches, for receipts asked after the fact
+RAW_CACHE_BYTES = 256 << 20  # wire bytes of batches not yet sealed, served to peers without a database read
 
 
 class ChainDivergence(RuntimeError):
@@ -68,7 +69,7 @@ class ReplicaStartError(RuntimeError):
 
 
 def frame(items: Sequence[bytes]) -> bytes:
-    return b"".join(_LEN.pack(len(i)) + i for i in items)
+    return b"".join([part for i in items for part in (_LEN.pack(len(i)), i)])
 
 
 def unframe(data: bytes) -> list[bytes]:
@@ -107,6 +108,10 @@ class ReplicatedChain:
         self.to_apply: asyncio.Queue[CommitCertificate] = asyncio.Queue()
         self.waiters: dict[bytes, list[asyncio.Future]] = {}
         self.sealed: OrderedDict[bytes, None] = OrderedDict()
+        # Peers fetch each batch soon after it arrives: serving the bytes it came in saves
+        # rebuilding the message from the database (a third of a fetch's cost).
+        self.raw: OrderedDict[bytes, bytes] = OrderedDict()
+        self.raw_bytes = 0
         self.fetching: set[bytes] = set()
         self.channels: dict[int, grpc.aio.Channel] = {}
         self.applied_height = 0
@@ -169,6 +174,20 @@ class ReplicatedChain:
         assert self.ledger is not None and self.process is not None
         self.ledger.hold(held_batch(b.hash, b.header, b.entry_count) for b in batches)
         self.process.give([b.hash for b in batches])
+
+    def remember(self, digest: bytes, raw: bytes) -> None:
+        """The wire bytes of a checked batch, to serve to peers while it is not sealed."""
+        if digest in self.raw:
+            return
+        self.raw[digest] = raw
+        self.raw_bytes += len(raw)
+        while self.raw_bytes > RAW_CACHE_BYTES:
+            self.raw_bytes -= len(self.raw.popitem(last=False)[1])
+
+    def _forget(self, digest: bytes) -> None:
+        raw = self.raw.pop(digest, None)
+        if raw is not None:
+            self.raw_bytes -= len(raw)
 
     def when_sealed(self, digest: bytes) -> asyncio.Future:
         """Resolves once the batch is in a block written to this replica's store."""
@@ -258,6 +277,9 @@ class ReplicatedChain:
         if len(request) % DIGEST or len(request) > 1000 * DIGEST:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask for 1 to 1000 batch digests of 32 bytes")
         digests = [request[i : i + DIGEST] for i in range(0, len(request), DIGEST)]
+        cached = [self.raw[d] for d in digests if d in self.raw]
+        if len(cached) == len(digests):
+            return frame(cached)
         return frame(await self._run_db(self._wire_batches, digests))
 
     def _wire_batches(self, digests: list[bytes]) -> list[bytes]:
@@ -312,6 +334,7 @@ class ReplicatedChain:
                 self.metrics.block_sealed(header.height, header.time_ns, header.batch_count)
             for b in p.batches:
                 self.sealed[b] = None
+                self._forget(b)
                 for fut in self.waiters.pop(b, ()):
                     if not fut.done():
                         fut.set_result(None)

@@ -142,6 +142,7 @@ class Replica:
         self.pending: dict[bytes, float] = {}  # batch digest -> when first seen
         self.sources: dict[bytes, int] = {}  # pending batch not held -> the replica that told us of it
         self.fetched_at = 0.0
+        self.waited: set[tuple[int, int]] = set()  # (view, height) of proposals we fetched batches for
         self.slots: dict[tuple[int, int], _Slot] = {}
         self.prepared: PreparedCertificate | None = None  # at height + 1, the highest view
         self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
@@ -417,6 +418,12 @@ class Replica:
         """Prepare a valid proposal once its batches are here and its header is right."""
         fetch = self._missing(p, self.config.primary(view))
         if fetch:
+            if (view, p.height) not in self.waited:
+                # The primary did its part; fetching the batches is ours: one more timeout for it
+                # (once per proposal, so unavailable batches cannot stall a view for ever).
+                self.waited.add((view, p.height))
+                if self.deadline is not None:
+                    self.deadline = max(self.deadline, self.now + self.timeout)
             return fetch
         if self.ledger.check(p, self.now) is not None:
             return self._start_view_change(self.view + 1)  # a header that lies about its batches: a faulty primary
@@ -523,6 +530,7 @@ class Replica:
             self.pending.pop(b, None)
             self.sources.pop(b, None)
         self.slots = {k: s for k, s in self.slots.items() if k[1] > p.height}
+        self.waited = {k for k in self.waited if k[1] > p.height}
         self.votes = {k: d for k, d in self.votes.items() if k[2] > p.height}
         if self.prepared is not None and self.prepared.pre_prepare.body.proposal.height <= p.height:
             self.prepared = None

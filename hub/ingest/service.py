@@ -48,6 +48,8 @@ class Sealing(Protocol):
 
     def stored(self, batches: Sequence[NewBatch]) -> None: ...
 
+    def remember(self, digest: bytes, raw: bytes) -> None: ...
+
     def when_sealed(self, digest: bytes) -> asyncio.Future: ...
 
 
@@ -155,7 +157,10 @@ class Ingestor:
         """Structure, entries and signature, by a verifier; not yet the chain position."""
         try:
             try:
-                return await self.verifier.check(raw)
+                checked = await self.verifier.check(raw)
+                if self.sealing is not None:
+                    self.sealing.remember(checked.batch.hash, raw)
+                return checked
             except Rejection as exc:
                 # A gateway registered while we run: look again, at most once a second.
                 if exc.reason is not Reason.UNKNOWN_GATEWAY or time.monotonic() - self._keys_loaded_at < 1.0:
