@@ -267,7 +267,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         from hub.consensus.replica_config import load_replica_config
 
         rcfg = load_replica_config(cfg.consensus_replica)
-        quorum = ConsensusConfig(n=rcfg.n).quorum
+        quorum = ConsensusConfig(n=rcfg.n, active=rcfg.active).quorum
         replicas = [(f"replica-{i}", p.public_key) for i, p in sorted(rcfg.peers.items())]
     else:
         quorum, replicas = 1, [(cfg.chain_id, Signer.from_file(cfg.key).public_key)]
@@ -381,7 +381,7 @@ def _seal_keys(cfg, extra: list[Path]) -> tuple[dict, int]:  # noqa: ANN001
         from hub.consensus.replica_config import load_replica_config
 
         rcfg = load_replica_config(cfg.consensus_replica)
-        return {key_id(p.public_key): p.public_key for p in rcfg.peers.values()}, ConsensusConfig(n=rcfg.n).quorum
+        return {key_id(p.public_key): p.public_key for p in rcfg.peers.values()}, ConsensusConfig(n=rcfg.n, active=rcfg.active).quorum
     own = Signer.from_file(cfg.key)
     keys = {own.key_id: own.public_key}
     for path in extra:

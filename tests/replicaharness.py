@@ -43,12 +43,16 @@ def free_range(n: int) -> int:
 
 
 class HubReplicas:
-    def __init__(self, directory: Path, n: int = 4, chain_id: str = "sub-test", base_timeout: float = 0.5) -> None:
-        self.dir, self.n, self.chain_id = directory, n, chain_id
+    def __init__(self, directory: Path, n: int = 4, chain_id: str = "sub-test", base_timeout: float = 0.5,
+                 reserves: int = 0) -> None:
+        """n consensus replicas and `reserves` reserve replicas (ids n, n+1, ...): self.n counts both."""
+        active = n
+        self.dir, self.n, self.chain_id = directory, n + reserves, chain_id
+        n = self.n
         base = free_range(2 * n)
         subprocess.run(
-            [sys.executable, "-m", "gridtrace", "chain", "init", "--replicas", str(n), "--dir", str(directory),
-             "--chain-id", chain_id, "--base-port", str(base), "--hub-base-port", str(base + n),
+            [sys.executable, "-m", "gridtrace", "chain", "init", "--replicas", str(active), "--reserves", str(reserves),
+             "--dir", str(directory), "--chain-id", chain_id, "--base-port", str(base), "--hub-base-port", str(base + n),
              "--base-timeout", str(base_timeout)],
             check=True, capture_output=True,
         )
@@ -132,13 +136,14 @@ class HubReplicas:
         return json.loads(asyncio.run(self._call(i, "Status", (1 << 62).to_bytes(8, "big"))))
 
     def primary(self) -> int:
-        views = []
+        states = []
         for i in range(self.n):
             try:
-                views.append(self.status(i)["view"])
+                states.append(self.status(i))
             except Exception:  # noqa: BLE001 - a replica that is down
                 pass
-        return max(views) % self.n
+        top = max(states, key=lambda s: (s["view"], s["height"]))
+        return top["active"][top["view"] % len(top["active"])]
 
     def store(self, i: int) -> Store:
         return Store(f"sqlite:///{self.dir / f'hub-{i}' / 'hub.sqlite'}")

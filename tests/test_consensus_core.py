@@ -194,9 +194,9 @@ def test_a_forged_prepared_certificate_in_a_view_change_is_refused() -> None:
         sign_message(keys(0), PrePrepare(0, fake)),
         tuple(sign_message(keys(0), Prepare(0, 1, fake.digest)) for _ in range(2)),  # one signer, twice
     )
-    assert not valid_view_change(CONFIG, keys(2), sign_message(keys(0), ViewChange(1, None, forged)))
+    assert not valid_view_change(lambda h: CONFIG.initial_membership(), keys(2), sign_message(keys(0), ViewChange(1, None, forged)))
     honest = PreparedCertificate(forged.pre_prepare, tuple(sign_message(keys(i), Prepare(0, 1, fake.digest)) for i in (1, 3)))
-    assert valid_view_change(CONFIG, keys(2), sign_message(keys(0), ViewChange(1, None, honest)))
+    assert valid_view_change(lambda h: CONFIG.initial_membership(), keys(2), sign_message(keys(0), ViewChange(1, None, honest)))
 
 
 def test_timeouts_grow_exponentially_while_views_fail_and_reset_on_a_decision() -> None:

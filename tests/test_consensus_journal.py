@@ -31,8 +31,10 @@ HOLDS_ALL = HoldsAll()
 
 
 def proposal(height: int, prev: bytes, batches: tuple[bytes, ...]) -> Proposal:
-    """A proposal with the header the simulator's ledger builds for it."""
-    return Proposal(height, prev, batches, HOLDS_ALL.build(height, prev, batches, 0.0))
+    """A proposal with the header the simulator's ledger builds for it, carrying the commit
+    votes of replicas 0, 1 and 2 for the block before it (view 0)."""
+    votes = tuple(sign_message(keys(r), Commit(0, height - 1, prev)) for r in (0, 1, 2)) if height > 1 else ()
+    return Proposal(height, prev, batches, HOLDS_ALL.build(height, prev, batches, 0.0), 0, votes)
 
 
 def keys(i: int) -> Ed25519ReplicaKeys:

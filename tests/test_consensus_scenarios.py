@@ -113,3 +113,21 @@ def test_f_plus_one_down_halts_the_chain_and_it_resumes(seed: int) -> None:
     during = [h for t, h in decided_at if 1.2 < t < 5.0]
     assert not during  # no block without a quorum
     assert any(t > 5.0 for t, _ in decided_at)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_reserve_replaces_a_dead_replica_so_the_chain_survives_one_more_failure(seed: int) -> None:
+    """4 consensus replicas and 1 reserve. Replica 3 dies for good: at the next checkpoint it is
+    demoted (it took part in none of the epoch's blocks) and the reserve promoted, so when
+    replica 2 dies too, 3 of the 4 consensus replicas are still up and the chain goes on. The
+    same two deaths without a reserve halt it."""
+    script = ((0.5, "crash", 3), (6.0, "crash", 2))
+    sim = Simulation(4, seed, Faults(), script=script, reserves=1)
+    check(sim)
+    first = sim.nodes[0][0]
+    promoted = [e for e in first.epochs if 4 in e.active]
+    assert promoted and promoted[0].start < 40 and 3 not in promoted[0].active
+    assert sim.outcome.heights[4] == sim.outcome.heights[0]  # the promoted reserve decided it all too
+    without = Simulation(4, seed, Faults(), script=script)
+    o = without.run()
+    assert o.violation is None and o.stalled is not None  # f+1 down for good: no more blocks

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.consensus.messages import Commit, Proposal
+from hub.consensus.messages import Commit, Proposal, Signed
 from hub.consensus.messages import encode as encode_consensus
 from protos import canonical, merkle
 from protos.records import (
@@ -140,15 +140,20 @@ def test_commit_vote_digest_formula_is_the_code() -> None:
     """The proposal digest as docs/formats.md spells it out, against Proposal.digest."""
     batches = (H1, H2)
     header = b"any header bytes"
-    p = Proposal(5, H3, batches, header)
+    vote = Signed(Commit(7, 4, H3), 2, b"\x01" * 64)
+    p = Proposal(5, H3, batches, header, 7, (vote,))
 
     def tag(t: bytes) -> bytes:
         return bytes([len(t)]) + t
 
-    batches_digest = hashlib.sha256(struct.pack(">I", 2) + H1 + H2).digest()
+    vote_bytes = encode_consensus(vote)
+    contents_digest = hashlib.sha256(
+        struct.pack(">Q", 7) + struct.pack(">I", 2) + H1 + H2 + struct.pack(">I", 1)
+        + struct.pack(">I", len(vote_bytes)) + vote_bytes
+    ).digest()
     documented = hashlib.sha256(
         tag(b"gridtrace/pbft/proposal-digest/v1") + struct.pack(">Q", 5) + H3 + hashlib.sha256(header).digest()
-        + batches_digest
+        + contents_digest
     ).digest()
     assert p.digest == documented
 

@@ -157,3 +157,51 @@ def _check_verify_and_certificates(site: HubReplicas, tmp_path: Path) -> None:
     forged.write_text(json.dumps(body))
     bad = _gridtrace("cert", "verify", str(forged), "--trust", str(trust))
     assert bad.returncode != 0 and "seals[0].signature" in bad.stdout + bad.stderr
+
+
+def test_a_reserve_hub_replica_is_promoted_when_a_consensus_replica_dies_and_the_chain_survives_the_next(
+    tmp_path: Path,
+) -> None:
+    """4 consensus hub replicas and a reserve. One consensus replica is killed for good: within
+    a few checkpoints the others demote it and promote the reserve, without restarting anything.
+    Then a second consensus replica dies: 3 of the 4 consensus replicas are still up, and the
+    agents' batches are still all sealed, the same chain on every live replica."""
+    site = HubReplicas(tmp_path / "substation", N, reserves=1)
+    gw = Gateway(site, tmp_path, "gw-r", first_hub=0)
+    try:
+        for i in range(site.n):
+            site.start(i)
+        site.wait_ready(list(range(site.n)))
+
+        async def run() -> tuple[bool, list[int]]:
+            stop_uplink, stop_feed = asyncio.Event(), asyncio.Event()
+            uplink = asyncio.create_task(gw.uplink.run(stop_uplink))
+            feed = asyncio.create_task(_feed([gw], stop_feed))
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(site.kill, 3)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until the reserve votes
+                state = await asyncio.to_thread(site.status, 0)
+                if 4 in state["active"]:
+                    break
+                await asyncio.sleep(0.3)
+            active = state["active"]
+            await asyncio.to_thread(site.kill, 2)
+            await asyncio.sleep(2.0)
+            stop_feed.set()
+            await feed
+            drained = await gw.uplink.drain(60)
+            stop_uplink.set()
+            await uplink
+            return drained, active
+
+        drained, active = asyncio.run(run())
+        assert 4 in active and 3 not in active, active
+        assert drained, gw.queue.stats()
+        live = [0, 1, 4]
+        chain = site.wait_same_chain(live, gw.sealed)
+        assert site.status(0)["active"] == site.status(4)["active"]
+    finally:
+        site.stop_all()
+    sealed = [b for _, batches in chain for b in batches]
+    assert len(sealed) == len(set(sealed)) == gw.sealed

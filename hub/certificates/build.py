@@ -117,8 +117,8 @@ def build_certificate(
         if blk.quorum is not None:
             # Decided by PBFT replicas: the seals are their commit votes (hub/consensus/quorum.py).
             q = blk.quorum
-            item["quorum"] = {"view": q.view, "prev": q.prev.hex(), "batches_digest": q.batches_digest.hex()}
-            item["commit_bytes"] = commit_bytes(blk.header, header.height, q.view, q.prev, q.batches_digest).hex()
+            item["quorum"] = {"view": q.view, "prev": q.prev.hex(), "contents_digest": q.contents_digest.hex()}
+            item["commit_bytes"] = commit_bytes(blk.header, header.height, q.view, q.prev, q.contents_digest).hex()
         blocks_json.append(item)
 
     consistency = []

@@ -158,9 +158,9 @@ def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:
         last_height = header.height
         if "quorum" in item:
             # Decided by PBFT replicas: each seal is a replica's commit vote for this header.
-            qo = Obj(o.get("quorum", dict), f"{path}.quorum", {"view", "prev", "batches_digest"})
+            qo = Obj(o.get("quorum", dict), f"{path}.quorum", {"view", "prev", "contents_digest"})
             signed = commit_bytes(
-                o.hex("header_bytes"), header.height, qo.get("view", int), qo.hex("prev"), qo.hex("batches_digest")
+                o.hex("header_bytes"), header.height, qo.get("view", int), qo.hex("prev"), qo.hex("contents_digest")
             )
             what = "the replicas' commit vote for this header"
         else:

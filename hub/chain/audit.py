@@ -225,7 +225,7 @@ class ChainAudit:
         valid = set()
         q = block.quorum
         signed = (encode_commit(commit_statement(header)) if q is None
-                  else commit_bytes(block.header, header.height, q.view, q.prev, q.batches_digest))
+                  else commit_bytes(block.header, header.height, q.view, q.prev, q.contents_digest))
         for key_id, signature in block.seals:
             key = self.seal_keys.get(key_id)
             if key is None:

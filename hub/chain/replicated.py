@@ -362,7 +362,7 @@ class ReplicatedChain:
         self.store.append_block(
             header.height, block_hash(header), p.header, header.time_ns,
             [stored[b].id for b in p.batches], header.entry_count, header.log_size, frontier,
-            q.commits, StoredQuorum(q.view, q.prev, q.batches_digest),
+            q.commits, StoredQuorum(q.view, q.prev, q.contents_digest),
         )
         log.info("block %d written: %d batches, %d entries", header.height, header.batch_count, header.entry_count,
                  extra={"height": header.height, "batches": header.batch_count, "entries": header.entry_count})

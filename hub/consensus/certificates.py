@@ -8,10 +8,11 @@ view changes, which every replica recomputes to check the primary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from hub.consensus.config import GENESIS, ConsensusConfig
+from hub.consensus.config import GENESIS
 from hub.consensus.keys import ReplicaKeys, verify_message
+from hub.consensus.membership import Membership
 from hub.consensus.messages import (
     Commit,
     CommitCertificate,
@@ -24,8 +25,14 @@ from hub.consensus.messages import (
 )
 
 
-def valid_commit_certificate(config: ConsensusConfig, keys: ReplicaKeys, c: CommitCertificate) -> bool:
-    """A quorum of distinct replicas signed commits for this proposal, in one view."""
+Members = Callable[[int], "Membership | None"]  # height -> who votes there (None: not known yet)
+
+
+def valid_commit_certificate(m: Membership | None, keys: ReplicaKeys, c: CommitCertificate) -> bool:
+    """A quorum of distinct consensus replicas (of `m`, the membership at its height) signed
+    commits for this proposal, in one view."""
+    if m is None:
+        return False
     d = c.proposal.digest
     signers = set()
     view = None
@@ -35,17 +42,39 @@ def valid_commit_certificate(config: ConsensusConfig, keys: ReplicaKeys, c: Comm
             return False
         if view is None:
             view = b.view
-        if b.view != view or s.replica in signers or not (0 <= s.replica < config.n):
+        if b.view != view or s.replica in signers or not m.votes(s.replica):
             return False
         if not verify_message(keys, s):
             return False
         signers.add(s.replica)
-    return len(signers) >= config.quorum
+    return len(signers) >= m.quorum
 
-def valid_prepared_certificate(config: ConsensusConfig, keys: ReplicaKeys, c: PreparedCertificate) -> bool:
-    """The view's primary proposed it and quorum - 1 other distinct replicas prepared it."""
+
+def valid_last_commit(m: Membership | None, keys: ReplicaKeys, p: Proposal) -> bool:
+    """The votes a proposal carries for the block before it: commits for that block's digest
+    (`p.prev`) from a quorum of distinct consensus replicas of its height (any views: a block
+    may be committed in the view it was proposed in and the next). None at height 1."""
+    if p.height == 1:
+        return not p.last_commit
+    if m is None:
+        return False
+    signers = set()
+    for s in p.last_commit:
+        b = s.body
+        if not (isinstance(b, Commit) and b.height == p.height - 1 and b.digest == p.prev):
+            return False
+        if s.replica in signers or not m.votes(s.replica) or not verify_message(keys, s):
+            return False
+        signers.add(s.replica)
+    return len(signers) >= m.quorum
+
+def valid_prepared_certificate(m: Membership | None, keys: ReplicaKeys, c: PreparedCertificate) -> bool:
+    """The view's primary proposed it and quorum - 1 other distinct consensus replicas (of `m`,
+    the membership at its height) prepared it."""
     pp = c.pre_prepare
-    if not isinstance(pp.body, PrePrepare) or pp.replica != config.primary(pp.body.view):
+    if m is None or not isinstance(pp.body, PrePrepare) or pp.replica != m.primary(pp.body.view):
+        return False
+    if pp.body.proposal.view > pp.body.view:
         return False
     if not verify_message(keys, pp):
         return False
@@ -55,21 +84,25 @@ def valid_prepared_certificate(config: ConsensusConfig, keys: ReplicaKeys, c: Pr
         b = s.body
         if not (isinstance(b, Prepare) and b.view == view and b.height == p.height and b.digest == p.digest):
             return False
-        if s.replica in signers or s.replica == pp.replica or not verify_message(keys, s):
+        if s.replica in signers or s.replica == pp.replica or not m.votes(s.replica) or not verify_message(keys, s):
             return False
         signers.add(s.replica)
-    return len(signers) >= config.quorum - 1
+    return len(signers) >= m.quorum - 1
 
-def valid_view_change(config: ConsensusConfig, keys: ReplicaKeys, m: Signed) -> bool:
-    """A signed view change whose certificates hold and whose prepared proposal follows its
-    committed one, from a view before the one it asks for."""
+def valid_view_change(members: Members, keys: ReplicaKeys, m: Signed) -> bool:
+    """A signed view change whose certificates hold (each checked with the membership at its
+    height) and whose prepared proposal follows its committed one, from a view before the one
+    it asks for."""
     vc = m.body
     if not isinstance(vc, ViewChange) or not verify_message(keys, m):
         return False
-    if vc.committed is not None and not valid_commit_certificate(config, keys, vc.committed):
+    if vc.committed is not None and not valid_commit_certificate(
+        members(vc.committed.proposal.height), keys, vc.committed
+    ):
         return False
     if vc.prepared is not None:
-        if not valid_prepared_certificate(config, keys, vc.prepared):
+        height = vc.prepared.pre_prepare.body.proposal.height if isinstance(vc.prepared.pre_prepare.body, PrePrepare) else 0
+        if not valid_prepared_certificate(members(height), keys, vc.prepared):
             return False
         base = vc.committed.proposal.height if vc.committed else 0
         pp = vc.prepared.pre_prepare.body

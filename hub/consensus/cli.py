@@ -32,7 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "gridtrace chain simulate --seed-start 1234 --seeds 1 --faults crash   # replay one seed\n\n"
         f"faults (combine with +, list with commas): {', '.join(FAULTS)}",
     )
-    sim.add_argument("--replicas", type=int, default=4, help="n (default 4; f = (n-1)//3)")
+    sim.add_argument("--replicas", type=int, default=4, help="consensus replicas n (default 4; f = (n-1)//3)")
+    sim.add_argument("--reserves", type=int, default=0, help="reserve replicas besides them (default 0)")
     sim.add_argument("--seeds", type=int, default=100, help="seeds per fault mix (default 100)")
     sim.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     sim.add_argument("--faults", default=",".join(DEFAULT_MIXES), help="fault mixes, comma-separated (default: all)")
@@ -43,7 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         chain_sub, "init", "create the keys, mutual-TLS files and configs of a substation's replicas",
         "gridtrace chain init --replicas 4 --dir replicas --base-port 7800",
     )
-    init.add_argument("--replicas", type=int, default=4, help="n (default 4)")
+    init.add_argument("--replicas", type=int, default=4, help="consensus replicas n (default 4)")
+    init.add_argument("--reserves", type=int, default=0,
+                      help="reserve replicas besides them (default 0): promoted when a consensus replica fails")
     init.add_argument("--dir", type=Path, required=True, help="directory to create (must not exist)")
     init.add_argument("--host", default="127.0.0.1", help="address every replica listens on (default 127.0.0.1)")
     init.add_argument("--base-port", type=int, default=7800, help="replica i listens on base-port + i")
@@ -80,13 +83,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     heal = args.duration * 2 / 3
-    print(f"{args.replicas} replicas (f = {(args.replicas - 1) // 3}), seeds {seeds.start}..{seeds.stop - 1}, "
+    reserves = f" and {args.reserves} reserves" if args.reserves else ""
+    print(f"{args.replicas} replicas{reserves} (f = {(args.replicas - 1) // 3}), seeds {seeds.start}..{seeds.stop - 1}, "
           f"{args.duration:g} simulated s per seed, faults until {heal:g} s")
-    print(f"{'faults':42} {'seeds':>5} {'blocks':>9} {'view changes':>12}  result")
+    print(f"{'faults':42} {'seeds':>5} {'blocks':>9} {'view changes':>12} {'swaps':>5}  result")
     failed = False
     started = time.monotonic()
     for faults in mixes:
-        outcomes = simulate(args.replicas, seeds, faults, duration=args.duration, heal_at=heal)
+        outcomes = simulate(args.replicas, seeds, faults, duration=args.duration, heal_at=heal, reserves=args.reserves)
         failed |= _report(faults, outcomes)
     print(f"{time.monotonic() - started:.1f} s")
     return 1 if failed else 0
@@ -103,7 +107,8 @@ def _report(faults: Faults, outcomes: list[Outcome]) -> bool:
         result = f"LIVENESS FAILURE in {len(stalled)} seeds, first seed {stalled[0].seed}: {stalled[0].stalled}"
     else:
         result = "safe and live"
-    print(f"{faults.label:42} {len(outcomes):>5} {blocks:>9} {changes:>12}  {result}")
+    swaps = sum(o.swaps for o in outcomes)
+    print(f"{faults.label:42} {len(outcomes):>5} {blocks:>9} {changes:>12} {swaps:>5}  {result}")
     return bool(unsafe or stalled)
 
 
@@ -111,23 +116,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     from hub.tls import create_replica_tls
     from protos.signing import write_private_key, write_public_key
 
-    if args.replicas < 1:
-        print("gridtrace chain init: --replicas must be at least 1", file=sys.stderr)
+    if args.replicas < 1 or args.reserves < 0:
+        print("gridtrace chain init: --replicas must be at least 1 and --reserves at least 0", file=sys.stderr)
         return 2
+    total = args.replicas + args.reserves
     if args.dir.exists():
         print(f"gridtrace chain init: {args.dir} exists; choose a new directory", file=sys.stderr)
         return 2
     (args.dir / "keys").mkdir(parents=True)
-    for i in range(args.replicas):
+    for i in range(total):
         signer = write_private_key(args.dir / "keys" / f"replica-{i}.key")
         write_public_key(args.dir / "keys" / f"replica-{i}.pub", signer.public_key)
     if not args.insecure:
-        create_replica_tls(args.dir / "tls", args.replicas, [args.host, "localhost"], "gridtrace")
+        create_replica_tls(args.dir / "tls", total, [args.host, "localhost"], "gridtrace")
     peers = "\n".join(
         f'{i} = {{ address = "{args.host}:{args.base_port + i}", public_key = "keys/replica-{i}.pub" }}'
-        for i in range(args.replicas)
+        for i in range(total)
     )
-    for i in range(args.replicas):
+    for i in range(total):
         transport = (
             "insecure_plaintext = true            # development only: no TLS between replicas\n" if args.insecure else
             f'\n[tls]\nca = "tls/ca.pem"\ncert = "tls/replica-{i}.pem"\nkey = "tls/replica-{i}.key"\n'
@@ -135,15 +141,17 @@ def cmd_init(args: argparse.Namespace) -> int:
         (args.dir / f"replica-{i}.toml").write_text(
             f"[replica]\nid = {i}\nlisten = \"{args.host}:{args.base_port + i}\"\ndata = \"replica-{i}\"\n"
             f"signing_key = \"keys/replica-{i}.key\"\nbase_timeout_s = {args.base_timeout}\ncheckpoint_interval = 10\n"
+            f"active = {list(range(args.replicas))}   # the first consensus replicas; the other peers are reserves\n"
             f"{transport}\n[peers]\n{peers}\n",
             encoding="utf-8",
         )
     if args.chain_id is None:
-        print(f"{args.replicas} replicas in {args.dir}: gridtrace chain replica --config {args.dir}/replica-0.toml, ...")
+        print(f"{args.replicas} replicas and {args.reserves} reserves in {args.dir}: "
+              f"gridtrace chain replica --config {args.dir}/replica-0.toml, ...")
         return 0
     from hub.cli import init_hub_dir
 
-    for i in range(args.replicas):
+    for i in range(total):
         init_hub_dir(
             args.dir / f"hub-{i}", args.chain_id, f"{args.host}:{args.hub_base_port + i}", args.insecure, "",
             tls_names=[args.host], extra_config=f'\n[consensus]\nreplica = "../replica-{i}.toml"\n',
@@ -152,7 +160,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             # One key per replica: its votes, its receipts and the certificates it issues.
             key_file=f"../keys/replica-{i}.key",
         )
-    print(f"{args.replicas} hub replicas of chain {args.chain_id} in {args.dir}: "
+    print(f"{args.replicas} hub replicas and {args.reserves} reserves of chain {args.chain_id} in {args.dir}: "
           f"gridtrace hub serve --config {args.dir}/hub-0/hub.toml, ...; register each gateway with every hub")
     return 0
 

@@ -1,11 +1,12 @@
-"""What every replica of one chain must agree on to run the protocol together: n, timeouts,
-checkpoint interval, and the quorum and primary that follow from n."""
+"""What every replica of one chain must agree on to run the protocol together: the replicas
+(n of them, ids 0..n-1) and which of them start as consensus replicas (the rest are reserves),
+timeouts, checkpoint interval. Who votes later follows from the chain (membership.py)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from hub.consensus.membership import Membership
 from hub.consensus.messages import DIGEST
 
 GENESIS = bytes(DIGEST)
@@ -23,14 +24,20 @@ class ConsensusConfig:
     # a busy replica seals a block (two fsyncs) and signs a forward per batch. 0: at once.
     batch_delay: float = 0.0
     fetch_batch: int = 50  # blocks per state-transfer answer
+    active: tuple[int, ...] = ()  # the first consensus replicas; () = all n (no reserves)
 
+    def initial_membership(self) -> Membership:
+        active = self.active or tuple(range(self.n))
+        return Membership(0, 1, active, tuple(r for r in range(self.n) if r not in active))
+
+    # The first membership's figures (those of the chain's first epoch).
     @property
     def f(self) -> int:
-        return (self.n - 1) // 3
+        return self.initial_membership().f
 
     @property
     def quorum(self) -> int:
-        return math.ceil((self.n + self.f + 1) / 2)
+        return self.initial_membership().quorum
 
     def primary(self, view: int) -> int:
-        return view % self.n
+        return self.initial_membership().primary(view)

@@ -32,7 +32,11 @@ receipts the replies):
 * checkpoints every K heights become stable with a quorum, and the log below them is
   dropped; messages beyond the high watermark are dropped;
 * state transfer: a replica that sees it is behind asks a peer for blocks and checks each
-  commit certificate before it decides the block; a peer serving bad blocks is skipped.
+  commit certificate before it decides the block; a peer serving bad blocks is skipped;
+* membership: consensus replicas vote, reserve replicas follow the chain (they decide blocks
+  from the commits they see, and fetch what they miss); each proposal carries the commit votes
+  for the block before it, by which every replica settles the same points, and at every
+  checkpoint the membership for the next epoch follows from them (hub/consensus/membership.py).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from hub.consensus import certificates
 from hub.consensus.config import GENESIS, ConsensusConfig
 from hub.consensus.keys import ReplicaKeys, sign_message, verify_message
 from hub.consensus.ledger import Ledger
+from hub.consensus.membership import Membership, Scores, next_membership, score_block
 from hub.consensus.messages import (
     DIGEST,
     Blocks,
@@ -132,8 +137,19 @@ class Replica:
         self.keys = keys
         self.ledger = ledger
         self.me = keys.replica
-        self.certificates: list[CommitCertificate] = list(committed)  # index = height - 1
-        self.committed_batches: set[bytes] = {b for c in self.certificates for b in c.proposal.batches}
+        self.certificates: list[CommitCertificate] = []  # index = height - 1
+        self.committed_batches: set[bytes] = set()
+        self.epochs: list[Membership] = [config.initial_membership()]  # index = (height - 1) // K
+        self.scores = Scores()
+        self.last_view: int | None = None  # the view the last decided proposal was made in
+        # The commit votes seen for the last decided block, carried by the next proposal.
+        self.decided_commits: dict[int, Signed] = {}
+        for cert in committed:  # points and epochs are a function of the chain: replay them
+            self.certificates.append(cert)
+            self.committed_batches.update(cert.proposal.batches)
+            self._settle(cert.proposal)
+        if self.certificates:
+            self.decided_commits = {c.replica: c for c in self.certificates[-1].commits}
         self.view = durable.view if durable else 0
         self.changing_to: int | None = durable.changing_to if durable else None
         self.votes: dict[tuple[str, int, int], bytes] = {
@@ -172,9 +188,34 @@ class Replica:
     def last_digest(self) -> bytes:
         return self.certificates[-1].proposal.digest if self.certificates else GENESIS
 
+    def members(self, height: int) -> Membership | None:
+        """Who votes at `height`; None beyond the epoch after the last checkpoint decided."""
+        i = (height - 1) // self.config.checkpoint_interval
+        return self.epochs[i] if 0 <= i < len(self.epochs) else None
+
+    @property
+    def m(self) -> Membership:
+        """The membership of the next height (always known)."""
+        m = self.members(self.height + 1)
+        assert m is not None
+        return m
+
+    @property
+    def is_active(self) -> bool:
+        return self.m.votes(self.me)
+
     @property
     def is_primary(self) -> bool:
-        return self.config.primary(self.view) == self.me
+        return self.m.primary(self.view) == self.me
+
+    def _settle(self, p: Proposal) -> None:
+        """The decided proposal's points; at a checkpoint, the next epoch's membership."""
+        m = self.members(p.height)
+        assert m is not None
+        score_block(self.scores, m, p.view, self.last_view, [v.replica for v in p.last_commit])
+        self.last_view = p.view
+        if p.height % self.config.checkpoint_interval == 0:
+            self.epochs.append(next_membership(m, self.scores, p.height + 1))
 
     @property
     def timeout(self) -> float:
@@ -241,6 +282,8 @@ class Replica:
             out += self._propose()
         if self.sources:
             out += self._fetch_unheld()
+        if not self.is_active:  # a reserve forwards and fetches, but never changes views
+            return out
         if self.deadline is not None and now >= self.deadline:
             target = (self.changing_to if self.changing_to is not None else self.view) + 1
             self.failed_views += 1
@@ -376,10 +419,10 @@ class Replica:
             return []
         if len(held) < self.config.max_batches and self.now - min(held.values()) < self.config.batch_delay:
             return []  # a tick proposes once the oldest batch has waited batch_delay
-        proposal = self._next_proposal()
+        proposal = self._next_proposal(self.view)
         return self._send_pre_prepare(proposal) if proposal is not None else []
 
-    def _next_proposal(self) -> Proposal | None:
+    def _next_proposal(self, view: int) -> Proposal | None:
         """What the next proposal seals: of the pending batches this replica holds, longest
         known first, those the ledger says may go next (in its order), up to max_batches, with
         the header it builds for them. None if none may."""
@@ -388,7 +431,9 @@ class Replica:
         if not batches:
             return None
         h = self.height + 1
-        return Proposal(h, self.last_digest, batches, self.ledger.build(h, self.last_digest, batches, self.now))
+        votes = tuple(self.decided_commits[r] for r in sorted(self.decided_commits)) if self.height else ()
+        return Proposal(h, self.last_digest, batches, self.ledger.build(h, self.last_digest, batches, self.now),
+                        view, votes)
 
     def _send_pre_prepare(self, proposal: Proposal) -> list[Action]:
         self.votes[("pre-prepare", self.view, proposal.height)] = proposal.digest
@@ -416,7 +461,9 @@ class Replica:
 
     def _vote_or_fetch(self, view: int, p: Proposal) -> list[Action]:
         """Prepare a valid proposal once its batches are here and its header is right."""
-        fetch = self._missing(p, self.config.primary(view))
+        if not self.is_active:  # a reserve does not vote: it decides from the commits it sees
+            return self._check_committed(view, p.height, p.digest)
+        fetch = self._missing(p, self.m.primary(view))
         if fetch:
             if (view, p.height) not in self.waited:
                 # The primary did its part; fetching the batches is ours: one more timeout for it
@@ -425,13 +472,20 @@ class Replica:
                 if self.deadline is not None:
                     self.deadline = max(self.deadline, self.now + self.timeout)
             return fetch
-        if self.ledger.check(p, self.now) is not None:
-            return self._start_view_change(self.view + 1)  # a header that lies about its batches: a faulty primary
+        if self.ledger.check(p, self.now) is not None or not certificates.valid_last_commit(
+            self.members(p.height - 1), self.keys, p
+        ):
+            return self._start_view_change(self.view + 1)  # a header or votes that lie: a faulty primary
         return self._accept(view, p)
 
     def _on_pre_prepare(self, m: Signed, body: PrePrepare) -> list[Action]:
         p = body.proposal
-        if m.replica != self.config.primary(body.view) or body.view != self.view:
+        if p.height > self.height + 1:
+            mp = self.members(p.height)
+            if mp is not None and m.replica == mp.primary(body.view) and body.view >= self.view:
+                self._slot(body.view, p.height).pre_prepare = m  # kept until we catch up
+            return self._note_ahead(m.replica, p.height - 1)
+        if m.replica != self.m.primary(body.view) or body.view != self.view:
             return self._note_ahead(m.replica, p.height - 1)
         if self.changing_to is not None:
             # No vote from a replica leaving this view, but keep the proposal: if a quorum commits
@@ -440,13 +494,10 @@ class Replica:
             if slot.pre_prepare is None:
                 slot.pre_prepare = m
             return self._check_committed(body.view, p.height, p.digest)
-        if p.height > self.height + 1:
-            self._slot(body.view, p.height).pre_prepare = m  # kept until we catch up
-            return self._note_ahead(m.replica, p.height - 1)
         slot = self._slot(body.view, p.height)
         if slot.pre_prepare is not None and slot.pre_prepare.body.proposal.digest != p.digest:
             return self._start_view_change(self.view + 1)  # the primary equivocates
-        if not self._valid_proposal(p):
+        if not self._valid_proposal(p) or p.view != body.view:  # a fresh proposal names its own view
             return []
         slot.pre_prepare = m
         return self._vote_or_fetch(body.view, p)
@@ -464,9 +515,10 @@ class Replica:
         return out + self._check_prepared(view, p.height, p.digest)
 
     def _on_prepare(self, m: Signed, body: Prepare) -> list[Action]:
-        if m.replica == self.config.primary(body.view) or body.height <= self.height:
+        if body.height <= self.height or not self._in_window(body.height):
             return []
-        if not self._in_window(body.height):
+        mh = self.members(body.height)
+        if mh is not None and (not mh.votes(m.replica) or m.replica == mh.primary(body.view)):
             return []
         self._slot(body.view, body.height).prepares.setdefault(body.digest, {})[m.replica] = m
         out = self._note_ahead(m.replica, body.height - 1)
@@ -478,17 +530,20 @@ class Replica:
         slot = self.slots.get((view, height))
         if slot is None or slot.pre_prepare is None or slot.pre_prepare.body.proposal.digest != digest:
             return []
-        prepares = {r: s for r, s in slot.prepares.get(digest, {}).items() if r != self.config.primary(view)}
-        if len(prepares) < self.config.quorum - 1:
+        mh = self.members(height)
+        if mh is None:
+            return []
+        prepares = {r: s for r, s in slot.prepares.get(digest, {}).items() if r != mh.primary(view) and mh.votes(r)}
+        if len(prepares) < mh.quorum - 1:
             return []
         held = self.prepared
         if held is None or held.pre_prepare.body.proposal.height != height or held.pre_prepare.body.view < view:
             self.prepared = PreparedCertificate(
-                slot.pre_prepare, tuple(prepares[r] for r in sorted(prepares)[: self.config.quorum - 1])
+                slot.pre_prepare, tuple(prepares[r] for r in sorted(prepares)[: mh.quorum - 1])
             )
         out: list[Action] = []
         key = ("commit", view, height)
-        if key not in self.votes and self.changing_to is None and view == self.view:
+        if key not in self.votes and self.changing_to is None and view == self.view and self.is_active:
             self.votes[key] = digest
             commit = self._sign(Commit(view, height, digest))
             slot.commits.setdefault(digest, {})[self.me] = commit
@@ -496,7 +551,14 @@ class Replica:
         return out + self._check_committed(view, height, digest)
 
     def _on_commit(self, m: Signed, body: Commit) -> list[Action]:
+        if body.height == self.height and body.digest == self.last_digest and self.members(body.height) is not None \
+                and self.members(body.height).votes(m.replica):  # type: ignore[union-attr]
+            self.decided_commits.setdefault(m.replica, m)  # a late vote: the next proposal carries it
+            return []
         if body.height <= self.height or not self._in_window(body.height):
+            return []
+        mh = self.members(body.height)
+        if mh is not None and not mh.votes(m.replica):
             return []
         self._slot(body.view, body.height).commits.setdefault(body.digest, {})[m.replica] = m
         out = self._note_ahead(m.replica, body.height - 1)
@@ -508,22 +570,31 @@ class Replica:
         slot = self.slots.get((view, height))
         if slot is None or height != self.height + 1:
             return []
-        commits = slot.commits.get(digest, {})
+        mh = self.members(height)
+        assert mh is not None  # the next height's membership is always known
+        commits = {r: c for r, c in slot.commits.get(digest, {}).items() if mh.votes(r)}
         proposal = _proposal_in(slot, digest)
-        if len(commits) >= self.config.quorum and proposal is None:
+        if len(commits) >= mh.quorum and proposal is None:
             # Decided, but we never saw the proposal: fetch the block from those who committed it.
             for r in commits:
                 if r != self.me:
                     self.ahead.setdefault(height, set()).add(r)
             return self._fetch_if_behind(gap=0)
-        if proposal is None or len(commits) < self.config.quorum or proposal.prev != self.last_digest:
+        if proposal is None or len(commits) < mh.quorum or proposal.prev != self.last_digest:
             return []
-        cert = CommitCertificate(proposal, tuple(commits[r] for r in sorted(commits)[: self.config.quorum]))
-        return self._decide(cert)
+        cert = CommitCertificate(proposal, tuple(commits[r] for r in sorted(commits)[: mh.quorum]))
+        # Every vote for this block seen so far, in any view: the next proposal carries them.
+        seen = {r: c for v in sorted({k[0] for k in self.slots if k[1] == height})
+                for r, c in self.slots[(v, height)].commits.get(digest, {}).items() if mh.votes(r)}
+        return self._decide(cert, seen)
 
-    def _decide(self, cert: CommitCertificate) -> list[Action]:
+    def _decide(self, cert: CommitCertificate, seen: dict[int, Signed] | None = None) -> list[Action]:
         p = cert.proposal
         self.certificates.append(cert)
+        self._settle(p)
+        self.decided_commits = {c.replica: c for c in cert.commits}
+        for r, c in sorted((seen or {}).items()):
+            self.decided_commits.setdefault(r, c)
         self.ledger.decided(p)
         self.committed_batches.update(p.batches)
         for b in p.batches:
@@ -538,7 +609,7 @@ class Replica:
         self.failed_views = 0
         self.deadline = self.now + self.timeout if (self._held_pending() and self.changing_to is None) else None
         out: list[Action] = [Decide(cert)]
-        if p.height % self.config.checkpoint_interval == 0:
+        if p.height % self.config.checkpoint_interval == 0 and self.members(p.height).votes(self.me):  # type: ignore[union-attr]
             cp = self._sign(Checkpoint(p.height, p.digest))
             out.append(Send(cp))
             out += self._count_checkpoint(self.me, cp.body)
@@ -553,9 +624,9 @@ class Replica:
         slot = self.slots.get((self.view, h))
         if slot is None or self.changing_to is not None:
             return out
-        if slot.pre_prepare is not None and slot.pre_prepare.replica == self.config.primary(self.view):
+        if slot.pre_prepare is not None and slot.pre_prepare.replica == self.m.primary(self.view):
             p = slot.pre_prepare.body.proposal
-            if self._valid_proposal(p):
+            if self._valid_proposal(p) and p.view == slot.pre_prepare.body.view:
                 out += self._vote_or_fetch(self.view, p)
         for digest in sorted(set(slot.prepares) | set(slot.commits)):
             out += self._check_prepared(self.view, h, digest)
@@ -573,7 +644,9 @@ class Replica:
             return []
         self.checkpoints.setdefault(body.height, {}).setdefault(body.digest, set()).add(replica)
         mine = self.height >= body.height and self.certificates[body.height - 1].proposal.digest == body.digest
-        if mine and len(self.checkpoints[body.height][body.digest]) >= self.config.quorum:
+        mh = self.members(body.height)
+        signers = {r for r in self.checkpoints[body.height][body.digest] if mh is not None and mh.votes(r)}
+        if mine and mh is not None and len(signers) >= mh.quorum:
             self.stable = body.height
             self.checkpoints = {h: c for h, c in self.checkpoints.items() if h > body.height}
             self.view_changes = {v: c for v, c in self.view_changes.items() if v > self.view}
@@ -582,7 +655,7 @@ class Replica:
     # -- view change -----------------------------------------------------------------------
 
     def _start_view_change(self, target: int) -> list[Action]:
-        if self.changing_to is not None and self.changing_to >= target or target <= self.view:
+        if self.changing_to is not None and self.changing_to >= target or target <= self.view or not self.is_active:
             return []
         self.changing_to = target
         self.view_change_count += 1
@@ -594,7 +667,9 @@ class Replica:
     def _on_view_change(self, m: Signed, body: ViewChange) -> list[Action]:
         if body.view == self.view and body.view in self.new_views:
             return [Send(self.new_views[body.view], to=m.replica)]  # it missed our NEW-VIEW
-        if body.view <= self.view or not certificates.valid_view_change(self.config, self.keys, m):
+        if body.view <= self.view or not self.m.votes(m.replica) or not certificates.valid_view_change(
+            self.members, self.keys, m
+        ):
             return []
         self.view_changes.setdefault(body.view, {})[m.replica] = m
         out: list[Action] = []
@@ -603,7 +678,7 @@ class Replica:
         # f+1 replicas want a higher view: at least one correct replica timed out, so follow.
         wanting = {r for v, vcs in self.view_changes.items() if v > self.view for r in vcs}
         current = self.changing_to if self.changing_to is not None else self.view
-        if len(wanting) >= self.config.f + 1:
+        if len(wanting) >= self.m.f + 1:
             lowest = min(v for v, vcs in self.view_changes.items() if v > current and vcs) if any(
                 v > current and vcs for v, vcs in self.view_changes.items()
             ) else None
@@ -612,12 +687,12 @@ class Replica:
         return out + self._maybe_new_view(body.view)
 
     def _maybe_new_view(self, view: int) -> list[Action]:
-        if self.config.primary(view) != self.me or view in self.new_view_sent or self.changing_to != view:
+        if self.m.primary(view) != self.me or view in self.new_view_sent or self.changing_to != view:
             return []
-        vcs = self.view_changes.get(view, {})
-        if len(vcs) < self.config.quorum:
+        vcs = {r: v for r, v in self.view_changes.get(view, {}).items() if self.m.votes(r)}
+        if len(vcs) < self.m.quorum:
             return []
-        chosen = tuple(vcs[r] for r in sorted(vcs)[: self.config.quorum])
+        chosen = tuple(vcs[r] for r in sorted(vcs)[: self.m.quorum])
         top, carried = certificates.new_view_plan(chosen)
         self.new_view_sent.add(view)
         out: list[Action] = []
@@ -625,7 +700,7 @@ class Replica:
         out += self._adopt(top)
         proposal = carried
         if proposal is None and self._held_pending() and certificates.top_height(top) == self.height:
-            proposal = self._next_proposal()
+            proposal = self._next_proposal(view)
         pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
         nv = self._sign(NewView(view, chosen, pp))
         self.new_views = {view: nv}
@@ -633,13 +708,15 @@ class Replica:
 
     def _on_new_view(self, m: Signed, body: NewView) -> list[Action]:
         view = body.view
-        if m.replica != self.config.primary(view) or view < (self.changing_to or self.view) or view <= self.view:
+        if m.replica != self.m.primary(view) or view < (self.changing_to or self.view) or view <= self.view:
             return []
         signers = {s.replica for s in body.view_changes}
-        if len(signers) != len(body.view_changes) or len(signers) < self.config.quorum:
+        if len(signers) != len(body.view_changes) or len(signers) < self.m.quorum or not all(
+            self.m.votes(r) for r in signers
+        ):
             return []
-        if not all(isinstance(s.body, ViewChange) and s.body.view == view and certificates.valid_view_change(self.config, self.keys, s)
-                   for s in body.view_changes):
+        if not all(isinstance(s.body, ViewChange) and s.body.view == view
+                   and certificates.valid_view_change(self.members, self.keys, s) for s in body.view_changes):
             return []
         top, carried = certificates.new_view_plan(body.view_changes)
         pp = body.pre_prepare
@@ -650,7 +727,8 @@ class Replica:
             p = pp.body.proposal
             if carried is not None and p != carried:
                 return []  # a forged or wrong choice: the carried proposal may have committed somewhere
-            if carried is None and (p.height != certificates.top_height(top) + 1 or p.prev != certificates.top_digest(top)):
+            if carried is None and (p.height != certificates.top_height(top) + 1 or p.prev != certificates.top_digest(top)
+                                    or p.view != view):
                 return []
         elif carried is not None:
             return []
@@ -701,7 +779,7 @@ class Replica:
         itself; on a tick it is 0, for a replica that missed that protocol (it was in a view
         change of its own, or lost the messages)."""
         for h in sorted(self.ahead, reverse=True):
-            if h > self.height + gap and len(self.ahead[h]) >= self.config.f + 1:
+            if h > self.height + gap and len(self.ahead[h]) >= self.m.f + 1:
                 return h
         return None
 
@@ -736,7 +814,9 @@ class Replica:
             p = cert.proposal
             if p.height != self.height + 1:
                 continue
-            if p.prev != self.last_digest or not certificates.valid_commit_certificate(self.config, self.keys, cert):
+            if p.prev != self.last_digest or not certificates.valid_commit_certificate(
+                self.members(p.height), self.keys, cert
+            ):
                 self.bad_peers.add(m.replica)  # a bad block: this peer is not helping
                 break
             out += self._decide(cert)

@@ -37,28 +37,34 @@ class Proposal:
     prev: bytes  # digest of the proposal committed at height - 1 (zeros at height 1)
     batches: tuple[bytes, ...]  # batch digests, in the order they are sealed
     header: bytes = b""  # the block header's canonical bytes (the ledger's format)
+    view: int = 0  # the view it was first proposed in (a new view may carry it on unchanged)
+    # The commit votes for the block at height - 1 its primary gathered: who took part, the
+    # evidence the replicas' points are settled by (hub/consensus/membership.py).
+    last_commit: tuple[Signed, ...] = ()
 
     @property
     def digest(self) -> bytes:
         return proposal_digest(
-            self.height, self.prev, hashlib.sha256(self.header).digest(), batch_list_digest(self.batches)
+            self.height, self.prev, hashlib.sha256(self.header).digest(),
+            contents_digest(self.view, self.batches, self.last_commit),
         )
 
 
-def batch_list_digest(batches: tuple[bytes, ...]) -> bytes:
-    return hashlib.sha256(_list(batches, _digest)).digest()
+def contents_digest(view: int, batches: tuple[bytes, ...], last_commit: tuple[Signed, ...]) -> bytes:
+    """What a proposal carries besides its header, hashed: its view, batch list and votes."""
+    return hashlib.sha256(_u64(view) + _list(batches, _digest) + _list(last_commit, lambda v: _nested(encode(v)))).digest()
 
 
 _PROPOSAL_DIGEST_TAG = b"gridtrace/pbft/proposal-digest/v1"
 
 
-def proposal_digest(height: int, prev: bytes, header_hash: bytes, batches_digest: bytes) -> bytes:
+def proposal_digest(height: int, prev: bytes, header_hash: bytes, contents: bytes) -> bytes:
     """What replicas vote on for a proposal. Defined over hashes, so that a verifier holding
     only a block header (whose hash is `header_hash`) and a certificate's `prev` and
-    `batches_digest` can recompute what the commit signatures cover."""
+    `contents` digest can recompute what the commit signatures cover."""
     return hashlib.sha256(
         bytes([len(_PROPOSAL_DIGEST_TAG)]) + _PROPOSAL_DIGEST_TAG + _u64(height) + _digest(prev)
-        + _digest(header_hash) + _digest(batches_digest)
+        + _digest(header_hash) + _digest(contents)
     ).digest()
 
 
@@ -201,7 +207,8 @@ _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 
 def _fields(m: object) -> bytes:
     if isinstance(m, Proposal):
-        return _u64(m.height) + _digest(m.prev) + _list(m.batches, _digest) + _nested(m.header)
+        return (_u64(m.height) + _digest(m.prev) + _list(m.batches, _digest) + _nested(m.header) + _u64(m.view)
+                + _list(m.last_commit, lambda v: _nested(encode(v))))
     if isinstance(m, Forward):
         return _list(m.batches, _digest)
     if isinstance(m, PrePrepare):
@@ -289,7 +296,8 @@ def decode(data: bytes) -> object:
     r = _Reader(data)
     r.pos = 1 + data[0]
     if cls is Proposal:
-        m: object = Proposal(r.u64(), r.digest(), r.items(r.digest), r.nested())
+        m: object = Proposal(r.u64(), r.digest(), r.items(r.digest), r.nested(), r.u64(),
+                             r.items(lambda: _decode_as(r.nested(), Signed)))
     elif cls is Forward:
         m = Forward(r.items(r.digest))
     elif cls is PrePrepare:

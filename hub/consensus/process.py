@@ -96,7 +96,7 @@ class ReplicaProcess:
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         keys = Ed25519ReplicaKeys(cfg.id, cfg.signer, {i: p.public_key for i, p in cfg.peers.items()})
         config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s,
-                                 batch_delay=min(TICK_S, cfg.base_timeout_s / 10))
+                                 batch_delay=min(TICK_S, cfg.base_timeout_s / 10), active=cfg.active)
         self.app = app
         self.ledger = ledger if ledger is not None else DigestLedger()
         self.core = Replica(config, keys, self.ledger, committed=decided, durable=durable)  # type: ignore[arg-type]
@@ -229,6 +229,8 @@ class ReplicaProcess:
         return json.dumps({
             "id": self.cfg.id, "height": c.height, "view": c.view, "changing_to": c.changing_to,
             "view_changes": c.view_change_count, "pending": len(c.pending),
+            "epoch": c.m.epoch, "active": list(c.m.active), "reserve": list(c.m.reserve),
+            "points": {str(r): p for r, p in sorted(c.scores.points.items())},
             "pending_batches": sorted(b.hex() for b in c.pending),
             "from": max(start, 1),
             "chain": [cert.proposal.digest.hex() for cert in blocks],

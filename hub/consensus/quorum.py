@@ -3,9 +3,10 @@ block header alone, offline, with the replicas' public keys and the quorum from 
 
 A `CommitCertificate` holds the whole proposal (every batch digest). What a verifier needs is
 less: the commit votes sign `Commit(view, height, digest)`, and `digest` is
-`proposal_digest(height, prev, sha256(header), batches_digest)` (hub/consensus/messages.py),
-so the header plus `view`, `prev` and `batches_digest` and the signatures suffice. The header's
-own `batches_root` then proves which batches the block holds; backups refused to vote for a
+`proposal_digest(height, prev, sha256(header), contents_digest)` (hub/consensus/messages.py,
+the contents being the proposal's view, batch list and the votes it carries for the block
+before), so the header plus `view`, `prev` and `contents_digest` and the signatures suffice.
+The header's own `batches_root` then proves which batches the block holds; backups refused to vote for a
 header that does not match its batches, and a quorum holds f+1 correct replicas.
 """
 
@@ -15,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hub.consensus.messages import Commit, CommitCertificate, batch_list_digest, encode, proposal_digest
+from hub.consensus.messages import Commit, CommitCertificate, contents_digest, encode, proposal_digest
 from protos.signing import PublicKey, verify_signature
 
 
@@ -27,7 +28,7 @@ class QuorumError(ValueError):
 class BlockQuorum:
     view: int
     prev: bytes
-    batches_digest: bytes
+    contents_digest: bytes
     commits: tuple[tuple[str, bytes], ...]  # (replica key id, signature), sorted by key id
 
 
@@ -38,12 +39,13 @@ def block_quorum(cert: CommitCertificate, key_ids: Mapping[int, str]) -> BlockQu
     if len(views) != 1:
         raise QuorumError(f"block {p.height}: a commit certificate must come from one view, has {sorted(views)}")
     commits = sorted((key_ids[s.replica], s.signature) for s in cert.commits)
-    return BlockQuorum(views.pop(), p.prev, batch_list_digest(p.batches), tuple(commits))
+    return BlockQuorum(views.pop(), p.prev, contents_digest(p.view, p.batches, p.last_commit), tuple(commits))
 
 
-def commit_bytes(header: bytes, height: int, view: int, prev: bytes, batches_digest: bytes) -> bytes:
-    """The bytes each replica's commit vote signed for this block."""
-    digest = proposal_digest(height, prev, hashlib.sha256(header).digest(), batches_digest)
+def commit_bytes(header: bytes, height: int, view: int, prev: bytes, contents: bytes) -> bytes:
+    """The bytes each replica's commit vote signed for this block (`contents`: the proposal's
+    contents digest)."""
+    digest = proposal_digest(height, prev, hashlib.sha256(header).digest(), contents)
     return encode(Commit(view, height, digest))
 
 
@@ -52,7 +54,7 @@ def check_block_quorum(
 ) -> None:
     """Raise QuorumError unless at least `quorum` distinct trusted replica keys signed a commit
     for this header. `keys`: key id -> public key of the chain's replicas."""
-    signed = commit_bytes(header, height, q.view, q.prev, q.batches_digest)
+    signed = commit_bytes(header, height, q.view, q.prev, q.contents_digest)
     signers: set[str] = set()
     for i, (kid, signature) in enumerate(q.commits):
         key = keys.get(kid)

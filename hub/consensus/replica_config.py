@@ -7,6 +7,8 @@
     signing_key = "keys/replica-0.key"
     base_timeout_s = 1.0
     checkpoint_interval = 10
+    active = [0, 1, 2, 3]         # the first consensus replicas (the same in every replica's file);
+                                  # the other [peers] are reserves. Default: all of them
 
     [tls]                          # mutual TLS between replicas; insecure_plaintext only for development
     ca = "tls/ca.pem"
@@ -29,7 +31,8 @@ from gridtrace.tomlconfig import ConfigError, Section, read_toml
 from protos.signing import PublicKey, Signer, load_public_key
 
 SETTINGS = {
-    "replica": {"id", "listen", "data", "signing_key", "base_timeout_s", "checkpoint_interval", "insecure_plaintext"},
+    "replica": {"id", "listen", "data", "signing_key", "base_timeout_s", "checkpoint_interval", "insecure_plaintext",
+                "active"},
     "tls": {"ca", "cert", "key"},
     "peers": None,  # keys are replica ids
 }
@@ -56,6 +59,7 @@ class ReplicaConfig:
     tls_ca: Path | None
     tls_cert: Path | None
     tls_key: Path | None
+    active: tuple[int, ...] = ()  # the first consensus replicas; () = every peer
 
     @property
     def n(self) -> int:
@@ -94,6 +98,11 @@ def load_replica_config(path: Path) -> ReplicaConfig:
         raise rep.fail("signing_key", f"{key_path}: {exc}") from exc
     if signer.public_key.key_id != peers[me].public_key.key_id:
         raise rep.fail("signing_key", f"does not match [peers] {me} public_key")
+    active = rep.get("active", list, [])
+    if active and (not all(isinstance(a, int) and a in peers for a in active) or len(set(active)) != len(active)):
+        raise rep.fail("active", f"must list distinct replica ids among [peers] {sorted(peers)}, got {active}")
+    if active and len(active) < 1:
+        raise rep.fail("active", "needs at least one replica")
     insecure = rep.get("insecure_plaintext", bool, False)
     paths = {k: tls.path_value(k, None) for k in ("ca", "cert", "key")}
     if not insecure:
@@ -106,4 +115,5 @@ def load_replica_config(path: Path) -> ReplicaConfig:
         base_timeout_s=rep.positive("base_timeout_s", float, 1.0),
         checkpoint_interval=rep.positive("checkpoint_interval", int, 10),
         insecure_plaintext=insecure, tls_ca=paths["ca"], tls_cert=paths["cert"], tls_key=paths["key"],
+        active=tuple(sorted(active)),
     )

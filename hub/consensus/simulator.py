@@ -71,6 +71,7 @@ class Outcome:
     view_changes: int
     violation: str | None = None
     stalled: str | None = None  # liveness failure
+    swaps: int = 0  # reserve replicas promoted (at the first correct replica still up)
 
     @property
     def blocks(self) -> int:
@@ -92,6 +93,7 @@ class Simulation:
         batch_interval: float = 0.1, base_timeout: float = 0.25,
         script: tuple[tuple[float, str, int], ...] = (),
         intercept: Callable[[Simulation, int, int, Signed], float | None] | None = None,
+        reserves: int = 0,
     ) -> None:
         """`script`: scripted (time, "crash" | "restart" | "isolate" | "heal", replica) events, for
         the classic scenarios; `intercept(sim, from, to, message)` returns None to drop a message,
@@ -101,13 +103,14 @@ class Simulation:
         self.rng = random.Random(seed)
         self.seed = seed
         self.faults = faults
-        self.config = ConsensusConfig(n=n, checkpoint_interval=5, base_timeout=base_timeout, max_timeout=2.0,
-                                      max_batches=20)
-        self.n = n
+        # n consensus replicas (0..n-1) and `reserves` reserve replicas after them.
+        self.config = ConsensusConfig(n=n + reserves, checkpoint_interval=5, base_timeout=base_timeout,
+                                      max_timeout=2.0, max_batches=20, active=tuple(range(n)))
+        self.n = n + reserves
         self.duration = duration
         self.heal_at = heal_at
         self.batch_interval = batch_interval
-        self.secrets = {i: hashlib.sha256(f"replica-{i}-{seed}".encode()).digest() for i in range(n)}
+        self.secrets = {i: hashlib.sha256(f"replica-{i}-{seed}".encode()).digest() for i in range(self.n)}
         self.byzantine: int | None = None
         byz = [b for b in BYZANTINE if b in faults]
         if byz:
@@ -115,11 +118,11 @@ class Simulation:
             self.byzantine = 0 if byz[0] in ("equivocate", "silent-primary", "forged-view-change", "twins") \
                 else self.rng.randrange(n)
         self.nodes: dict[int, list[Replica | None]] = {}  # id -> instances (two for Twins)
-        self.ledgers: dict[int, list[CommitCertificate]] = {i: [] for i in range(n)}
+        self.ledgers: dict[int, list[CommitCertificate]] = {i: [] for i in range(self.n)}
         # What each replica has stored (it survives a crash): the batch data a Forward carries
         # or a Fetch brings.
-        self.stored: dict[int, DigestLedger] = {i: DigestLedger() for i in range(n)}
-        self.durable: dict[int, Durable | None] = {i: None for i in range(n)}
+        self.stored: dict[int, DigestLedger] = {i: DigestLedger() for i in range(self.n)}
+        self.durable: dict[int, Durable | None] = {i: None for i in range(self.n)}
         self.decided: dict[int, bytes] = {}  # height -> proposal digest, over correct replicas
         self.outcome = Outcome(seed, faults.label, {}, 0)
         self.events: list[_Event] = []
@@ -163,6 +166,9 @@ class Simulation:
             getattr(self, f"_on_{ev.kind.replace('-', '_')}")(ev)
         self._check_liveness()
         self.outcome.view_changes = sum(r.view_change_count for rs in self.nodes.values() for r in rs if r)
+        up = [rs[0] for i, rs in sorted(self.nodes.items()) if self._correct(i) and rs[0] is not None]
+        if up:
+            self.outcome.swaps = sum(a.active != b.active for a, b in zip(up[0].epochs, up[0].epochs[1:]))
         return self.outcome
 
     def _new_replica(self, i: int) -> Replica:
@@ -223,7 +229,8 @@ class Simulation:
                    for b in cert.proposal.batches}
         for t, digest in self.submitted:
             if t < self.now - 1.0 and digest not in decided:
-                self._submit(self.rng.randrange(self.n), digest)
+                live = [i for i in range(self.n) if i not in self.down]  # an agent moves on to a hub that answers
+                self._submit(self.rng.choice(live) if live else self.rng.randrange(self.n), digest)
         self._at(self.now + 1.0, "resend", -1)
 
     def _submit(self, target: int, digest: bytes) -> None:
@@ -368,7 +375,7 @@ class Simulation:
             for j in others:  # a different proposal for every backup
                 p = body.proposal
                 batches = tuple(reversed(p.batches))[: max(1, len(p.batches) - (j % 2))]
-                alt = Proposal(p.height, p.prev, batches, self.stored[i].build(p.height, p.prev, batches, self.now))
+                alt = replace(p, batches=batches, header=self.stored[i].build(p.height, p.prev, batches, self.now))
                 if j % 2 == 0:
                     alt = p
                 out.append((sign_message(keys, PrePrepare(body.view, alt)), j))
@@ -410,7 +417,8 @@ class Simulation:
     # -- liveness ------------------------------------------------------------------------
 
     def _check_liveness(self) -> None:
-        correct = [i for i in range(self.n) if self._correct(i)]
+        # A replica still down at the end (a scripted crash without restart) is not held to it.
+        correct = [i for i in range(self.n) if self._correct(i) and i not in self.down]
         self.outcome.heights = {i: len(self.ledgers[i]) for i in correct}
         if self.outcome.violation is not None:
             return

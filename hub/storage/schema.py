@@ -128,14 +128,14 @@ seals = Table(
 
 # A block decided by PBFT replicas: its seals are the quorum's commit votes, over
 # Commit(view, height, proposal digest) with the digest recomputed from the header's hash,
-# `prev` and `batches_digest` (hub/consensus/quorum.py). Blocks of a single hub have no row.
+# `prev` and `contents_digest` (hub/consensus/quorum.py). Blocks of a single hub have no row.
 block_quorums = Table(
     "block_quorums",
     metadata,
     Column("height", BigInteger, ForeignKey("blocks.height"), primary_key=True, autoincrement=False),
     Column("view", BigInteger, nullable=False),
     Column("prev", LargeBinary(32), nullable=False),
-    Column("batches_digest", LargeBinary(32), nullable=False),
+    Column("contents_digest", LargeBinary(32), nullable=False),
 )
 
 chain_state = Table(

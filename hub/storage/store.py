@@ -134,7 +134,7 @@ class StoredQuorum:
 
     view: int
     prev: bytes
-    batches_digest: bytes
+    contents_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ class Store:
             )
             if quorum is not None:
                 c.execute(block_quorums.insert().values(
-                    height=height, view=quorum.view, prev=quorum.prev, batches_digest=quorum.batches_digest,
+                    height=height, view=quorum.view, prev=quorum.prev, contents_digest=quorum.contents_digest,
                 ))
             for key_id, signature in block_seals:
                 c.execute(seals.insert().values(height=height, key_id=key_id, signature=signature))
@@ -410,7 +410,7 @@ class Store:
         return StoredBlock(
             row.height, bytes(row.hash), bytes(row.header), row.batch_count, row.entry_count,
             row.log_size, tuple((s.key_id, bytes(s.signature)) for s in block_seals),
-            None if q is None else StoredQuorum(q.view, bytes(q.prev), bytes(q.batches_digest)),
+            None if q is None else StoredQuorum(q.view, bytes(q.prev), bytes(q.contents_digest)),
         )
 
     def block_batch_hashes(self, height: int) -> list[bytes]:

@@ -7,7 +7,7 @@ Create Date: 2026-11-23
 A block sealed by one hub has seals over its `CommitStatement`. A block decided by a
 substation's replicas has, instead, the commit votes of a quorum of replicas: their signatures
 (in `seals`, one row per replica key) cover `Commit(view, height, proposal digest)`, and the
-digest is recomputed from the header's hash and this table's `prev` and `batches_digest`
+digest is recomputed from the header's hash and this table's `prev` and `contents_digest`
 (hub/consensus/quorum.py). No data changes: existing blocks have no row here.
 """
 
@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("height", sa.BigInteger, sa.ForeignKey("blocks.height"), primary_key=True, autoincrement=False),
         sa.Column("view", sa.BigInteger, nullable=False),
         sa.Column("prev", sa.LargeBinary(32), nullable=False),
-        sa.Column("batches_digest", sa.LargeBinary(32), nullable=False),
+        sa.Column("contents_digest", sa.LargeBinary(32), nullable=False),
     )
 
 
