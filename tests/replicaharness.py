@@ -42,56 +42,42 @@ def free_range(n: int) -> int:
             return base
 
 
-class HubReplicas:
-    def __init__(self, directory: Path, n: int = 4, chain_id: str = "sub-test", base_timeout: float = 0.5,
-                 reserves: int = 0) -> None:
+class ReplicaProcesses:
+    """Replica processes on loopback made by `gridtrace chain init` (mutual TLS between them):
+    start, kill -9, pause (SIGSTOP, as if cut off), resume, and ask one for its Status."""
+
+    def __init__(self, directory: Path, n: int, reserves: int = 0, base_timeout: float = 0.5) -> None:
         """n consensus replicas and `reserves` reserve replicas (ids n, n+1, ...): self.n counts both."""
-        active = n
-        self.dir, self.n, self.chain_id = directory, n + reserves, chain_id
-        n = self.n
-        base = free_range(2 * n)
+        self.dir, self.n = directory, n + reserves
+        base = free_range(2 * self.n)  # replica i on base + i; the next n ports for what a subclass serves
         subprocess.run(
-            [sys.executable, "-m", "gridtrace", "chain", "init", "--replicas", str(active), "--reserves", str(reserves),
-             "--dir", str(directory), "--chain-id", chain_id, "--base-port", str(base), "--hub-base-port", str(base + n),
-             "--base-timeout", str(base_timeout)],
+            [sys.executable, "-m", "gridtrace", "chain", "init", "--replicas", str(n), "--reserves", str(reserves),
+             "--dir", str(directory), "--base-port", str(base), "--base-timeout", str(base_timeout),
+             *self.init_args(base + self.n)],
             check=True, capture_output=True,
         )
-        self.hubs = tuple(f"127.0.0.1:{base + n + i}" for i in range(n))
         self.replica_cfg = load_replica_config(directory / "replica-0.toml")
         self.procs: dict[int, subprocess.Popen] = {}
 
-    def hub_toml(self, i: int) -> Path:
-        return self.dir / f"hub-{i}" / "hub.toml"
+    def init_args(self, free_port: int) -> tuple[str, ...]:
+        """More `chain init` arguments; `free_port` starts n free ports."""
+        return ()
 
-    def register(self, gateway_id: str, signer: Signer) -> None:
-        pub = self.dir / f"{gateway_id}.pub.pem"
-        write_public_key(pub, signer.public_key)
-        for i in range(self.n):
-            subprocess.run(
-                [sys.executable, "-m", "gridtrace", "hub", "gateway", "add", gateway_id, "--public-key", str(pub),
-                 "--config", str(self.hub_toml(i))],
-                check=True, capture_output=True,
-            )
+    def command(self, i: int) -> list[str]:
+        return ["chain", "replica", "--config", str(self.dir / f"replica-{i}.toml")]
 
-    def uplink_config(self, first: int = 0, max_in_flight: int = 16) -> UplinkConfig:
-        """An agent's uplink to every replica, starting with replica `first`."""
-        order = [(first + k) % self.n for k in range(self.n)]
-        return UplinkConfig(
-            hub=self.hubs[order[0]], tls_ca=self.dir / "tls" / "ca.pem", tls_server_name=None,
-            hub_public_key=self.dir / f"hub-{order[0]}" / "hub.pub.pem", insecure_plaintext=False,
-            max_in_flight=max_in_flight, reconnect_max_s=1.0, hubs=tuple(self.hubs[i] for i in order),
-            hub_public_keys=tuple(self.dir / f"hub-{i}" / "hub.pub.pem" for i in order),
-        )
+    def log_path(self, i: int) -> Path:
+        return self.dir / f"replica-{i}.log"
 
     def start(self, i: int) -> None:
-        log = open(self.dir / f"hub-{i}.log", "ab")  # noqa: SIM115 - the process keeps it
+        log = open(self.log_path(i), "ab")  # noqa: SIM115 - the process keeps it
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "gridtrace", "--log-format", "text", "hub", "serve", "--config", str(self.hub_toml(i))],
+            [sys.executable, "-m", "gridtrace", "--log-format", "text", *self.command(i)],
             stdout=log, stderr=subprocess.STDOUT,
         )
 
     def log(self, i: int) -> str:
-        return (self.dir / f"hub-{i}.log").read_text(errors="replace")
+        return self.log_path(i).read_text(errors="replace")
 
     def wait_ready(self, replicas: list[int], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -102,7 +88,7 @@ class HubReplicas:
                     break
                 except Exception:  # noqa: BLE001 - not listening yet
                     if time.monotonic() > deadline or self.procs[i].poll() is not None:
-                        pytest.fail(f"hub replica {i} did not start: {self.log(i)[-3000:]}")
+                        pytest.fail(f"replica {i} did not start: {self.log(i)[-3000:]}")
                     time.sleep(0.1)
 
     def kill(self, i: int) -> None:
@@ -131,9 +117,52 @@ class HubReplicas:
             call = ch.unary_unary(f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None)
             return await call(data, timeout=5)
 
-    def status(self, i: int) -> dict:
-        """The consensus state of replica i (its replica service's Status, from the last block)."""
-        return json.loads(asyncio.run(self._call(i, "Status", (1 << 62).to_bytes(8, "big"))))
+    def status(self, i: int, chain: bool = False) -> dict:
+        """Replica i's consensus state (its Status): with `chain`, the whole decided chain."""
+        ask = b"" if chain else (1 << 62).to_bytes(8, "big")
+        return json.loads(asyncio.run(self._call(i, "Status", ask)))
+
+
+class HubReplicas(ReplicaProcesses):
+    """The replicas as hubs (`gridtrace hub serve` with `[consensus]`), TLS towards gateways."""
+
+    def __init__(self, directory: Path, n: int = 4, chain_id: str = "sub-test", base_timeout: float = 0.5,
+                 reserves: int = 0) -> None:
+        self.chain_id = chain_id
+        super().__init__(directory, n, reserves, base_timeout)
+
+    def init_args(self, free_port: int) -> tuple[str, ...]:
+        self.hubs = tuple(f"127.0.0.1:{free_port + i}" for i in range(self.n))
+        return ("--chain-id", self.chain_id, "--hub-base-port", str(free_port))
+
+    def command(self, i: int) -> list[str]:
+        return ["hub", "serve", "--config", str(self.hub_toml(i))]
+
+    def log_path(self, i: int) -> Path:
+        return self.dir / f"hub-{i}.log"
+
+    def hub_toml(self, i: int) -> Path:
+        return self.dir / f"hub-{i}" / "hub.toml"
+
+    def register(self, gateway_id: str, signer: Signer) -> None:
+        pub = self.dir / f"{gateway_id}.pub.pem"
+        write_public_key(pub, signer.public_key)
+        for i in range(self.n):
+            subprocess.run(
+                [sys.executable, "-m", "gridtrace", "hub", "gateway", "add", gateway_id, "--public-key", str(pub),
+                 "--config", str(self.hub_toml(i))],
+                check=True, capture_output=True,
+            )
+
+    def uplink_config(self, first: int = 0, max_in_flight: int = 16) -> UplinkConfig:
+        """An agent's uplink to every replica, starting with replica `first`."""
+        order = [(first + k) % self.n for k in range(self.n)]
+        return UplinkConfig(
+            hub=self.hubs[order[0]], tls_ca=self.dir / "tls" / "ca.pem", tls_server_name=None,
+            hub_public_key=self.dir / f"hub-{order[0]}" / "hub.pub.pem", insecure_plaintext=False,
+            max_in_flight=max_in_flight, reconnect_max_s=1.0, hubs=tuple(self.hubs[i] for i in order),
+            hub_public_keys=tuple(self.dir / f"hub-{i}" / "hub.pub.pem" for i in order),
+        )
 
     def primary(self) -> int:
         states = []

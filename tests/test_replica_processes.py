@@ -6,81 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from replicaharness import ReplicaProcesses
 
-from hub.consensus.process import SERVICE, open_channel
-from hub.consensus.replica_config import load_replica_config
-
-from hubharness import free_port
+from hub.consensus.process import SERVICE
 
 N = 4
 
 
-class Cluster:
+class Cluster(ReplicaProcesses):
+    """Digests-only replicas (`gridtrace chain replica`), given batch digests to order."""
+
     def __init__(self, directory: Path) -> None:
-        base = free_port()
-        while any(_taken(base + i) for i in range(N)):
-            base = free_port()
-        subprocess.run(
-            [sys.executable, "-m", "gridtrace", "chain", "init", "--replicas", str(N), "--dir", str(directory),
-             "--base-port", str(base), "--base-timeout", "0.5"],
-            check=True, capture_output=True,
-        )
-        self.dir = directory
-        self.cfg = load_replica_config(directory / "replica-0.toml")
-        self.procs: dict[int, subprocess.Popen] = {}
+        super().__init__(directory, N)
+        self.cfg = self.replica_cfg
         self.submitted: list[bytes] = []
-
-    def start(self, i: int) -> None:
-        log = open(self.dir / f"replica-{i}.log", "ab")  # noqa: SIM115 - the process keeps it
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "gridtrace", "--log-format", "text", "chain", "replica", "--config",
-             str(self.dir / f"replica-{i}.toml")],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, replicas: list[int], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for i in replicas:
-            while True:
-                try:
-                    self.status(i)
-                    break
-                except Exception:  # noqa: BLE001 - not listening yet
-                    if time.monotonic() > deadline or self.procs[i].poll() is not None:
-                        pytest.fail(f"replica {i} did not start: {(self.dir / f'replica-{i}.log').read_text()[-2000:]}")
-                    time.sleep(0.1)
-
-    def kill(self, i: int) -> None:
-        self.procs[i].kill()
-        self.procs[i].wait()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    async def _call(self, i: int, method: str, data: bytes) -> bytes:
-        async with open_channel(self.cfg, self.cfg.peers[i].address) as ch:
-            call = ch.unary_unary(f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None)
-            return await call(data, timeout=5)
-
-    def status(self, i: int) -> dict:
-        return json.loads(asyncio.run(self._call(i, "Status", b"")))
 
     def submit(self, replicas: list[int], count: int, tag: str) -> None:
         for k in range(count):
@@ -94,7 +39,7 @@ class Cluster:
         want = {d.hex() for d in self.submitted}
         while True:
             try:
-                states = [self.status(i) for i in replicas]
+                states = [self.status(i, chain=True) for i in replicas]
             except Exception:  # noqa: BLE001 - a replica still starting
                 states = []
             if states and all(want <= {b for block in s["batches"] for b in block} for s in states) \
@@ -104,16 +49,6 @@ class Cluster:
                 pytest.fail(f"not all batches decided within {timeout} s: "
                             f"{[(s['id'], s['height'], s['view'], s['pending']) for s in states]}")
             time.sleep(0.2)
-
-
-def _taken(port: int) -> bool:
-    import socket
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def test_replicas_agree_through_kills_a_pause_and_restarts(tmp_path: Path) -> None:

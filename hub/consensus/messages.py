@@ -20,6 +20,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 DIGEST = 32
 
@@ -42,7 +43,7 @@ class Proposal:
     # evidence the replicas' points are settled by (hub/consensus/membership.py).
     last_commit: tuple[Signed, ...] = ()
 
-    @property
+    @cached_property  # asked for at every vote and check; the proposal never changes
     def digest(self) -> bytes:
         return proposal_digest(
             self.height, self.prev, hashlib.sha256(self.header).digest(),
@@ -235,11 +236,18 @@ def _fields(m: object) -> bytes:
 
 
 def encode(m: object) -> bytes:
-    """The canonical bytes of a consensus message (what signatures cover)."""
+    """The canonical bytes of a consensus message (what signatures cover). Messages are
+    immutable, and one is encoded again at every signature check and inside every message that
+    carries it: the bytes are kept on the message the first time."""
+    cached = getattr(m, "__dict__", {}).get("_canonical")
+    if cached is not None:
+        return cached
     tag = _TAGS.get(type(m))
     if tag is None:
         raise TypeError(f"not a consensus message: {type(m).__name__}")
-    return bytes([len(tag)]) + tag + _fields(m)
+    data = bytes([len(tag)]) + tag + _fields(m)
+    object.__setattr__(m, "_canonical", data)
+    return data
 
 
 class _Reader:
