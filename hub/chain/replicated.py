@@ -41,7 +41,7 @@ from hub.consensus.messages import DIGEST, CommitCertificate
 from hub.consensus.process import SERVICE, ReplicaProcess, load_journal, open_channel
 from hub.consensus.quorum import block_quorum
 from hub.consensus.replica_config import ReplicaConfig
-from hub.ingest.check import Rejection
+from hub.ingest.check import Reason, Rejection
 from hub.metrics import HubMetrics
 from hub.storage.store import NewBatch, Store, StoredQuorum
 from protos import readings_pb2 as pb
@@ -112,11 +112,12 @@ class ReplicatedChain:
         # rebuilding the message from the database (a third of a fetch's cost).
         self.raw: OrderedDict[bytes, bytes] = OrderedDict()
         self.raw_bytes = 0
-        self.fetching: set[bytes] = set()
+        self.fetching: set[tuple[bytes, int]] = set()  # (batch, first peer asked) of fetches under way
         self.channels: dict[int, grpc.aio.Channel] = {}
         self.applied_height = 0
         self.stopped: str | None = None  # why applying stopped (a divergence), for status and health
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []  # the replica and the block writer
+        self._fetches: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
 
     async def _run_db(self, fn, *args):  # noqa: ANN001, ANN202
@@ -152,18 +153,34 @@ class ReplicatedChain:
             self.to_apply.put_nowait(cert)
         self.applied_height = height
         self.process = ReplicaProcess(self.cfg, self.ledger, app=self, journal=journal)
+        # Batches stored before a restart and not yet in a block: to be ordered again (their
+        # forwards may never have left).
+        if self.ledger.held:
+            self.process.give(sorted(self.ledger.held))
         self._tasks = [
             asyncio.create_task(self.process.run(self._stop), name="replica"),
             asyncio.create_task(self._apply_loop(), name="block-applier"),
         ]
+        for t in self._tasks:
+            t.add_done_callback(self._task_ended)
         log.info("replica %d of %d: store at height %d, journal at %d", self.cfg.id, self.cfg.n, height, len(decided),
                  extra={"height": height})
 
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """The replica and the block writer run until stop: one that ends otherwise stops this
+        replica's blocks, which health reports (NOT_SERVING) and the log says why."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        exc = task.exception()
+        self.stopped = f"{task.get_name()} stopped: {exc!r}" if exc else f"{task.get_name()} stopped"
+        log.critical("%s; this replica writes no more blocks and sends no more receipts", self.stopped,
+                     exc_info=exc)
+
     async def stop(self) -> None:
         self._stop.set()
-        for t in self._tasks[1:]:
+        for t in [*self._tasks[1:], *self._fetches]:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._fetches, return_exceptions=True)
         for ch in self.channels.values():
             await ch.close()
 
@@ -205,10 +222,12 @@ class ReplicatedChain:
             self.to_apply.put_nowait(c)
 
     def fetch(self, request: Fetch) -> None:
-        want = [b for b in request.batches if b not in self.fetching and not self.ledger.holds(b)]  # type: ignore[union-attr]
+        first = request.peers[0] if request.peers else -1
+        want = [b for b in request.batches if (b, first) not in self.fetching and not self.ledger.holds(b)]  # type: ignore[union-attr]
         if want:
-            self._tasks.append(asyncio.create_task(self._fetch(want, request.peers)))
-            self._tasks = [t for t in self._tasks if not t.done()]
+            task = asyncio.create_task(self._fetch(want, request.peers))
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         return {BATCHES: grpc.unary_unary_rpc_method_handler(
@@ -218,7 +237,8 @@ class ReplicatedChain:
 
     async def _fetch(self, want: list[bytes], peers: Sequence[int]) -> set[bytes]:
         """Ask peers in turn for `want`; check and store what they send. Returns what was stored."""
-        self.fetching.update(want)
+        first = peers[0] if peers else -1
+        self.fetching.update((b, first) for b in want)
         got: set[bytes] = set()
         try:
             for peer in peers:
@@ -229,7 +249,9 @@ class ReplicatedChain:
                     try:
                         raws = await self._ask(peer, rest[:1000])
                     except (grpc.aio.AioRpcError, ValueError) as exc:
-                        log.debug("fetching %d batches from replica %d failed: %s", len(rest), peer, exc)
+                        detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                        log.warning("fetching %d batches from replica %d failed: %s", len(rest), peer, detail,
+                                    extra={"peer": peer})
                         break
                     got |= await self._store_fetched(peer, raws, set(rest))
                     left = [b for b in rest if b not in got]
@@ -237,7 +259,7 @@ class ReplicatedChain:
                         break  # this peer has no more of them
                     rest = left
         finally:
-            self.fetching.difference_update(want)
+            self.fetching.difference_update((b, first) for b in want)
         if got:
             self.process.arrived(sorted(got))  # type: ignore[union-attr]
         return got
@@ -252,7 +274,7 @@ class ReplicatedChain:
         """The raw batches the peer holds among `digests` (it may cut a long answer short)."""
         call = self._channel(peer).unary_unary(f"/{SERVICE}/{BATCHES}", request_serializer=None,
                                                response_deserializer=None)
-        return unframe(await call(b"".join(digests), timeout=10.0))
+        return unframe(await call(b"".join(digests), timeout=5.0))
 
     async def _store_fetched(self, peer: int, raws: list[bytes], wanted: set[bytes]) -> set[bytes]:
         fresh: list[NewBatch] = []
@@ -260,8 +282,13 @@ class ReplicatedChain:
             try:
                 checked = await self.ingestor.check(raw)
             except Rejection as exc:
-                log.warning("replica %d served a batch that fails the check: %s", peer, exc.message,
-                            extra={"peer": peer, "reason": exc.reason.label})
+                if exc.reason is Reason.UNKNOWN_GATEWAY:
+                    log.error("replica %d served a batch of a gateway this hub does not know: %s; register the "
+                              "gateway with every replica (gridtrace hub gateway add)", peer, exc.message,
+                              extra={"peer": peer, "reason": exc.reason.label})
+                else:
+                    log.warning("replica %d served a batch that fails the check: %s", peer, exc.message,
+                                extra={"peer": peer, "reason": exc.reason.label})
                 continue
             b = checked.batch
             if b.hash in wanted and not self.ledger.holds(b.hash):  # type: ignore[union-attr]
@@ -279,7 +306,13 @@ class ReplicatedChain:
         digests = [request[i : i + DIGEST] for i in range(0, len(request), DIGEST)]
         cached = [self.raw[d] for d in digests if d in self.raw]
         if len(cached) == len(digests):
-            return frame(cached)
+            out, size = [], 0
+            for raw in cached:  # the same cap as from the database: the asker asks again for the rest
+                size += len(raw)
+                if out and size > MAX_ANSWER_BYTES:
+                    break
+                out.append(raw)
+            return frame(out)
         return frame(await self._run_db(self._wire_batches, digests))
 
     def _wire_batches(self, digests: list[bytes]) -> list[bytes]:

@@ -176,6 +176,7 @@ class Replica:
         self.resent_at = 0.0
         self.unforwarded: list[bytes] = []  # submitted, to forward on the next tick (batch_delay > 0)
         self.new_views: dict[int, Signed] = {}  # views this replica started as primary: their NEW-VIEW
+        self.deferred_new_view: Signed | None = None  # one for an epoch we had not reached yet
 
     # -- state ---------------------------------------------------------------------------
 
@@ -469,8 +470,7 @@ class Replica:
                 # The primary did its part; fetching the batches is ours: one more timeout for it
                 # (once per proposal, so unavailable batches cannot stall a view for ever).
                 self.waited.add((view, p.height))
-                if self.deadline is not None:
-                    self.deadline = max(self.deadline, self.now + self.timeout)
+                self.deadline = max(self.deadline or 0.0, self.now + self.timeout)
             return fetch
         if self.ledger.check(p, self.now) is not None or not certificates.valid_last_commit(
             self.members(p.height - 1), self.keys, p
@@ -531,7 +531,7 @@ class Replica:
         if slot is None or slot.pre_prepare is None or slot.pre_prepare.body.proposal.digest != digest:
             return []
         mh = self.members(height)
-        if mh is None:
+        if mh is None or slot.pre_prepare.replica != mh.primary(view):
             return []
         prepares = {r: s for r, s in slot.prepares.get(digest, {}).items() if r != mh.primary(view) and mh.votes(r)}
         if len(prepares) < mh.quorum - 1:
@@ -615,7 +615,13 @@ class Replica:
             out += self._count_checkpoint(self.me, cp.body)
         if self.fetching is not None and not self._behind():
             self.fetching = None
-        return out + self._replay() + self._propose()
+        out += self._replay() + self._propose()
+        if self.changing_to is not None:  # a new view that waited for this block's epoch
+            out += self._maybe_new_view(self.changing_to)
+        if self.deferred_new_view is not None:
+            nv, self.deferred_new_view = self.deferred_new_view, None
+            out += self._on_new_view(nv, nv.body)  # type: ignore[arg-type]
+        return out
 
     def _replay(self) -> list[Action]:
         """Messages for the next height that arrived before this replica got there."""
@@ -667,16 +673,19 @@ class Replica:
     def _on_view_change(self, m: Signed, body: ViewChange) -> list[Action]:
         if body.view == self.view and body.view in self.new_views:
             return [Send(self.new_views[body.view], to=m.replica)]  # it missed our NEW-VIEW
-        if body.view <= self.view or not self.m.votes(m.replica) or not certificates.valid_view_change(
-            self.members, self.keys, m
-        ):
+        if body.view <= self.view:
             return []
-        self.view_changes.setdefault(body.view, {})[m.replica] = m
         out: list[Action] = []
         if body.committed is not None and body.committed.proposal.height > self.height:
+            # Before it can be checked: a replica behind an epoch it does not know yet cannot check
+            # the certificate, but f+1 such claims still tell it to fetch blocks.
             out += self._note_ahead(m.replica, body.committed.proposal.height)
-        # f+1 replicas want a higher view: at least one correct replica timed out, so follow.
-        wanting = {r for v, vcs in self.view_changes.items() if v > self.view for r in vcs}
+        if not certificates.valid_view_change(self.members, self.keys, m):
+            return out
+        # Kept from any replica: whose count is decided by the membership after the quorum's top block.
+        self.view_changes.setdefault(body.view, {})[m.replica] = m
+        # f+1 consensus replicas want a higher view: at least one correct replica timed out, so follow.
+        wanting = {r for v, vcs in self.view_changes.items() if v > self.view for r in vcs if self.m.votes(r)}
         current = self.changing_to if self.changing_to is not None else self.view
         if len(wanting) >= self.m.f + 1:
             lowest = min(v for v, vcs in self.view_changes.items() if v > current and vcs) if any(
@@ -687,16 +696,28 @@ class Replica:
         return out + self._maybe_new_view(body.view)
 
     def _maybe_new_view(self, view: int) -> list[Action]:
-        if self.m.primary(view) != self.me or view in self.new_view_sent or self.changing_to != view:
+        if view in self.new_view_sent or self.changing_to != view:
             return []
-        vcs = {r: v for r, v in self.view_changes.get(view, {}).items() if self.m.votes(r)}
-        if len(vcs) < self.m.quorum:
+        received = self.view_changes.get(view, {})
+        # The new view is for the height after the highest block any of them committed, and the
+        # membership of that height says who is primary and what a quorum is: take that block
+        # first (its certificate is here); an epoch not known yet waits for the blocks fetched.
+        top_all, _ = certificates.new_view_plan(received.values())
+        mt = self.members(certificates.top_height(top_all) + 1)
+        if mt is None:
+            return self._adopt(top_all)
+        if mt.primary(view) != self.me:
             return []
-        chosen = tuple(vcs[r] for r in sorted(vcs)[: self.m.quorum])
+        vcs = {r: v for r, v in received.items() if mt.votes(r)}
+        if len(vcs) < mt.quorum:
+            return []
+        def committed(r: int) -> int:
+            c = vcs[r].body.committed  # type: ignore[union-attr]
+            return c.proposal.height if c is not None else 0
+        chosen = tuple(vcs[r] for r in sorted(vcs, key=lambda r: (-committed(r), r))[: mt.quorum])
         top, carried = certificates.new_view_plan(chosen)
         self.new_view_sent.add(view)
         out: list[Action] = []
-        # Take the highest committed block of the quorum first if we lack it (its certificate is here).
         out += self._adopt(top)
         proposal = carried
         if proposal is None and self._held_pending() and certificates.top_height(top) == self.height:
@@ -708,17 +729,21 @@ class Replica:
 
     def _on_new_view(self, m: Signed, body: NewView) -> list[Action]:
         view = body.view
-        if m.replica != self.m.primary(view) or view < (self.changing_to or self.view) or view <= self.view:
-            return []
-        signers = {s.replica for s in body.view_changes}
-        if len(signers) != len(body.view_changes) or len(signers) < self.m.quorum or not all(
-            self.m.votes(r) for r in signers
-        ):
+        if view < (self.changing_to or self.view) or view <= self.view:
             return []
         if not all(isinstance(s.body, ViewChange) and s.body.view == view
                    and certificates.valid_view_change(self.members, self.keys, s) for s in body.view_changes):
             return []
         top, carried = certificates.new_view_plan(body.view_changes)
+        # Primary and quorum are those of the height the new view is for.
+        mt = self.members(certificates.top_height(top) + 1)
+        if mt is None:  # an epoch not known yet: fetch up to it, then look at this new view again
+            self.deferred_new_view = m
+            return self._adopt(top)
+        signers = {s.replica for s in body.view_changes}
+        if m.replica != mt.primary(view) or len(signers) != len(body.view_changes) or len(signers) < mt.quorum \
+                or not all(mt.votes(r) for r in signers):
+            return []
         pp = body.pre_prepare
         if pp is not None:
             if not (isinstance(pp.body, PrePrepare) and pp.body.view == view and pp.replica == m.replica

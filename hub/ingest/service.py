@@ -181,7 +181,15 @@ class Ingestor:
         try:
             if b.gateway_id in self._stale_heads:
                 await self._reload_head(b.gateway_id)
-            if place_in_chain(checked.header, self.heads.get(b.gateway_id)) is Placement.SEEN:
+            try:
+                placement = place_in_chain(checked.header, self.heads.get(b.gateway_id))
+            except Rejection as exc:
+                if exc.reason is not Reason.GAP or self.sealing is None:
+                    raise
+                # A replica may not have fetched the batches before it from its peers yet.
+                raise Rejection(Reason.UNAVAILABLE, f"{exc.message}; this replica may still be fetching them from "
+                                "its peers: send it again, or to another replica") from exc
+            if placement is Placement.SEEN:
                 fut = await self._resent(b)
             else:
                 self.heads[b.gateway_id] = (b.seq, b.hash)
@@ -247,6 +255,8 @@ class Ingestor:
         if stored is None or stored.hash != b.hash:
             raise fork
         fut = loop.create_future()
+        if self.sealing is not None and stored.block_height is None:
+            self.sealing.stored([b])  # ordered again: the forward may have been lost with a restart
         self._receipt_when_sealed(fut, self._receipt(b, stored.stored_ns, duplicate=True), b.hash,
                                   sealed=stored.block_height is not None)
         self.accepted["duplicate"] += 1
@@ -297,7 +307,9 @@ class Ingestor:
     async def _commit(self, group: list[tuple[NewBatch, asyncio.Future]]) -> None:
         stored_ns = time.time_ns()
         try:
-            await self._run_db(self.store.store_batches, [b for b, _ in group], stored_ns)
+            # A replicated hub may hold some already, fetched from the replica a gateway sent
+            # them to first: those are skipped, their receipts wait for the block like the rest.
+            await self._run_db(self.store.store_batches, [b for b, _ in group], stored_ns, self.sealing is not None)
         except Exception as exc:  # noqa: BLE001 - any database failure: nothing of the group receipted
             if len(group) == 1:
                 self._fail_gateways(group, {group[0][0].gateway_id}, f"database commit failed: {exc}")
@@ -319,7 +331,7 @@ class Ingestor:
                 continue
             stored_ns = time.time_ns()
             try:
-                await self._run_db(self.store.store_batches, [b], stored_ns)
+                await self._run_db(self.store.store_batches, [b], stored_ns, self.sealing is not None)
             except Exception as exc:  # noqa: BLE001
                 failed[b.gateway_id] = f"database commit failed: {exc}"
                 continue
