@@ -247,7 +247,7 @@ def test_a_primary_proposes_only_batches_it_holds_and_fetches_the_others_from_wh
                  and isinstance(a.message.body, PrePrepare)]
     assert [p.batches for p in proposals] == [(batch(1),)]
     fetches = [a for a in primary.tick(0.6 * CONFIG.base_timeout) if isinstance(a, Fetch)]
-    assert [(f.batches, f.peers) for f in fetches] == [((batch(2),), (2,))]
+    assert [(f.batches, f.peers) for f in fetches] == [((batch(2),), (2, 1, 3))]  # the teller, then the others
 
 
 def test_made_up_forwarded_digests_cause_no_view_change_and_are_forgotten() -> None:

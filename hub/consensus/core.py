@@ -321,7 +321,10 @@ class Replica:
                 continue
             if self.now - self.pending[b] > base / 2:
                 by_peer.setdefault(peer, []).append(b)
-        return [Fetch(tuple(bs[: self.config.max_batches]), (peer,)) for peer, bs in sorted(by_peer.items())]
+        # The teller first; if it does not answer (paused, cut off), any other replica that has them.
+        return [Fetch(tuple(bs[: self.config.max_batches]),
+                      (peer, *(r for r in range(self.config.n) if r not in (peer, self.me))))
+                for peer, bs in sorted(by_peer.items())]
 
     def receive(self, m: Signed, now: float) -> list[Action]:
         self.now = now

@@ -292,6 +292,15 @@ class Ingestor:
             signature=self.signer.sign(encode_receipt(stmt)),
         )
 
+    def _store_batches(self, batches: list[NewBatch], stored_ns: int) -> None:
+        """On the database thread. A replicated hub may hold some already, fetched from the
+        replica a gateway sent them to first: those are skipped, and their receipts wait for
+        the block like the others'."""
+        if self.sealing is None:
+            self.store.store_batches(batches, stored_ns)
+        else:
+            self.store.store_batches(batches, stored_ns, skip_stored=True)
+
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
@@ -307,9 +316,7 @@ class Ingestor:
     async def _commit(self, group: list[tuple[NewBatch, asyncio.Future]]) -> None:
         stored_ns = time.time_ns()
         try:
-            # A replicated hub may hold some already, fetched from the replica a gateway sent
-            # them to first: those are skipped, their receipts wait for the block like the rest.
-            await self._run_db(self.store.store_batches, [b for b, _ in group], stored_ns, self.sealing is not None)
+            await self._run_db(self._store_batches, [b for b, _ in group], stored_ns)
         except Exception as exc:  # noqa: BLE001 - any database failure: nothing of the group receipted
             if len(group) == 1:
                 self._fail_gateways(group, {group[0][0].gateway_id}, f"database commit failed: {exc}")
@@ -331,7 +338,7 @@ class Ingestor:
                 continue
             stored_ns = time.time_ns()
             try:
-                await self._run_db(self.store.store_batches, [b], stored_ns, self.sealing is not None)
+                await self._run_db(self._store_batches, [b], stored_ns)
             except Exception as exc:  # noqa: BLE001
                 failed[b.gateway_id] = f"database commit failed: {exc}"
                 continue
