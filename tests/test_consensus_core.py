@@ -261,3 +261,65 @@ def test_made_up_forwarded_digests_cause_no_view_change_and_are_forgotten() -> N
         r.tick(t)
     assert r.view_change_count == 0 and r.changing_to is None
     assert batch(5) not in r.pending
+
+
+# -- custody (payload_copies < n) ------------------------------------------------------------
+
+CUSTODY = ConsensusConfig(n=4, checkpoint_interval=2, base_timeout=1.0, payload_copies=2)
+
+
+def custody_forward(sender: int, *batches: bytes, headers: tuple[bytes, ...] | None = None) -> Signed:
+    from hub.consensus.ledger import sim_header
+
+    return sign_message(keys(sender), Forward(batches, headers if headers is not None else
+                                              tuple(sim_header(b) for b in batches)))
+
+
+def test_with_custody_one_replica_besides_the_teller_fetches_and_says_so_and_the_others_do_not() -> None:
+    """payload_copies = 2: of the three replicas told by replica 0, exactly one (picked by the
+    digest, alike everywhere) fetches the batch; once stored it forwards it in turn."""
+    b = batch(7)
+    fetchers = []
+    for i in (1, 2, 3):
+        r = Replica(CUSTODY, keys(i), DigestLedger())
+        if any(isinstance(a, Fetch) for a in r.receive(custody_forward(0, b), 0.0)):
+            fetchers.append((i, r))
+    assert len(fetchers) == 1
+    i, r = fetchers[0]
+    r.ledger.held.add(b)
+    sent = [a.message.body for a in r.batches_arrived([b], 0.1) if isinstance(a, Send)]
+    assert any(isinstance(m, Forward) and m.batches == (b,) and m.headers for m in sent)
+
+
+def test_with_custody_a_replica_votes_for_a_batch_it_does_not_store_once_f_plus_1_say_they_do() -> None:
+    b = batch(8)
+    # A backup that is not a custodian of b when replica 0 tells of it.
+    backup = next(i for i in (1, 2, 3) if not Replica(CUSTODY, keys(i), DigestLedger())._custodian(b, 0))
+    r = Replica(CUSTODY, keys(backup), DigestLedger())
+    r.receive(custody_forward(0, b), 0.0)
+    p = proposal(1, bytes(32), (b,))
+    pp = sign_message(keys(0), PrePrepare(0, p))
+    acts = r.receive(pp, 0.0)
+    # One holder is not enough (it may be the faulty one): fetch instead of voting.
+    assert not any(isinstance(a, Send) and isinstance(a.message.body, Prepare) for a in acts)
+    assert [a.batches for a in acts if isinstance(a, Fetch)] == [(b,)]
+    other = next(i for i in (1, 2, 3) if i != backup)
+    acts = r.receive(custody_forward(other, b), 0.1)
+    assert [a.message.body for a in acts if isinstance(a, Send)] == [Prepare(0, 1, p.digest)]
+    assert not r.ledger.holds(b)
+
+
+def test_with_custody_a_forward_whose_header_is_not_the_batchs_counts_for_nothing() -> None:
+    b = batch(9)
+    r = Replica(CUSTODY, keys(1), DigestLedger())
+    assert r.receive(custody_forward(2, b, headers=(b"not the header",)), 0.0) == []
+    assert r.receive(sign_message(keys(2), Forward((b,))), 0.0) == []  # no headers at all
+    assert b not in r.pending and not r.ledger.knows(b)
+    r.receive(custody_forward(3, b), 0.0)
+    r.receive(custody_forward(2, b, headers=(b"lie",)), 0.0)
+    assert r.holders[b] == {3}
+
+
+def test_payload_copies_below_f_plus_1_is_refused() -> None:
+    with pytest.raises(ValueError, match="f\\+1 = 2"):
+        ConsensusConfig(n=4, payload_copies=1)

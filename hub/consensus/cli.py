@@ -34,6 +34,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     sim.add_argument("--replicas", type=int, default=4, help="consensus replicas n (default 4; f = (n-1)//3)")
     sim.add_argument("--reserves", type=int, default=0, help="reserve replicas besides them (default 0)")
+    sim.add_argument("--payload-copies", type=int, default=0,
+                     help="custody: replicas that store each batch (at least f+1; default 0, every replica)")
     sim.add_argument("--seeds", type=int, default=100, help="seeds per fault mix (default 100)")
     sim.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     sim.add_argument("--faults", default=",".join(DEFAULT_MIXES), help="fault mixes, comma-separated (default: all)")
@@ -90,7 +92,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     failed = False
     started = time.monotonic()
     for faults in mixes:
-        outcomes = simulate(args.replicas, seeds, faults, duration=args.duration, heal_at=heal, reserves=args.reserves)
+        outcomes = simulate(args.replicas, seeds, faults, duration=args.duration, heal_at=heal, reserves=args.reserves,
+                            payload_copies=args.payload_copies)
         failed |= _report(faults, outcomes)
     print(f"{time.monotonic() - started:.1f} s")
     return 1 if failed else 0

@@ -25,6 +25,20 @@ class ConsensusConfig:
     batch_delay: float = 0.0
     fetch_batch: int = 50  # blocks per state-transfer answer
     active: tuple[int, ...] = ()  # the first consensus replicas; () = all n (no reserves)
+    # Custody: how many replicas store each batch's entries (the one a gateway gave it to, and
+    # custodians picked by the batch's digest). The others keep its header and vote for a block
+    # sealing it once f+1 consensus replicas said they store it. 0: every replica stores every batch.
+    payload_copies: int = 0
+
+    def __post_init__(self) -> None:
+        f = self.initial_membership().f
+        if self.payload_copies and not f + 1 <= self.payload_copies:
+            raise ValueError(f"payload_copies must be 0 (every replica) or at least f+1 = {f + 1}, "
+                             f"got {self.payload_copies}")
+
+    @property
+    def custody(self) -> bool:
+        return 0 < self.payload_copies < self.n
 
     def initial_membership(self) -> Membership:
         active = self.active or tuple(range(self.n))

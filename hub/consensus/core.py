@@ -41,6 +41,7 @@ receipts the replies):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -157,6 +158,8 @@ class Replica:
         }
         self.pending: dict[bytes, float] = {}  # batch digest -> when first seen
         self.sources: dict[bytes, int] = {}  # pending batch not held -> the replica that told us of it
+        # Custody: pending batch -> the replicas that said (by a forward) they store it.
+        self.holders: dict[bytes, set[int]] = {}
         self.fetched_at = 0.0
         self.waited: set[tuple[int, int]] = set()  # (view, height) of proposals we fetched batches for
         self.slots: dict[tuple[int, int], _Slot] = {}
@@ -254,16 +257,22 @@ class Replica:
         if self.config.batch_delay:  # one forward per tick for what arrived meanwhile
             self.unforwarded.extend(new)
             return self._work_arrived()
-        out: list[Action] = [Send(self._sign(Forward(new)))]
+        out: list[Action] = [self._forward(new)]
         return out + self._work_arrived()
 
     def batches_arrived(self, batches: Iterable[bytes], now: float) -> list[Action]:
         """Batches fetched from a peer are now stored and held: vote for the block waiting on
         them, or propose them."""
         self.now = now
+        batches = tuple(batches)
         for b in batches:
             self.sources.pop(b, None)
-        out = self._work_arrived() if self._held_pending() else []
+        out: list[Action] = []
+        if self.config.custody:  # say so: with this replica's word the batch may be available to all
+            mine = tuple(sorted(b for b in set(batches) if b in self.pending and self.ledger.holds(b)))
+            if mine:
+                out.append(self._forward(mine))
+        out += self._work_arrived() if self._held_pending() else []
         return out + self._replay()
 
     def tick(self, now: float) -> list[Action]:
@@ -279,7 +288,7 @@ class Replica:
                 fresh = tuple(b for b in self.unforwarded if b in self.pending)
                 self.unforwarded = []
                 for i in range(0, len(fresh), self.config.max_batches):
-                    out.append(Send(self._sign(Forward(fresh[i : i + self.config.max_batches]))))
+                    out.append(self._forward(fresh[i : i + self.config.max_batches]))
             out += self._propose()
         if self.sources:
             out += self._fetch_unheld()
@@ -296,9 +305,10 @@ class Replica:
                 # The others may never have heard of it (a lost message, or this replica was in a
                 # view change of its own when it came): tell them again, also while changing views.
                 self.forwarded_at = now
-                old = tuple(sorted(b for b, t in self._held_pending().items() if now - t > base / 2))
+                old = tuple(sorted(b for b, t in self._held_pending().items()
+                                   if now - t > base / 2 and self.ledger.holds(b)))
                 if old:
-                    out.append(Send(self._sign(Forward(old[: self.config.max_batches]))))
+                    out.append(self._forward(old[: self.config.max_batches]))
             if age > 4 * self.timeout and self.changing_to is None:
                 self.failed_views += 1  # the primary keeps leaving a batch we hold out
                 out += self._start_view_change(self.view + 1)
@@ -315,9 +325,10 @@ class Replica:
         forget = [b for b in self.sources if self.now - self.pending[b] > 8 * self.config.max_timeout]
         for b in forget:
             del self.sources[b], self.pending[b]
+            self.holders.pop(b, None)
         by_peer: dict[int, list[bytes]] = {}
         for b, peer in sorted(self.sources.items()):
-            if self.ledger.holds(b):
+            if self._available(b):  # with custody: stored by f+1, of which one correct; no need here
                 continue
             if self.now - self.pending[b] > base / 2:
                 by_peer.setdefault(peer, []).append(b)
@@ -380,10 +391,33 @@ class Replica:
     # -- normal case ---------------------------------------------------------------------
 
     def _held_pending(self) -> dict[bytes, float]:
-        """Pending batches this replica holds (those it can propose, vote for and serve)."""
+        """Pending batches this replica holds, or with custody knows to be available (those it
+        can propose and vote for)."""
         if not self.sources:
             return self.pending
-        return {b: t for b, t in self.pending.items() if b not in self.sources}
+        return {b: t for b, t in self.pending.items() if b not in self.sources or self._available(b)}
+
+    def _available(self, b: bytes) -> bool:
+        """Held here; or, with custody, its header known and f+1 consensus replicas say they store
+        it (so at least one correct replica checked and stored it, and serves it)."""
+        if self.ledger.holds(b):
+            return True
+        if not self.config.custody or not self.ledger.knows(b):
+            return False
+        m = self.m
+        return sum(1 for r in self.holders.get(b, ()) if m.votes(r)) >= m.f + 1
+
+    def _custodian(self, b: bytes, holder: int) -> bool:
+        """Whether this replica is one of the `payload_copies - 1` consensus replicas that store
+        `b` besides `holder` (the first to tell of it): a choice every replica makes alike from
+        the digest, which spreads the copies over the replicas."""
+        others = sorted((r for r in self.m.active if r != holder),
+                        key=lambda r: hashlib.sha256(b + r.to_bytes(4, "big")).digest())
+        return self.me in others[: self.config.payload_copies - 1]
+
+    def _forward(self, batches: tuple[bytes, ...]) -> Send:
+        headers = tuple(self.ledger.header(b) for b in batches) if self.config.custody else ()
+        return Send(self._sign(Forward(batches, headers)))
 
     def _oldest_pending_age(self) -> float:
         held = self._held_pending()
@@ -395,15 +429,34 @@ class Replica:
         return self._propose()
 
     def _on_forward(self, sender: int, body: Forward) -> list[Action]:
-        fresh = [b for b in body.batches if b not in self.committed_batches and b not in self.pending]
+        batches = body.batches
+        newly_available = False
+        if self.config.custody:
+            if len(body.headers) != len(batches):
+                return []  # without the headers its word is worth nothing here
+            told: list[bytes] = []
+            for b, header in zip(batches, body.headers):
+                if b in self.committed_batches or not self.ledger.learn(b, header):
+                    continue  # a header that is not the batch's: ignore the sender's claim
+                before = self._available(b)
+                self.holders.setdefault(b, set()).add(sender)
+                newly_available |= not before and b in self.pending and self._available(b)
+                told.append(b)
+            batches = tuple(told)
+        fresh = [b for b in batches if b not in self.committed_batches and b not in self.pending]
         unheld: list[bytes] = []
         for b in sorted(fresh):
             self.pending[b] = self.now
-            if not self.ledger.holds(b):  # its data did not come with the forward: fetch it from the sender
+            if not self.ledger.holds(b):  # its data did not come with the forward
                 self.sources[b] = sender
-                unheld.append(b)
+                # Fetch it from the sender at once, unless custody leaves it to others (if they
+                # do not store it in time, `_fetch_unheld` and `_missing` fetch it after all).
+                if not self.config.custody or self._custodian(b, sender):
+                    unheld.append(b)
         out: list[Action] = [Fetch(tuple(unheld), (sender,))] if unheld else []
-        return out + (self._work_arrived() if fresh else [])
+        if fresh or newly_available:
+            out += self._work_arrived()
+        return out + (self._replay() if newly_available else [])
 
     def _slot(self, view: int, height: int) -> _Slot:
         return self.slots.setdefault((view, height), _Slot())
@@ -456,8 +509,9 @@ class Replica:
         )
 
     def _missing(self, p: Proposal, primary: int) -> list[Action]:
-        """A Fetch for the batches of `p` this replica does not hold (none if it holds all)."""
-        missing = tuple(b for b in p.batches if not self.ledger.holds(b))
+        """A Fetch for the batches of `p` this replica neither holds nor (custody) knows are
+        available (none if all are)."""
+        missing = tuple(b for b in p.batches if not self._available(b))
         if not missing:
             return []
         peers = (primary, *sorted(r for r in range(self.config.n) if r not in (primary, self.me)))
@@ -603,6 +657,7 @@ class Replica:
         for b in p.batches:
             self.pending.pop(b, None)
             self.sources.pop(b, None)
+            self.holders.pop(b, None)
         self.slots = {k: s for k, s in self.slots.items() if k[1] > p.height}
         self.waited = {k for k in self.waited if k[1] > p.height}
         self.votes = {k: d for k, d in self.votes.items() if k[2] > p.height}

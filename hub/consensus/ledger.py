@@ -24,6 +24,17 @@ class Ledger(Protocol):
     def holds(self, batch: bytes) -> bool:
         """This replica has the batch stored (durably) and can serve it."""
 
+    def knows(self, batch: bytes) -> bool:
+        """This replica holds the batch, or has its header (`learn`): enough to build or check a
+        block header that seals it."""
+
+    def header(self, batch: bytes) -> bytes:
+        """What a forward carries of a held batch for replicas that will not store it (custody)."""
+
+    def learn(self, batch: bytes, header: bytes) -> bool:
+        """A forwarded header of `batch`: True if it is that batch's (checked: its digest, and its
+        gateway's signature in the hub; or equal to the one known), after which `knows(batch)`."""
+
     def select(self, batches: tuple[bytes, ...], limit: int) -> tuple[bytes, ...]:
         """Of these held batches (longest known first), those that may go into the next block,
         in the order they must have there, at most `limit` (a gateway's batches follow its
@@ -48,15 +59,33 @@ def sim_entry_count(batch: bytes) -> int:
     return batch[0] + 1
 
 
+def sim_header(batch: bytes) -> bytes:
+    """The digest ledger's stand-in for a batch's header: a function of its digest."""
+    return b"hdr:" + batch[:8]
+
+
 class DigestLedger:
     """Holds a set of digests: what the simulated network delivered to this replica, or what a
     digests-only replica process was given."""
 
     def __init__(self, held: set[bytes] | None = None) -> None:
         self.held: set[bytes] = held if held is not None else set()
+        self.known: set[bytes] = set()  # headers learnt from forwards
 
     def holds(self, batch: bytes) -> bool:
         return batch in self.held
+
+    def knows(self, batch: bytes) -> bool:
+        return batch in self.held or batch in self.known
+
+    def header(self, batch: bytes) -> bytes:
+        return sim_header(batch)
+
+    def learn(self, batch: bytes, header: bytes) -> bool:
+        if header != sim_header(batch):
+            return False
+        self.known.add(batch)
+        return True
 
     def select(self, batches: tuple[bytes, ...], limit: int) -> tuple[bytes, ...]:
         return batches[:limit]

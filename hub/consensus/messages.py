@@ -71,10 +71,15 @@ def proposal_digest(height: int, prev: bytes, header_hash: bytes, contents: byte
 
 @dataclass(frozen=True)
 class Forward:
-    """A replica tells the others which batches gateways gave it, so that a batch that reached
-    any correct replica is proposed even by a primary that did not receive it."""
+    """A replica tells the others which batches it stores (those gateways gave it, and, with
+    custody, those it fetched), so that a batch that reached any correct replica is proposed
+    even by a primary that did not receive it. With custody (`ConsensusConfig.payload_copies`)
+    each batch's header comes along (`headers[i]` for `batches[i]`, opaque to the core, checked
+    by the ledger), so that replicas that will not store the batch can still check a block
+    header that seals it; without custody `headers` is empty."""
 
     batches: tuple[bytes, ...]
+    headers: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ def _opt(item: object | None) -> bytes:
 
 _TAGS: dict[type, bytes] = {
     Proposal: b"gridtrace/pbft/proposal/v2",
-    Forward: b"gridtrace/pbft/forward/v1",
+    Forward: b"gridtrace/pbft/forward/v2",
     PrePrepare: b"gridtrace/pbft/pre-prepare/v1",
     Prepare: b"gridtrace/pbft/prepare/v1",
     Commit: b"gridtrace/pbft/commit/v1",
@@ -211,7 +216,7 @@ def _fields(m: object) -> bytes:
         return (_u64(m.height) + _digest(m.prev) + _list(m.batches, _digest) + _nested(m.header) + _u64(m.view)
                 + _list(m.last_commit, lambda v: _nested(encode(v))))
     if isinstance(m, Forward):
-        return _list(m.batches, _digest)
+        return _list(m.batches, _digest) + _list(m.headers, _nested)
     if isinstance(m, PrePrepare):
         return _u64(m.view) + _nested(encode(m.proposal))
     if isinstance(m, Prepare | Commit):
@@ -307,7 +312,7 @@ def decode(data: bytes) -> object:
         m: object = Proposal(r.u64(), r.digest(), r.items(r.digest), r.nested(), r.u64(),
                              r.items(lambda: _decode_as(r.nested(), Signed)))
     elif cls is Forward:
-        m = Forward(r.items(r.digest))
+        m = Forward(r.items(r.digest), r.items(r.nested))
     elif cls is PrePrepare:
         m = PrePrepare(r.u64(), _decode_as(r.nested(), Proposal))
     elif cls in (Prepare, Commit):

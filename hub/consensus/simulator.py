@@ -94,6 +94,7 @@ class Simulation:
         script: tuple[tuple[float, str, int], ...] = (),
         intercept: Callable[[Simulation, int, int, Signed], float | None] | None = None,
         reserves: int = 0,
+        payload_copies: int = 0,
     ) -> None:
         """`script`: scripted (time, "crash" | "restart" | "isolate" | "heal", replica) events, for
         the classic scenarios; `intercept(sim, from, to, message)` returns None to drop a message,
@@ -105,7 +106,8 @@ class Simulation:
         self.faults = faults
         # n consensus replicas (0..n-1) and `reserves` reserve replicas after them.
         self.config = ConsensusConfig(n=n + reserves, checkpoint_interval=5, base_timeout=base_timeout,
-                                      max_timeout=2.0, max_batches=20, active=tuple(range(n)))
+                                      max_timeout=2.0, max_batches=20, active=tuple(range(n)),
+                                      payload_copies=payload_copies)
         self.n = n + reserves
         self.duration = duration
         self.heal_at = heal_at
@@ -123,6 +125,7 @@ class Simulation:
         # or a Fetch brings.
         self.stored: dict[int, DigestLedger] = {i: DigestLedger() for i in range(self.n)}
         self.durable: dict[int, Durable | None] = {i: None for i in range(self.n)}
+        self.sent_to: dict[bytes, int] = {}  # batch -> the replica its gateway last gave it to
         self.decided: dict[int, bytes] = {}  # height -> proposal digest, over correct replicas
         self.outcome = Outcome(seed, faults.label, {}, 0)
         self.events: list[_Event] = []
@@ -229,11 +232,14 @@ class Simulation:
                    for b in cert.proposal.batches}
         for t, digest in self.submitted:
             if t < self.now - 1.0 and digest not in decided:
-                live = [i for i in range(self.n) if i not in self.down]  # an agent moves on to a hub that answers
+                # An agent with no receipt moves on to another hub that answers (edge/uplink.py
+                # fails over after its receipt timeout), not to the one that kept the batch.
+                live = [i for i in range(self.n) if i not in self.down and i != self.sent_to.get(digest)]
                 self._submit(self.rng.choice(live) if live else self.rng.randrange(self.n), digest)
         self._at(self.now + 1.0, "resend", -1)
 
     def _submit(self, target: int, digest: bytes) -> None:
+        self.sent_to[digest] = target
         if target in self.down:
             return
         self.stored[target].held.add(digest)  # the hub stores a batch before it submits it
@@ -247,7 +253,7 @@ class Simulation:
         r = self.nodes[i][copy]
         if r is None or i in self.down:
             return
-        if isinstance(m.body, Forward):  # the batches' data travels with their forward
+        if isinstance(m.body, Forward) and not self.config.custody:  # the batches' data travels with their forward
             self.stored[i].held.update(b for b in m.body.batches if self.stored[m.replica].holds(b))
         self._apply(i, copy, r.receive(m, self.now))
 
@@ -421,6 +427,14 @@ class Simulation:
         correct = [i for i in range(self.n) if self._correct(i) and i not in self.down]
         self.outcome.heights = {i: len(self.ledgers[i]) for i in correct}
         if self.outcome.violation is not None:
+            return
+        # Data safety: what any correct replica decided, some correct replica stores (with
+        # custody, f+1 said they do; storage survives crashes).
+        keepers = [i for i in range(self.n) if self._correct(i)]
+        decided = {b for i in keepers for c in self.ledgers[i] for b in c.proposal.batches}
+        lost = sorted(b for b in decided if not any(self.stored[i].holds(b) for i in keepers))
+        if lost:
+            self.outcome.violation = f"{len(lost)} decided batches are stored by no correct replica"
             return
         due = {d for t, d in self.submitted if t < self.heal_at}
         for i in correct:
