@@ -17,6 +17,10 @@ receipt) is the commit latency from batch receipt to commit, plus the network ho
    killed with SIGKILL; the figure is the time from the kill to the first block a live
    replica decides in a later view (from the replicas' logs, wall clock in ms).
 
+With --payload-copies K a third configuration runs too, alternated with the others: 4 replicas
+with custody (K of them store each batch's entries, the others its header); the half-rate and
+failover runs then use it.
+
 Prints the medians, the ratio 4/1 and the failover time; with --json the last line is one
 JSON object. Every replica process of both configurations shares this machine's cores with
 the fleet: say how busy the machine was.
@@ -51,7 +55,8 @@ from replicaharness import free_range  # noqa: E402
 class Substation:
     """n hub replicas as processes, set up by `gridtrace chain init --chain-id`."""
 
-    def __init__(self, work: Path, n: int, keys_dir: Path, gateways: tuple[str, ...], base_timeout: float) -> None:
+    def __init__(self, work: Path, n: int, keys_dir: Path, gateways: tuple[str, ...], base_timeout: float,
+                 payload_copies: int = 0) -> None:
         from hub.config import load_hub_config
         from hub.storage.store import Store
         from protos.signing import key_id, load_public_key, public_key_pem
@@ -60,7 +65,8 @@ class Substation:
         base = free_range(2 * n)
         subprocess.run(
             [GRIDTRACE, "chain", "init", "--replicas", str(n), "--dir", str(self.dir), "--chain-id", "bench",
-             "--base-port", str(base), "--hub-base-port", str(base + n), "--base-timeout", str(base_timeout)],
+             "--base-port", str(base), "--hub-base-port", str(base + n), "--base-timeout", str(base_timeout),
+             "--payload-copies", str(payload_copies if n > 1 else 0)],
             check=True, capture_output=True, cwd=ROOT,
         )
         self.ports = [base + n + i for i in range(n)]
@@ -206,6 +212,8 @@ def main() -> int:
     ap.add_argument("--max-rate", type=float, default=150_000, help="readings/s cap of the full-rate runs")
     ap.add_argument("--base-timeout", type=float, default=1.0, help="replicas' base view-change timeout, s (default 1, "
                     "as gridtrace chain init)")
+    ap.add_argument("--payload-copies", type=int, default=0,
+                    help="also run 4 replicas with custody: this many store each batch (f+1 = 2 or more)")
     ap.add_argument("--no-failover", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     ap.add_argument("--json", action="store_true")
@@ -213,35 +221,44 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gridtrace-replicas-bench-"))
     keys_dir = work / "fleet-keys"
-    prefixes = [f"r{r}n{n}" for r in range(args.runs) for n in (1, 4)] + ["half", "failover"]
+    # Configurations: 1 replica, 4 replicas each storing every batch, and (--payload-copies) 4
+    # with custody. Keyed by name; "4" is the default the half-rate and failover runs use.
+    configs = {"1": (1, 0), "4": (4, 0)}
+    if args.payload_copies:
+        configs["4-custody"] = (4, args.payload_copies)
+    prefixes = [f"r{r}{name}" for r in range(args.runs) for name in configs] + ["half", "failover"]
     ids = tuple(gw for p in prefixes for gw in gateway_ids(p, args.gateways))
     ensure_keys(keys_dir, ids)
-    sites = {n: Substation(work, n, keys_dir, ids, args.base_timeout) for n in (1, 4)}
-    result: dict = {"config": vars(args), "runs": {1: [], 4: []}}
-    med = {1: 0.0, 4: 0.0}
+    sites = {name: Substation(work / name, n, keys_dir, ids, args.base_timeout, copies)
+             for name, (n, copies) in configs.items()}
+    result: dict = {"config": vars(args), "runs": {name: [] for name in configs}}
+    med = dict.fromkeys(configs, 0.0)
     try:
         for site in sites.values():
             site.start()
         for r in range(args.runs):
-            for n in (1, 4):
-                f = fleet(args, sites[n], keys_dir, f"r{r}n{n}", 0.0, work / f"fleet-{n}-{r}.log")
-                wait = sites[n].check(f["batches_receipted"], list(range(n)))
-                result["runs"][n].append({"readings_per_s": f["readings_per_s"], "p50_ms": f["receipt_p50_ms"],
-                                          "p99_ms": f["receipt_p99_ms"], "settle_s": round(wait, 2),
-                                          "errors": f["errors"][:3]})
-                print(f"run {r + 1}, {n} replica{'s' if n > 1 else ''}: {f['readings_per_s']:,} readings/s committed, "
-                      f"p50 {f['receipt_p50_ms']:.0f} ms, p99 {f['receipt_p99_ms']:.0f} ms", flush=True)
-        med = {n: statistics.median(x["readings_per_s"] for x in result["runs"][n]) for n in (1, 4)}
+            for name, site in sites.items():
+                f = fleet(args, site, keys_dir, f"r{r}{name}", 0.0, work / f"fleet-{name}-{r}.log")
+                wait = site.check(f["batches_receipted"], list(range(site.n)))
+                result["runs"][name].append({"readings_per_s": f["readings_per_s"], "p50_ms": f["receipt_p50_ms"],
+                                             "p99_ms": f["receipt_p99_ms"], "settle_s": round(wait, 2),
+                                             "errors": f["errors"][:3]})
+                print(f"run {r + 1}, {name} replica{'s' if site.n > 1 else ''}: {f['readings_per_s']:,} readings/s "
+                      f"committed, p50 {f['receipt_p50_ms']:.0f} ms, p99 {f['receipt_p99_ms']:.0f} ms", flush=True)
+        med = {name: statistics.median(x["readings_per_s"] for x in result["runs"][name]) for name in configs}
         result["median_readings_per_s"] = med
-        result["ratio_4_to_1"] = round(med[4] / med[1], 3) if med[1] else None
-        half = fleet(args, sites[4], keys_dir, "half", med[4] / 2, work / "fleet-half.log")
-        sites[4].check(half["batches_receipted"], list(range(4)))
-        result["half_rate"] = {"rate": round(med[4] / 2), "readings_per_s": half["readings_per_s"],
+        result["ratio_4_to_1"] = round(med["4"] / med["1"], 3) if med["1"] else None
+        if "4-custody" in med:
+            result["ratio_4_custody_to_1"] = round(med["4-custody"] / med["1"], 3) if med["1"] else None
+        main4 = "4-custody" if "4-custody" in sites else "4"  # what half rate and failover run on
+        half = fleet(args, sites[main4], keys_dir, "half", med[main4] / 2, work / "fleet-half.log")
+        sites[main4].check(half["batches_receipted"], list(range(4)))
+        result["half_rate"] = {"replicas": main4, "rate": round(med[main4] / 2), "readings_per_s": half["readings_per_s"],
                                "p50_ms": half["receipt_p50_ms"], "p99_ms": half["receipt_p99_ms"]}
-        print(f"4 replicas at half rate ({med[4] / 2:,.0f}/s): p50 {half['receipt_p50_ms']:.0f} ms, "
+        print(f"{main4} replicas at half rate ({med[main4] / 2:,.0f}/s): p50 {half['receipt_p50_ms']:.0f} ms, "
               f"p99 {half['receipt_p99_ms']:.0f} ms", flush=True)
         if not args.no_failover:
-            result["failover"] = failover(args, sites[4], keys_dir, med[4] / 4, work)
+            result["failover"] = failover(args, sites[main4], keys_dir, med[main4] / 4, work)
             print(f"failover: primary {result['failover']['primary']} killed; first block in view "
                   f"{result['failover']['new_view']} after {result['failover']['first_block_after_kill_s']:.2f} s",
                   flush=True)
@@ -252,8 +269,11 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")
-    print(f"median committed readings/s: 1 replica {med[1]:,.0f}, 4 replicas {med[4]:,.0f}, "
-          f"ratio {result['ratio_4_to_1']}")
+    print(f"median committed readings/s: 1 replica {med['1']:,.0f}, 4 replicas {med['4']:,.0f}, "
+          f"ratio {result.get('ratio_4_to_1')}")
+    if "4-custody" in med:
+        print(f"4 replicas with custody ({args.payload_copies} copies): {med['4-custody']:,.0f}, "
+              f"ratio {result.get('ratio_4_custody_to_1')}")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -15,7 +15,7 @@ from itertools import groupby
 
 from hub.chain.audit import batch_record
 from hub.ingest.packscan import scan_pack
-from hub.storage.store import NewBatch, StoredBatch
+from hub.storage.store import HeaderOnlyBatch, NewBatch, StoredBatch
 from protos import merkle
 from protos.canonical import CanonicalError, decode_block_header
 from protos.entrypack import pack_entries
@@ -79,7 +79,12 @@ def copy_chain(src, dst, chain_id: str, now_ns: int) -> CopyCounts:  # noqa: ANN
         if blk is None:
             raise BackupError(f"block {height} is missing from the source")
         batches = src.block_batches(height)
-        ids = _copy_batches(src, dst, batches)
+        elsewhere = src.header_only([b.id for b in batches])  # custody: entries at other replicas
+        copied = iter(_copy_batches(src, dst, [b for b in batches if b.id not in elsewhere]))
+        ids: list[int | HeaderOnlyBatch] = [
+            HeaderOnlyBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, b.entry_count)
+            if b.id in elsewhere else next(copied) for b in batches
+        ]
         for b in batches:
             log.append(merkle.leaf_hash(b.hash))
         try:
@@ -89,8 +94,8 @@ def copy_chain(src, dst, chain_id: str, now_ns: int) -> CopyCounts:  # noqa: ANN
         dst.append_block(
             height, blk.hash, blk.header, time_ns, ids, blk.entry_count, log.size, log, blk.seals, blk.quorum,
         )
-        n_batches += len(batches)
-        n_entries += sum(b.entry_count for b in batches)
+        n_batches += len(batches) - len(elsewhere)
+        n_entries += sum(b.entry_count for b in batches if b.id not in elsewhere)
     unsealed = src.unsealed_batches(10**9)
     _copy_batches(src, dst, unsealed)
     n_batches += len(unsealed)

@@ -395,7 +395,10 @@ def _audit(store, cfg, seal_keys: tuple[dict, int], what: str, deep: bool = Fals
 
     report = audit_store(store, cfg.chain_id, seal_keys[0], quorum=seal_keys[1], deep=deep)
     if report.ok:
-        print(f"{what}: {report.blocks} blocks, {report.batches} batches, {report.entries} entries: all check out")
+        elsewhere = (f" ({report.header_only} of the batches by header and signature only: their entries are "
+                     "stored at other replicas)" if report.header_only else "")
+        print(f"{what}: {report.blocks} blocks, {report.batches} batches, {report.entries} entries: all check out"
+              f"{elsewhere}")
         return 0
     print(f"{what}: FAILED at {report.findings[0]}", file=sys.stderr)
     for f in report.findings[1:20]:

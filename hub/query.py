@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 from concurrent.futures import Executor
+from typing import Protocol
 
 import grpc
 
-from hub.certificates.build import CertificateUnavailable, build_certificate
+from hub.certificates.build import CertificateUnavailable, EntriesUnavailable, build_certificate
 from hub.metrics import HubMetrics
 from hub.storage.store import Store
 from protos import ingest_pb2 as ipb
@@ -19,11 +20,18 @@ from protos.records import RecordError, check_id
 from protos.signing import Signer
 
 
+class PeriodSource(Protocol):
+    async def complete_period(self, from_ns: int, to_ns: int) -> None:
+        """Make every sealed entry of the period readable from this store (a replica with
+        custody fetches the entries of header-only batches from the replicas that store them)."""
+
+
 class QueryService(ingest_pb2_grpc.QueryServicer):
     def __init__(
         self, store: Store, db: Executor, signer: Signer, chain_id: str, ingestor=None,  # noqa: ANN001
-        metrics: HubMetrics | None = None, peers: tuple[str, ...] = (),
+        metrics: HubMetrics | None = None, peers: tuple[str, ...] = (), period_source: PeriodSource | None = None,
     ) -> None:
+        self.period_source = period_source
         self.store = store
         self.db = db
         self.signer = signer
@@ -40,6 +48,11 @@ class QueryService(ingest_pb2_grpc.QueryServicer):
         if request.to_ns <= request.from_ns:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the period must end after it starts")
         loop = asyncio.get_running_loop()
+        if self.period_source is not None:
+            try:
+                await self.period_source.complete_period(request.from_ns, request.to_ns)
+            except EntriesUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         try:
             built = await loop.run_in_executor(
                 self.db, build_certificate, self.store, self.signer, self.chain_id,

@@ -166,7 +166,8 @@ async def serve(
     )
     server.add_generic_rpc_handlers((IngestService(ingestor).handler(),))
     ingest_pb2_grpc.add_QueryServicer_to_server(
-        QueryService(store, db, signer, cfg.chain_id, ingestor, metrics=metrics, peers=cfg.replicas), server
+        QueryService(store, db, signer, cfg.chain_id, ingestor, metrics=metrics, peers=cfg.replicas,
+                     period_source=chain), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -127,13 +127,15 @@ class HubReplicas(ReplicaProcesses):
     """The replicas as hubs (`gridtrace hub serve` with `[consensus]`), TLS towards gateways."""
 
     def __init__(self, directory: Path, n: int = 4, chain_id: str = "sub-test", base_timeout: float = 0.5,
-                 reserves: int = 0) -> None:
+                 reserves: int = 0, payload_copies: int = 0) -> None:
         self.chain_id = chain_id
+        self.payload_copies = payload_copies
         super().__init__(directory, n, reserves, base_timeout)
 
     def init_args(self, free_port: int) -> tuple[str, ...]:
         self.hubs = tuple(f"127.0.0.1:{free_port + i}" for i in range(self.n))
-        return ("--chain-id", self.chain_id, "--hub-base-port", str(free_port))
+        return ("--chain-id", self.chain_id, "--hub-base-port", str(free_port),
+                "--payload-copies", str(self.payload_copies))
 
     def command(self, i: int) -> list[str]:
         return ["hub", "serve", "--config", str(self.hub_toml(i))]

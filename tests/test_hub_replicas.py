@@ -205,3 +205,93 @@ def test_a_reserve_hub_replica_is_promoted_when_a_consensus_replica_dies_and_the
         site.stop_all()
     sealed = [b for _, batches in chain for b in batches]
     assert len(sealed) == len(set(sealed)) == gw.sealed
+
+
+def test_with_custody_two_replicas_store_each_batch_the_others_seal_it_by_its_header_and_fetch_it_for_a_certificate(
+    tmp_path: Path,
+) -> None:
+    """payload_copies = 2 (f+1): a batch's entries are stored by the replica its agent sent it
+    to and one custodian; the other two check its gateway-signed header, vote on the word of
+    the two, and write it into the block as a header-only row. One replica is killed and
+    restarted meanwhile. Then every receipted batch is in one block of one chain everywhere,
+    stored by at least 2 replicas; `hub verify` passes on every replica; and a certificate
+    pulled from a replica that held some of the meter's batches by header only is complete
+    (it fetched them first) and verifies."""
+    site = HubReplicas(tmp_path / "substation", N, payload_copies=2)
+    gateways = [Gateway(site, tmp_path, "gw-a", first_hub=0), Gateway(site, tmp_path, "gw-b", first_hub=2)]
+    try:
+        for i in range(N):
+            site.start(i)
+        site.wait_ready(list(range(N)))
+
+        async def run() -> list[bool]:
+            stop_uplinks, stop_feed = asyncio.Event(), asyncio.Event()
+            uplinks = [asyncio.create_task(g.uplink.run(stop_uplinks)) for g in gateways]
+            feed = asyncio.create_task(_feed(gateways, stop_feed))
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(site.kill, 3)
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(site.start, 3)
+            await asyncio.sleep(2.0)
+            stop_feed.set()
+            await feed
+            drained = [await g.uplink.drain(60) for g in gateways]
+            stop_uplinks.set()
+            await asyncio.gather(*uplinks)
+            return drained
+
+        drained = asyncio.run(run())
+        assert all(drained), [g.queue.stats() for g in gateways]
+        total = sum(g.sealed for g in gateways)
+        chain = site.wait_same_chain(list(range(N)), total)
+        sealed = [b for _, batches in chain for b in batches]
+        assert len(sealed) == len(set(sealed)) == total
+
+        copies = dict.fromkeys(sealed, 0)
+        elsewhere: dict[int, set[bytes]] = {}
+        for i in range(N):
+            s = site.store(i)
+            try:
+                stored = s.batches_by_hash(sealed)
+                ids = {b.id: h for h, b in stored.items()}
+                elsewhere[i] = {ids[x] for x in s.header_only(list(ids))}
+                for h in stored:
+                    copies[h] += h not in elsewhere[i]
+            finally:
+                s.close()
+        assert min(copies.values()) >= 2, sorted(copies.values())[:5]
+        assert sum(len(e) for e in elsewhere.values()) >= total // 2  # custody did spare copies
+
+        for i in range(N):
+            audit = _gridtrace("hub", "verify", "--config", str(site.hub_toml(i)))
+            assert audit.returncode == 0, audit.stdout + audit.stderr
+        gw_a = set()
+        s = site.store(0)
+        try:
+            gw_a = {b.hash for b in s.batches_by_hash(sealed).values() if b.gateway_id == "gw-a"}
+        finally:
+            s.close()
+        asked = max(range(N), key=lambda i: len(elsewhere[i] & gw_a))
+        assert elsewhere[asked] & gw_a
+        verified = _gridtrace("hub", "verify", "--config", str(site.hub_toml(asked)))
+        assert "by header and signature only" in verified.stdout
+        trust = tmp_path / "trust.json"
+        assert _gridtrace("hub", "trust", "--config", str(site.hub_toml(0)), "--output", str(trust)).returncode == 0
+        cert = tmp_path / "cert.json"
+        issued = _gridtrace("cert", "pull", "--hub", site.hubs[asked], "--tls-ca", str(site.dir / "tls" / "ca.pem"),
+                            "--meter", "MTR-gw-a", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z",
+                            "--output", str(cert))
+        assert issued.returncode == 0, issued.stderr
+        ok = _gridtrace("cert", "verify", str(cert), "--trust", str(trust))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        body = json.loads(cert.read_text())
+        doc = body.get("certificate", body)
+        assert len(doc["entries"]) == gateways[0].reading  # every reading of the meter, none left out
+        s = site.store(asked)
+        try:
+            ids = {b.id: h for h, b in s.batches_by_hash(sorted(gw_a)).items()}
+            assert not {ids[x] for x in s.header_only(list(ids))}  # fetched and stored for the certificate
+        finally:
+            s.close()
+    finally:
+        site.stop_all()

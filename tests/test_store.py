@@ -318,3 +318,59 @@ def test_background_checkpoints_keep_the_wal_bounded_and_lose_nothing(tmp_path) 
         assert again.batch_bodies(again.find_batch("gw", n).id) == bodies
     finally:
         again.close()
+
+
+def test_header_only_batches_seal_in_blocks_audit_by_header_and_take_their_entries_later(chain: Chain, tmp_path) -> None:  # noqa: ANN001
+    """A replica with custody writes the batches it does not store as header-only rows with
+    their block: the chain audits (entries by header count only), nothing claims entries it
+    lacks, a backup keeps them header-only, and entries fetched later fill them in."""
+    from hub.backup import copy_chain, new_batch as backup_batch
+    from hub.chain.audit import audit_store
+    from hub.storage.store import HeaderOnlyBatch
+    from protos.merkle import CompactRange, leaf_hash
+
+    src = chain.store
+    dst = Store(f"sqlite:///{tmp_path / 'custody.sqlite'}")
+    dst2 = Store(f"sqlite:///{tmp_path / 'custody-backup.sqlite'}")
+    try:
+        dst.create(chain.chain_id)
+        for gw, keys in src.gateway_keys().items():
+            for kid, pem in keys.items():
+                dst.add_gateway(gw, kid, pem, 0)
+        log = CompactRange()
+        sealed = []
+        for h in range(1, src.head().height + 1):
+            blk, batches = src.block(h), src.block_batches(h)
+            for b in batches:
+                log.append(leaf_hash(b.hash))
+            dst.append_block(h, blk.hash, blk.header, h, [
+                HeaderOnlyBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, b.entry_count) for b in batches
+            ], blk.entry_count, log.size, log, blk.seals, blk.quorum)
+            sealed += batches
+        ids = [dst.find_batch(b.gateway_id, b.seq).id for b in sealed]
+        assert dst.counts() == (0, 0, 0) and dst.header_only(ids) == set(ids)
+        assert list(dst.iter_entries()) == [] and dst.meter_entries("MTR-1", 0, 2**62) == []
+        assert dst.gateway_heads() == {gw: (seq, h) for gw, (seq, h) in src.gateway_heads().items()}
+        seal_keys = {chain.hub_signer.key_id: chain.hub_signer.public_key}
+        report = audit_store(dst, chain.chain_id, seal_keys)
+        assert report.ok and report.header_only == len(sealed) and report.entries == 0, report.findings[:3]
+
+        copy_chain(dst, dst2, chain.chain_id, 0)
+        ids2 = [dst2.find_batch(b.gateway_id, b.seq).id for b in sealed]
+        assert dst2.header_only(ids2) == set(ids2) and audit_store(dst2, chain.chain_id, seal_keys).ok
+
+        first = sealed[:3]
+        full = [backup_batch(b, src.batch_bodies(b.id)) for b in first]
+        tampered = backup_batch(sealed[3], src.batch_bodies(sealed[3].id))
+        tampered = tampered.__class__(**{**tampered.__dict__, "header": tampered.header + b"x"})
+        assert [b.hash for b in dst.fill_payloads([*full, tampered], 5)] == [b.hash for b in first]
+        assert dst.fill_payloads(full, 6) == []  # already there
+        assert dst.counts()[0] == 3 and len(dst.header_only(ids)) == len(ids) - 3
+        filled = {e.batch_id for e in dst.iter_entries()}
+        assert filled == set(ids[:3])
+        report = audit_store(dst, chain.chain_id, seal_keys)
+        assert report.ok and report.header_only == len(sealed) - 3
+        assert report.entries == sum(b.entry_count for b in first)
+    finally:
+        dst.close()
+        dst2.close()

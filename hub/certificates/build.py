@@ -35,6 +35,10 @@ from protos.records import IssueStatement
 from protos.signing import Signer
 
 
+class EntriesUnavailable(Exception):
+    """Entries of the period are sealed but stored only at other replicas that did not serve them."""
+
+
 class CertificateUnavailable(Exception):
     """Nothing sealed to certify for the request; the message says what to try."""
 

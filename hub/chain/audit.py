@@ -53,7 +53,17 @@ class BatchRecord:
     hash: bytes
     header: bytes
     signature: bytes
-    bodies: tuple[bytes, ...]
+    bodies: tuple[bytes, ...] | None  # None: header only here (custody: its entries are at other replicas)
+
+    @property
+    def entry_count(self) -> int:
+        """Entries stored, or for a header-only batch those its (checked) header names."""
+        if self.bodies is not None:
+            return len(self.bodies)
+        try:
+            return decode_batch_header(self.header).entry_count
+        except (CanonicalError, RecordError):
+            return 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class AuditReport:
     blocks: int = 0
     batches: int = 0
     entries: int = 0
+    header_only: int = 0  # batches whose entries are stored at other replicas (custody): header and signature checked
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -147,13 +158,13 @@ class ChainAudit:
             return bad(f"signed with key {header.key_id}, which is not registered for the gateway")
         if not verify_signature(key, b.signature, b.header):
             return bad(f"signature does not verify with key {header.key_id}")
-        if len(b.bodies) != header.entry_count:
+        if b.bodies is not None and len(b.bodies) != header.entry_count:
             return bad(f"header says {header.entry_count} entries, {len(b.bodies)} are stored")
-        if merkle.root(b.bodies) != header.entries_root:
+        if b.bodies is not None and merkle.root(b.bodies) != header.entries_root:
             return bad("entries root in the header is not the root over the stored entries")
         # The signed root binds the bodies; decoding each one again (about 100x the cost of
         # hashing it) re-checks what ingest checked, for a deep audit only.
-        if self.deep:
+        if self.deep and b.bodies is not None:
             timestamps = []
             for i, body in enumerate(b.bodies):
                 try:
@@ -172,7 +183,10 @@ class ChainAudit:
             return bad(problem)
         self.heads[b.gateway_id] = (header.seq, b.hash)
         self.report.batches += 1
-        self.report.entries += len(b.bodies)
+        if b.bodies is None:
+            self.report.header_only += 1
+        else:
+            self.report.entries += len(b.bodies)
         return []
 
     # -- blocks -------------------------------------------------------------------
@@ -210,8 +224,8 @@ class ChainAudit:
         hashes = [b.hash for b in batches]
         if header.batch_count != len(batches):
             bad(f"header says {header.batch_count} batches, {len(batches)} are stored in it")
-        if header.entry_count != sum(len(b.bodies) for b in batches):
-            bad(f"header says {header.entry_count} entries, its batches hold {sum(len(b.bodies) for b in batches)}")
+        if header.entry_count != sum(b.entry_count for b in batches):
+            bad(f"header says {header.entry_count} entries, its batches hold {sum(b.entry_count for b in batches)}")
         if hashes and merkle.root(hashes) != header.batches_root:
             bad("batches_root is not the root over its stored batch hashes")
         if (self.log.size, self.log.root()) != (header.log_size, header.log_root):
@@ -246,11 +260,18 @@ class ChainAudit:
 # -- the reader -----------------------------------------------------------------------
 
 
-def batch_record(store, stored) -> BatchRecord:  # noqa: ANN001
+def batch_record(store, stored, header_only: bool = False) -> BatchRecord:  # noqa: ANN001
     return BatchRecord(
         stored.gateway_id, stored.seq, stored.hash, stored.header, stored.signature,
-        tuple(store.batch_bodies(stored.id)),
+        None if header_only else tuple(store.batch_bodies(stored.id)),
     )
+
+
+def block_batch_records(store, height: int) -> list[BatchRecord]:  # noqa: ANN001
+    """The batches of block `height`, header-only ones (custody) without bodies."""
+    batches = store.block_batches(height)
+    elsewhere = store.header_only([b.id for b in batches])
+    return [batch_record(store, b, b.id in elsewhere) for b in batches]
 
 
 def stored_blocks(store, from_height: int = 1) -> Iterator[tuple[BlockRecord, list[BatchRecord]]]:  # noqa: ANN001
@@ -262,7 +283,7 @@ def stored_blocks(store, from_height: int = 1) -> Iterator[tuple[BlockRecord, li
             continue
         yield (
             BlockRecord(blk.height, blk.hash, blk.header, blk.seals, blk.quorum),
-            [batch_record(store, b) for b in store.block_batches(height)],
+            block_batch_records(store, height),
         )
 
 

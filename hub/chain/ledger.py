@@ -11,6 +11,11 @@ A gateway's batches form a chain (each names its predecessor's hash), and a bloc
 them in that order: a batch may go into a block only after its predecessor, decided before or
 earlier in the same block. The primary orders by it (`select`), backups check it.
 
+With custody (`payload_copies`), a replica also knows batches it does not store: their
+gateway-signed headers came with forwards (`learn` checks the digest and the gateway's
+signature), which is all a block header needs. Decided ones among them are written to the
+store as header-only rows with their block (`decided_known`).
+
 State kept in memory, restored at start from the store and the consensus journal: the last
 decided header, the log frontier after it, every held batch not yet decided (its entry count
 and place in its gateway's chain), each gateway's last decided batch, and the decided batches
@@ -19,6 +24,7 @@ this replica does not hold yet (their gateways unknown until they are fetched).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -27,9 +33,16 @@ from dataclasses import dataclass, fields
 from hub.chain.block import next_block
 from hub.consensus.messages import Proposal
 from protos import merkle
-from protos.canonical import CanonicalError, decode_block_header, encode_block_header
+from protos.canonical import (
+    CanonicalError,
+    decode_batch_header,
+    decode_block_header,
+    encode_block_header,
+)
 from protos.merkle import CompactRange
-from protos.records import ZERO_HASH, BlockHeader, RecordError
+from protos.records import ZERO_HASH, BatchHeader, BlockHeader, RecordError
+
+SIGNATURE = 64  # Ed25519: a forwarded header is the canonical header bytes, then the gateway's signature
 
 log = logging.getLogger("gridtrace.hub.chain")
 
@@ -43,6 +56,18 @@ class HeldBatch:
     gateway_id: str
     seq: int
     prev_hash: bytes
+    header: bytes = b""  # canonical batch header bytes (what its hash is over)
+    signature: bytes = b""  # the gateway's
+
+    @property
+    def forwarded(self) -> bytes:
+        """What a forward carries of it (custody): header and signature."""
+        return self.header + self.signature
+
+
+def known_batch(digest: bytes, header: bytes, signature: bytes) -> HeldBatch:
+    h = decode_batch_header(header)
+    return HeldBatch(digest, h.entry_count, h.gateway_id, h.seq, h.prev_hash, header, signature)
 
 
 class BlockLedger:
@@ -55,6 +80,7 @@ class BlockLedger:
         gateway_heads: dict[str, tuple[int, bytes]] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         max_ahead_s: float = 30.0,
+        signed_by_gateway: Callable[[BatchHeader, bytes], bool] = lambda h, s: False,
     ) -> None:
         self.chain_id = chain_id
         self.head = head
@@ -63,6 +89,10 @@ class BlockLedger:
         # gateway -> (seq, hash) of its last decided batch
         self.gateway_heads: dict[str, tuple[int, bytes]] = dict(gateway_heads or {})
         self.decided_unheld: set[bytes] = set()
+        # Custody: batches known by their header only, undecided; and decided, not yet written.
+        self.known: dict[bytes, HeldBatch] = {}
+        self.decided_known: dict[bytes, HeldBatch] = {}
+        self.signed_by_gateway = signed_by_gateway
         self.clock_ns = clock_ns
         self.max_ahead_ns = int(max_ahead_s * 1e9)
 
@@ -72,11 +102,38 @@ class BlockLedger:
             if b.hash in self.decided_unheld:  # decided before it got here: its gateway's chain moves on
                 self.decided_unheld.discard(b.hash)
                 self._advance(b)
-            else:
+            elif b.hash not in self.decided_known:  # (decided and known: its gateway moved on already)
+                self.known.pop(b.hash, None)
                 self.held[b.hash] = b
 
     def holds(self, batch: bytes) -> bool:
         return batch in self.held
+
+    def knows(self, batch: bytes) -> bool:
+        return batch in self.held or batch in self.known
+
+    def _summary(self, batch: bytes) -> HeldBatch | None:
+        return self.held.get(batch) or self.known.get(batch)
+
+    def header(self, batch: bytes) -> bytes:
+        b = self._summary(batch)
+        return b.forwarded if b is not None else b""
+
+    def learn(self, batch: bytes, forwarded: bytes) -> bool:
+        b = self._summary(batch)
+        if b is not None:
+            return b.forwarded == forwarded
+        header, signature = forwarded[:-SIGNATURE], forwarded[-SIGNATURE:]
+        if not header:
+            return False
+        try:
+            h = decode_batch_header(header)
+        except (CanonicalError, RecordError, ValueError):
+            return False
+        if hashlib.sha256(header).digest() != batch or not self.signed_by_gateway(h, signature):
+            return False
+        self.known[batch] = HeldBatch(batch, h.entry_count, h.gateway_id, h.seq, h.prev_hash, header, signature)
+        return True
 
     def _follows(self, b: HeldBatch, before: set[bytes]) -> bool:
         """Its predecessor is decided, or in `before` (earlier in the same block)."""
@@ -90,11 +147,12 @@ class BlockLedger:
     def select(self, batches: tuple[bytes, ...], limit: int) -> tuple[bytes, ...]:
         """Each gateway's held batches in chain order, from its last decided one on; gateways in
         the order their oldest batch was first seen."""
-        by_prev: dict[bytes, HeldBatch] = {self.held[b].prev_hash: self.held[b] for b in batches if b in self.held}
+        known = [b for b in (self._summary(d) for d in batches) if b is not None]
+        by_prev: dict[bytes, HeldBatch] = {b.prev_hash: b for b in known}
         out: list[bytes] = []
         chosen: set[bytes] = set()
         for digest in batches:
-            b = self.held.get(digest)
+            b = self._summary(digest)
             if b is None or digest in chosen or not self._follows(b, chosen):
                 continue
             while b is not None and len(out) < limit and b.hash not in chosen:
@@ -106,7 +164,7 @@ class BlockLedger:
         return tuple(out)
 
     def _header(self, batches: tuple[bytes, ...], time_ns: int) -> BlockHeader:
-        count = sum(self.held[b].entry_count for b in batches)
+        count = sum(self._summary(b).entry_count for b in batches)  # type: ignore[union-attr]
         header, _ = next_block(self.chain_id, self.head, batches, count, self.frontier, time_ns)
         return header
 
@@ -126,12 +184,13 @@ class BlockLedger:
             h = decode_block_header(p.header)
         except (CanonicalError, RecordError, ValueError) as exc:
             return f"block {p.height}: the proposed header does not decode: {exc}"
-        missing = [b for b in p.batches if b not in self.held]
+        missing = [b for b in p.batches if not self.knows(b)]
         if missing:
             return f"block {p.height}: {len(missing)} of its batches are not held here"
         before: set[bytes] = set()
         for i, digest in enumerate(p.batches):
-            b = self.held[digest]
+            b = self._summary(digest)
+            assert b is not None
             if not self._follows(b, before):
                 return (f"block {p.height}: batch {i} (gateway {b.gateway_id} batch {b.seq}) comes before the "
                         "batch it follows")
@@ -150,6 +209,8 @@ class BlockLedger:
         for digest in p.batches:
             self.frontier.append(merkle.leaf_hash(digest))
             b = self.held.pop(digest, None)
+            if b is None and digest in self.known:  # written as a header-only row with its block
+                b = self.decided_known[digest] = self.known.pop(digest)
             if b is None:
                 self.decided_unheld.add(digest)
             else:

@@ -19,6 +19,10 @@ The data path, per batch:
    rebuilt once more from this store (a replica whose store disagrees stops applying and says
    so), and the block is written with its commit votes as seals and its `block_quorums` row;
 6. receipts waiting on the block's batches are released.
+
+With custody (`payload_copies` in the replica config), step 3 is done by the batch's
+custodians only; the other replicas learn the batch's gateway-signed header from the forwards,
+vote once f+1 replicas said they store it, and write it in step 5 as a header-only row.
 """
 
 from __future__ import annotations
@@ -35,19 +39,22 @@ from dataclasses import fields
 import grpc
 
 from hub.chain.block import next_block
-from hub.chain.ledger import BlockLedger, HeldBatch
+from hub.chain.ledger import BlockLedger, HeldBatch, known_batch
 from hub.consensus.core import Fetch
 from hub.consensus.messages import DIGEST, CommitCertificate
 from hub.consensus.process import SERVICE, ReplicaProcess, load_journal, open_channel
 from hub.consensus.quorum import block_quorum
+from hub.certificates.build import EntriesUnavailable
 from hub.consensus.replica_config import ReplicaConfig
 from hub.ingest.check import Reason, Rejection
+from hub.ingest.verifier import parse_keys
 from hub.metrics import HubMetrics
-from hub.storage.store import NewBatch, Store, StoredQuorum
+from hub.storage.store import HeaderOnlyBatch, NewBatch, PayloadError, Store, StoredQuorum
 from protos import readings_pb2 as pb
 from protos.canonical import block_hash, decode_batch_header, decode_block_header, encode_block_header
-from protos.records import BlockHeader
-from protos.signing import key_id
+from protos.batch import BatchError, check_header_signature
+from protos.records import BatchHeader, BlockHeader
+from protos.signing import PublicKey, key_id
 from protos.wire import header_to_pb
 
 log = logging.getLogger("gridtrace.hub.chain")
@@ -86,9 +93,8 @@ def unframe(data: bytes) -> list[bytes]:
     return out
 
 
-def held_batch(digest: bytes, header: bytes, entry_count: int) -> HeldBatch:
-    h = decode_batch_header(header)
-    return HeldBatch(digest, entry_count, h.gateway_id, h.seq, h.prev_hash)
+def held_batch(b: NewBatch) -> HeldBatch:
+    return known_batch(b.hash, b.header, b.signature)
 
 
 def differing_fields(a: BlockHeader, b: BlockHeader) -> str:
@@ -116,6 +122,10 @@ class ReplicatedChain:
         self.channels: dict[int, grpc.aio.Channel] = {}
         self.applied_height = 0
         self.stopped: str | None = None  # why applying stopped (a divergence), for status and health
+        # Gateway keys, to check the headers of batches this replica learns of but does not store.
+        self.gateway_keys: dict[str, dict[str, PublicKey]] = {}
+        self._keys_loading: asyncio.Task | None = None
+        self._keys_loaded_at = 0.0
         self._tasks: list[asyncio.Task] = []  # the replica and the block writer
         self._fetches: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
@@ -129,7 +139,7 @@ class ReplicatedChain:
         head = self.store.head()
         unsealed = self.store.unsealed_batches(1 << 31)
         return (decode_block_header(head.header) if head else None, self.store.log_frontier(),
-                [held_batch(b.hash, b.header, b.entry_count) for b in unsealed], self.store.sealed_gateway_heads())
+                [held_batch(b) for b in unsealed], self.store.sealed_gateway_heads())
 
     async def start(self) -> None:
         head, frontier, held, gateway_heads = await self._run_db(self._load_store)
@@ -147,7 +157,10 @@ class ReplicatedChain:
                 f"block {height} in the hub database differs from the one the consensus journal in {self.cfg.data} "
                 "decided: they are not of one replica"
             )
-        self.ledger = BlockLedger(self.chain_id, head, frontier, held, gateway_heads)
+        self.gateway_keys = parse_keys(await self._run_db(self.store.gateway_keys))
+        self._keys_loaded_at = time.monotonic()
+        self.ledger = BlockLedger(self.chain_id, head, frontier, held, gateway_heads,
+                                  signed_by_gateway=self._signed_by_gateway)
         for cert in decided[height:]:  # decided before a restart, not yet written to the store
             self.ledger.decided(cert.proposal)
             self.to_apply.put_nowait(cert)
@@ -189,7 +202,7 @@ class ReplicatedChain:
     def stored(self, batches: Sequence[NewBatch]) -> None:
         """Batches ingest stored from gateways: held here, to be ordered."""
         assert self.ledger is not None and self.process is not None
-        self.ledger.hold(held_batch(b.hash, b.header, b.entry_count) for b in batches)
+        self.ledger.hold(held_batch(b) for b in batches)
         self.process.give([b.hash for b in batches])
 
     def remember(self, digest: bytes, raw: bytes) -> None:
@@ -232,6 +245,56 @@ class ReplicatedChain:
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         return {BATCHES: grpc.unary_unary_rpc_method_handler(
             self.serve_batches, request_deserializer=None, response_serializer=None)}
+
+    def _signed_by_gateway(self, header: BatchHeader, signature: bytes) -> bool:
+        """A forwarded header (custody) signed by its gateway's registered key. An unknown gateway
+        reloads the keys in the background (at most once a second): the forward comes again."""
+        key = self.gateway_keys.get(header.gateway_id, {}).get(header.key_id)
+        if key is None:
+            if (self._keys_loading is None or self._keys_loading.done()) and \
+                    time.monotonic() - self._keys_loaded_at > 1.0:
+                self._keys_loaded_at = time.monotonic()
+                self._keys_loading = asyncio.get_running_loop().create_task(self._reload_keys())
+            return False
+        try:
+            check_header_signature(header, signature, key)
+        except BatchError:
+            return False
+        return True
+
+    async def _reload_keys(self) -> None:
+        self.gateway_keys = parse_keys(await self._run_db(self.store.gateway_keys))
+
+    # -- custody: entries stored elsewhere -------------------------------------------------------
+
+    async def complete_period(self, from_ns: int, to_ns: int) -> None:
+        """Before a certificate: fetch from the other replicas the entries of header-only
+        batches (custody) whose time range meets [from_ns, to_ns), and store them here."""
+        if not self.cfg.payload_copies:
+            return
+        wanted = await self._run_db(self._header_only_between, from_ns, to_ns)
+        if not wanted:
+            return
+        peers = sorted(set(self.cfg.peers) - {self.cfg.id})
+        missing = set(wanted) - await self._fetch(wanted, peers)
+        if missing:
+            raise EntriesUnavailable(
+                f"{len(missing)} sealed batches of the period are stored at other replicas, which did not serve "
+                "them now; ask again, or ask another replica"
+            )
+
+    def _header_only_between(self, from_ns: int, to_ns: int) -> list[bytes]:
+        out: list[bytes] = []
+        after = 0
+        while True:
+            chunk = self.store.header_only_batches(after, 1000)
+            if not chunk:
+                return out
+            for b in chunk:
+                h = decode_batch_header(b.header)
+                if h.first_ns < to_ns and h.last_ns >= from_ns:
+                    out.append(b.hash)
+            after = chunk[-1].id
 
     # -- fetching batches from peers -----------------------------------------------------------
 
@@ -295,10 +358,17 @@ class ReplicatedChain:
                 fresh.append(b)
         if not fresh:
             return set()
-        stored = await self._run_db(self.store.store_batches, fresh, time.time_ns(), True)
-        self.ledger.hold(held_batch(b.hash, b.header, b.entry_count) for b in stored)  # type: ignore[union-attr]
+        stored, filled = await self._run_db(self._store_or_fill, fresh)
+        self.ledger.hold(held_batch(b) for b in stored)  # type: ignore[union-attr]
         self.ingestor.advance_heads(stored)
-        return {b.hash for b in stored}
+        return {b.hash for b in (*stored, *filled)}
+
+    def _store_or_fill(self, fresh: list[NewBatch]) -> tuple[list[NewBatch], list[NewBatch]]:
+        """Store fetched batches; those already in a block as header-only rows get their entries."""
+        now = time.time_ns()
+        stored = self.store.store_batches(fresh, now, True)
+        done = {b.hash for b in stored}
+        return stored, self.store.fill_payloads([b for b in fresh if b.hash not in done], now)
 
     async def serve_batches(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if len(request) % DIGEST or len(request) > 1000 * DIGEST:
@@ -324,7 +394,10 @@ class ReplicatedChain:
             sb = found.get(d)
             if sb is None:
                 continue
-            p = self.store.batch_pack(sb.id)
+            try:
+                p = self.store.batch_pack(sb.id)
+            except PayloadError:  # a header-only batch (custody): its custodians serve it
+                continue
             raw = pb.SignedBatch(
                 header=header_to_pb(decode_batch_header(sb.header)), signature=sb.signature,
                 packed_entries=pb.EntryPack(bodies=p.bodies, offsets=p.offsets, names=p.names),
@@ -346,7 +419,7 @@ class ReplicatedChain:
             wait = 0.1
             while True:
                 have = await self._run_db(self.store.batches_by_hash, list(p.batches))
-                missing = [b for b in p.batches if b not in have]
+                missing = [b for b in p.batches if b not in have and b not in self.ledger.decided_known]  # type: ignore[union-attr]
                 if not missing:
                     break
                 signers = sorted({s.replica for s in cert.commits} - {self.cfg.id})
@@ -356,13 +429,17 @@ class ReplicatedChain:
                             extra={"height": p.height})
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 5.0)
+            known = {b: self.ledger.decided_known[b] for b in p.batches if b in self.ledger.decided_known}  # type: ignore[union-attr]
             try:
-                header = await self._run_db(self._append, cert)
+                header = await self._run_db(self._append, cert, known)
             except ChainDivergence as exc:
                 self.stopped = str(exc)
                 log.critical("%s", exc, extra={"height": p.height})
                 return
             self.applied_height = header.height
+            for b in known:
+                self.ledger.decided_known.pop(b, None)  # type: ignore[union-attr]
+            self.ingestor.advance_heads(list(known.values()))
             if self.metrics is not None:
                 self.metrics.block_sealed(header.height, header.time_ns, header.batch_count)
             for b in p.batches:
@@ -374,16 +451,26 @@ class ReplicatedChain:
             while len(self.sealed) > SEALED_MEMORY:
                 self.sealed.popitem(last=False)
 
-    def _append(self, cert: CommitCertificate) -> BlockHeader:
-        """Write a decided block (on the database thread); the header is rebuilt from this store."""
+    def _append(self, cert: CommitCertificate, known: dict[bytes, HeldBatch]) -> BlockHeader:
+        """Write a decided block (on the database thread); the header is rebuilt from this store
+        and, for batches stored elsewhere (custody), from their known headers."""
         p = cert.proposal
         decided = decode_block_header(p.header)
         stored = self.store.batches_by_hash(list(p.batches))
         head = self.store.head()
         prev = decode_block_header(head.header) if head else None
+        rows: list[int | HeaderOnlyBatch] = []
+        entries = 0
+        for b in p.batches:
+            if b in stored:
+                rows.append(stored[b].id)
+                entries += stored[b].entry_count
+            else:
+                k = known[b]
+                rows.append(HeaderOnlyBatch(k.gateway_id, k.seq, k.hash, k.header, k.signature, k.entry_count))
+                entries += k.entry_count
         header, frontier = next_block(
-            self.chain_id, prev, p.batches, sum(stored[b].entry_count for b in p.batches),
-            self.store.log_frontier(), decided.time_ns,
+            self.chain_id, prev, p.batches, entries, self.store.log_frontier(), decided.time_ns,
         )
         if header != decided:
             raise ChainDivergence(
@@ -394,7 +481,7 @@ class ReplicatedChain:
         q = block_quorum(cert, self.key_ids)
         self.store.append_block(
             header.height, block_hash(header), p.header, header.time_ns,
-            [stored[b].id for b in p.batches], header.entry_count, header.log_size, frontier,
+            rows, header.entry_count, header.log_size, frontier,
             q.commits, StoredQuorum(q.view, q.prev, q.contents_digest),
         )
         log.info("block %d written: %d batches, %d entries", header.height, header.batch_count, header.entry_count,

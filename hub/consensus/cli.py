@@ -53,6 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--host", default="127.0.0.1", help="address every replica listens on (default 127.0.0.1)")
     init.add_argument("--base-port", type=int, default=7800, help="replica i listens on base-port + i")
     init.add_argument("--base-timeout", type=float, default=1.0, help="seconds before a view change (default 1)")
+    init.add_argument("--payload-copies", type=int, default=0,
+                      help="custody: replicas that store each batch's entries, at least f+1 (default 0: every one)")
     init.add_argument("--chain-id", default=None,
                       help="also create a hub per replica (DIR/hub-i: hub.toml with [consensus], key, TLS, database) "
                            "for this slave chain")
@@ -123,6 +125,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         print("gridtrace chain init: --replicas must be at least 1 and --reserves at least 0", file=sys.stderr)
         return 2
     total = args.replicas + args.reserves
+    f = (args.replicas - 1) // 3
+    if args.payload_copies and not f + 1 <= args.payload_copies <= total:
+        print(f"gridtrace chain init: --payload-copies must be 0 or from f+1 = {f + 1} to {total}", file=sys.stderr)
+        return 2
     if args.dir.exists():
         print(f"gridtrace chain init: {args.dir} exists; choose a new directory", file=sys.stderr)
         return 2
@@ -145,6 +151,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"[replica]\nid = {i}\nlisten = \"{args.host}:{args.base_port + i}\"\ndata = \"replica-{i}\"\n"
             f"signing_key = \"keys/replica-{i}.key\"\nbase_timeout_s = {args.base_timeout}\ncheckpoint_interval = 10\n"
             f"active = {list(range(args.replicas))}   # the first consensus replicas; the other peers are reserves\n"
+            + (f"payload_copies = {args.payload_copies}   # custody: replicas that store each batch's entries\n"
+               if args.payload_copies else "") +
             f"{transport}\n[peers]\n{peers}\n",
             encoding="utf-8",
         )

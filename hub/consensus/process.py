@@ -96,7 +96,8 @@ class ReplicaProcess:
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         keys = Ed25519ReplicaKeys(cfg.id, cfg.signer, {i: p.public_key for i, p in cfg.peers.items()})
         config = ConsensusConfig(n=cfg.n, checkpoint_interval=cfg.checkpoint_interval, base_timeout=cfg.base_timeout_s,
-                                 batch_delay=min(TICK_S, cfg.base_timeout_s / 10), active=cfg.active)
+                                 batch_delay=min(TICK_S, cfg.base_timeout_s / 10), active=cfg.active,
+                                 payload_copies=cfg.payload_copies)
         self.app = app
         self.ledger = ledger if ledger is not None else DigestLedger()
         self.core = Replica(config, keys, self.ledger, committed=decided, durable=durable)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@
     checkpoint_interval = 10
     active = [0, 1, 2, 3]         # the first consensus replicas (the same in every replica's file);
                                   # the other [peers] are reserves. Default: all of them
+    payload_copies = 2            # custody: replicas that store each batch's entries (at least f+1,
+                                  # the same in every file); the others keep its header. Default 0: all
 
     [tls]                          # mutual TLS between replicas; insecure_plaintext only for development
     ca = "tls/ca.pem"
@@ -32,7 +34,7 @@ from protos.signing import PublicKey, Signer, load_public_key
 
 SETTINGS = {
     "replica": {"id", "listen", "data", "signing_key", "base_timeout_s", "checkpoint_interval", "insecure_plaintext",
-                "active"},
+                "active", "payload_copies"},
     "tls": {"ca", "cert", "key"},
     "peers": None,  # keys are replica ids
 }
@@ -60,6 +62,7 @@ class ReplicaConfig:
     tls_cert: Path | None
     tls_key: Path | None
     active: tuple[int, ...] = ()  # the first consensus replicas; () = every peer
+    payload_copies: int = 0  # custody (hub.consensus.config.ConsensusConfig); 0: every replica stores every batch
 
     @property
     def n(self) -> int:
@@ -103,6 +106,11 @@ def load_replica_config(path: Path) -> ReplicaConfig:
         raise rep.fail("active", f"must list distinct replica ids among [peers] {sorted(peers)}, got {active}")
     if active and len(active) < 1:
         raise rep.fail("active", "needs at least one replica")
+    copies = rep.get("payload_copies", int, 0)
+    f = (len(active or peers) - 1) // 3
+    if copies and not f + 1 <= copies <= len(peers):
+        raise rep.fail("payload_copies", f"must be 0 (every replica stores every batch) or from f+1 = {f + 1} to "
+                                         f"{len(peers)}, got {copies}")
     insecure = rep.get("insecure_plaintext", bool, False)
     paths = {k: tls.path_value(k, None) for k in ("ca", "cert", "key")}
     if not insecure:
@@ -115,5 +123,5 @@ def load_replica_config(path: Path) -> ReplicaConfig:
         base_timeout_s=rep.positive("base_timeout_s", float, 1.0),
         checkpoint_interval=rep.positive("checkpoint_interval", int, 10),
         insecure_plaintext=insecure, tls_ca=paths["ca"], tls_cert=paths["cert"], tls_key=paths["key"],
-        active=tuple(sorted(active)),
+        active=tuple(sorted(active)), payload_copies=copies,
     )

@@ -106,6 +106,20 @@ def new_batch(
     return NewBatch(gateway_id, seq, digest, header, signature, payload, tuple(spans_of(meter_ids, ts_ns)))
 
 
+@dataclass(frozen=True)
+class HeaderOnlyBatch:
+    """A batch sealed in a block whose entries this replica does not store (custody: they are
+    at f+1 or more other replicas): its gateway-signed header, which is all the block needs,
+    and what a later fetch of the entries is checked against."""
+
+    gateway_id: str
+    seq: int
+    hash: bytes
+    header: bytes
+    signature: bytes
+    entry_count: int
+
+
 _SEAL_BATCH = (
     update(batches)
     .where(batches.c.id == bindparam("b_id"), batches.c.block_height.is_(None))
@@ -358,15 +372,18 @@ class Store:
         block_hash: bytes,
         header: bytes,
         time_ns: int,
-        batch_ids: Sequence[int],
+        block_batches: Sequence[int | HeaderOnlyBatch],
         entry_count: int,
         log_size: int,
         frontier: CompactRange,
         block_seals: Iterable[tuple[str, bytes]],
         quorum: StoredQuorum | None = None,
     ) -> None:
-        first_log_index = log_size - len(batch_ids)
+        """Write a block: each of its batches is the id of a stored batch, or (a replica with
+        custody) the header of one whose entries are stored by other replicas, written here."""
+        first_log_index = log_size - len(block_batches)
         with self.engine.begin() as c:
+            batch_ids = self._header_only_rows(c, block_batches, time_ns)
             c.execute(
                 blocks.insert().values(
                     height=height, hash=block_hash, header=header, time_ns=time_ns,
@@ -397,6 +414,68 @@ class Store:
                     f"({len(batch_ids) - sealed} of the block's {len(batch_ids)} batches)"
                 )
             c.execute(update(chain_state).values(log_frontier=json.dumps(frontier.to_json())))
+
+    def _header_only_rows(self, c: Connection, block_batches: Sequence[int | HeaderOnlyBatch], now_ns: int) -> list[int]:
+        """Insert the header-only batches of a block; the ids of all its batches, in order."""
+        ids: list[int] = []
+        heads: dict[str, dict] = {}
+        for b in block_batches:
+            if isinstance(b, int):
+                ids.append(b)
+                continue
+            ids.append(c.execute(_INSERT_BATCH, {
+                "gateway_id": b.gateway_id, "seq": b.seq, "hash": b.hash, "header": b.header,
+                "signature": b.signature, "entry_count": b.entry_count, "stored_ns": now_ns,
+            }).inserted_primary_key[0])
+            h = heads.setdefault(b.gateway_id, {"gateway_id": b.gateway_id, "seq": -1, "batches": 0, "entries": 0,
+                                                "last_stored_ns": now_ns})
+            if b.seq > h["seq"]:  # the gateway's chain moves on here too (ingest checks the next batch against it)
+                h.update(seq=b.seq, hash=b.hash)
+        if heads:
+            c.execute(self._upsert_heads, list(heads.values()))
+        return ids
+
+    def header_only(self, batch_ids: Sequence[int]) -> set[int]:
+        """Those of these batches whose entries are not stored here (custody)."""
+        with self.engine.connect() as c:
+            have: set[int] = set()
+            for i in range(0, len(batch_ids), 500):
+                have.update(c.execute(select(batch_payloads.c.batch_id).where(
+                    batch_payloads.c.batch_id.in_(batch_ids[i : i + 500]))).scalars())
+        return set(batch_ids) - have
+
+    def header_only_batches(self, after_id: int = 0, limit: int = 1000) -> list[StoredBatch]:
+        """Sealed batches whose entries are not stored here, in id order from `after_id`."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(batches).where(batches.c.id > after_id, ~batches.c.id.in_(select(batch_payloads.c.batch_id)))
+                .order_by(batches.c.id).limit(limit)
+            ).all()
+        return [_batch(r) for r in rows]
+
+    def fill_payloads(self, new: Sequence[NewBatch], stored_ns: int) -> list[NewBatch]:
+        """Store the entries of header-only batches (fetched from a custodian); others are left
+        out. Returns those stored."""
+        if not new:
+            return []
+        with self.engine.begin() as c:
+            rows = {bytes(r.hash): r for r in c.execute(
+                select(batches.c.id, batches.c.hash, batches.c.header).where(
+                    batches.c.hash.in_([b.hash for b in new]), ~batches.c.id.in_(select(batch_payloads.c.batch_id)))
+            ).all()}
+            fill = [b for b in new if b.hash in rows and bytes(rows[b.hash].header) == b.header]
+            if not fill:
+                return []
+            keys = self._meter_keys_for(c, {sp.meter_id for b in fill for sp in b.spans})
+            insert_rows(c, batch_payloads, _PAYLOAD_COLUMNS,
+                        [(rows[b.hash].id, b.payload.bodies, b.payload.offsets, b.payload.names) for b in fill])
+            insert_rows(c, entry_spans, _SPAN_COLUMNS, [
+                (keys[sp.meter_id], sp.hour, rows[b.hash].id, sp.first_ns, sp.last_ns, sp.count, sp.idxs)
+                for b in fill for sp in b.spans
+            ])
+            c.execute(_ADD_COUNTS, {"n_batches": len(fill), "n_entries": sum(b.entry_count for b in fill)})
+        self._meter_keys.update(keys)
+        return fill
 
     def block(self, height: int) -> StoredBlock | None:
         with self.engine.connect() as c:
@@ -476,7 +555,7 @@ class Store:
         out.sort(key=lambda t: (t[1].ts_ns, t[0], t[1].idx))
         return out
 
-    def _bodies(self, c: Connection, batch_ids: Sequence[int]) -> dict[int, list[bytes]]:
+    def _bodies(self, c: Connection, batch_ids: Sequence[int], header_only_ok: bool = False) -> dict[int, list[bytes]]:
         out: dict[int, list[bytes]] = {}
         for i in range(0, len(batch_ids), 500):
             rows = c.execute(select(batch_payloads).where(batch_payloads.c.batch_id.in_(batch_ids[i : i + 500]))).all()
@@ -485,7 +564,7 @@ class Store:
                     EntryPack(bytes(r.bodies), bytes(r.offsets), bytes(r.names)), f"payload of batch {r.batch_id}"
                 )
         missing = set(batch_ids) - out.keys()
-        if missing:
+        if missing and not header_only_ok:
             raise PayloadError(f"batches {sorted(missing)[:5]} have no stored payload")
         return out
 
@@ -528,7 +607,8 @@ class Store:
             return self._bodies(c, [batch_id])[batch_id]
 
     def iter_entries(self, chunk: int = 256) -> Iterator[StoredEntry]:
-        """Every stored entry in arrival order (batch id, then position), decoded from the payloads."""
+        """Every stored entry in arrival order (batch id, then position), decoded from the payloads
+        (header-only batches have none here)."""
         last = 0
         while True:
             with self.engine.connect() as c:
@@ -537,9 +617,9 @@ class Store:
                 ).all()
                 if not rows:
                     return
-                bodies = self._bodies(c, [r.id for r in rows])
+                bodies = self._bodies(c, [r.id for r in rows], header_only_ok=True)
             for r in rows:
-                for idx, body in enumerate(bodies[r.id]):
+                for idx, body in enumerate(bodies.get(r.id, ())):
                     meter, kind, seq, ts = _entry_fields(body, f"batch {r.id} entry {idx}")
                     yield StoredEntry(r.id, idx, meter, kind, seq, ts, body, r.stored_ns)
             last = rows[-1].id
