@@ -156,6 +156,24 @@ def test_one_replica_down_is_tolerated_two_halt_the_chain_then_it_resumes() -> N
     assert len({tuple(x.proposal.digest for x in c.decided[i]) for i in range(4)}) == 1
 
 
+def test_a_replica_back_after_the_others_went_quiet_asks_for_the_blocks_it_missed() -> None:
+    """Replica 3 misses 60 blocks (more than one answer of fetch_batch), then nothing happens
+    any more: no message shows it is behind, so it asks its peers in turn on a quiet tick, and
+    follows a full answer with the next question."""
+    c = Cluster()
+    for i in range(60):
+        c.submit(0, batch(100 + i))
+        c.run(drop={3})
+    assert [len(c.decided[i]) for i in range(4)] == [60, 60, 60, 0]
+    c.tick(0.1)  # a tick soon after: not quiet yet for the others, and 3 just asks once
+    c.run()
+    for _ in range(4):
+        c.tick(2 * CONFIG.base_timeout)
+        c.run()
+    assert len(c.decided[3]) == 60
+    assert [x.proposal.digest for x in c.decided[3]] == [x.proposal.digest for x in c.decided[0]]
+
+
 def test_a_restarted_replica_does_not_vote_twice_at_one_height() -> None:
     """It persisted its prepare before sending it; after a restart it refuses another digest."""
     c = Cluster()

@@ -68,6 +68,25 @@ async def _feed(gateways: list[Gateway], stop: asyncio.Event, every_s: float = 0
             pass
 
 
+def _stream_during(gateways: list[Gateway], faults) -> list[bool]:  # noqa: ANN001 - an async callable
+    """Agents stream batches fed every 50 ms while `faults()` runs; then each drains its queue
+    (True: every batch receipted)."""
+
+    async def run() -> list[bool]:
+        stop_uplinks, stop_feed = asyncio.Event(), asyncio.Event()
+        uplinks = [asyncio.create_task(g.uplink.run(stop_uplinks)) for g in gateways]
+        feed = asyncio.create_task(_feed(gateways, stop_feed))
+        await faults()
+        stop_feed.set()
+        await feed
+        drained = [await g.uplink.drain(60) for g in gateways]
+        stop_uplinks.set()
+        await asyncio.gather(*uplinks)
+        return drained
+
+    return asyncio.run(run())
+
+
 def test_hub_replicas_seal_every_receipted_batch_once_through_kills_a_pause_and_restarts(tmp_path: Path) -> None:
     site = HubReplicas(tmp_path / "substation", N)
     gateways = [Gateway(site, tmp_path, "gw-a", first_hub=0), Gateway(site, tmp_path, "gw-b", first_hub=2)]
@@ -77,11 +96,7 @@ def test_hub_replicas_seal_every_receipted_batch_once_through_kills_a_pause_and_
             site.start(i)
         site.wait_ready(list(range(N)))
 
-        async def run() -> list[bool]:
-            stop_uplinks, stop_feed = asyncio.Event(), asyncio.Event()
-            uplinks = [asyncio.create_task(g.uplink.run(stop_uplinks)) for g in gateways]
-            feed = asyncio.create_task(_feed(gateways, stop_feed))
-
+        async def faults() -> None:
             async def step(what: str, fn, *args, pause_s: float = 2.0) -> None:  # noqa: ANN001
                 await asyncio.to_thread(fn, *args)
                 events.append(what)
@@ -97,14 +112,8 @@ def test_hub_replicas_seal_every_receipted_batch_once_through_kills_a_pause_and_
             paused = (backup + 1) % N
             await step(f"pause {paused}", site.pause, paused)
             await step(f"resume {paused}", site.resume, paused)
-            stop_feed.set()
-            await feed
-            drained = [await g.uplink.drain(60) for g in gateways]
-            stop_uplinks.set()
-            await asyncio.gather(*uplinks)
-            return drained
 
-        drained = asyncio.run(run())
+        drained = _stream_during(gateways, faults)
         assert all(drained), f"{[g.queue.stats() for g in gateways]} after {events}"
         total = sum(g.sealed for g in gateways)
         chain = site.wait_same_chain(list(range(N)), total)
@@ -130,6 +139,17 @@ def _gridtrace(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gridtrace", *args], capture_output=True, text=True)
 
 
+def _certificate_that_verifies(site: HubReplicas, replica: int, trust: Path, out: Path) -> dict:
+    """MTR-gw-a's certificate for all time, pulled from `replica` and verified with `trust`."""
+    issued = _gridtrace("cert", "pull", "--hub", site.hubs[replica], "--tls-ca", str(site.dir / "tls" / "ca.pem"),
+                        "--meter", "MTR-gw-a", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z",
+                        "--output", str(out))
+    assert issued.returncode == 0, issued.stderr
+    ok = _gridtrace("cert", "verify", str(out), "--trust", str(trust))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    return json.loads(out.read_text())
+
+
 def _check_verify_and_certificates(site: HubReplicas, tmp_path: Path) -> None:
     """Offline, after the run: the audit of a replica's database checks every block's commit
     votes against the replicas' keys, and a measurement certificate issued by one replica
@@ -140,14 +160,7 @@ def _check_verify_and_certificates(site: HubReplicas, tmp_path: Path) -> None:
     assert _gridtrace("hub", "trust", "--config", str(site.hub_toml(2)), "--output", str(trust)).returncode == 0
     doc = json.loads(trust.read_text())
     assert doc["chains"]["sub-test"]["quorum"] == 3 and len(doc["chains"]["sub-test"]["replicas"]) == 4
-    cert = tmp_path / "cert.json"
-    issued = _gridtrace("cert", "pull", "--hub", site.hubs[3], "--tls-ca", str(site.dir / "tls" / "ca.pem"),
-                        "--meter", "MTR-gw-a", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z",
-                        "--output", str(cert))
-    assert issued.returncode == 0, issued.stderr
-    ok = _gridtrace("cert", "verify", str(cert), "--trust", str(trust))
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    body = json.loads(cert.read_text())
+    body = _certificate_that_verifies(site, 3, trust, tmp_path / "cert.json")
     block = body["certificate"]["blocks"][0] if "certificate" in body else body["blocks"][0]
     assert "quorum" in block
     sig = bytearray(bytes.fromhex(block["seals"][0]["signature"]))
@@ -224,23 +237,14 @@ def test_with_custody_two_replicas_store_each_batch_the_others_seal_it_by_its_he
             site.start(i)
         site.wait_ready(list(range(N)))
 
-        async def run() -> list[bool]:
-            stop_uplinks, stop_feed = asyncio.Event(), asyncio.Event()
-            uplinks = [asyncio.create_task(g.uplink.run(stop_uplinks)) for g in gateways]
-            feed = asyncio.create_task(_feed(gateways, stop_feed))
+        async def faults() -> None:
             await asyncio.sleep(2.0)
             await asyncio.to_thread(site.kill, 3)
             await asyncio.sleep(1.5)
             await asyncio.to_thread(site.start, 3)
             await asyncio.sleep(2.0)
-            stop_feed.set()
-            await feed
-            drained = [await g.uplink.drain(60) for g in gateways]
-            stop_uplinks.set()
-            await asyncio.gather(*uplinks)
-            return drained
 
-        drained = asyncio.run(run())
+        drained = _stream_during(gateways, faults)
         assert all(drained), [g.queue.stats() for g in gateways]
         total = sum(g.sealed for g in gateways)
         chain = site.wait_same_chain(list(range(N)), total)
@@ -277,14 +281,7 @@ def test_with_custody_two_replicas_store_each_batch_the_others_seal_it_by_its_he
         assert "by header and signature only" in verified.stdout
         trust = tmp_path / "trust.json"
         assert _gridtrace("hub", "trust", "--config", str(site.hub_toml(0)), "--output", str(trust)).returncode == 0
-        cert = tmp_path / "cert.json"
-        issued = _gridtrace("cert", "pull", "--hub", site.hubs[asked], "--tls-ca", str(site.dir / "tls" / "ca.pem"),
-                            "--meter", "MTR-gw-a", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z",
-                            "--output", str(cert))
-        assert issued.returncode == 0, issued.stderr
-        ok = _gridtrace("cert", "verify", str(cert), "--trust", str(trust))
-        assert ok.returncode == 0, ok.stdout + ok.stderr
-        body = json.loads(cert.read_text())
+        body = _certificate_that_verifies(site, asked, trust, tmp_path / "cert.json")
         doc = body.get("certificate", body)
         assert len(doc["entries"]) == gateways[0].reading  # every reading of the meter, none left out
         s = site.store(asked)

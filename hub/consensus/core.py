@@ -170,6 +170,11 @@ class Replica:
         self.new_view_sent: set[int] = set()
         self.ahead: dict[int, set[int]] = {}  # height -> replicas showing they are at or past it
         self.fetching: tuple[int, float] | None = None  # (peer, since)
+        # Nothing decided for a while: ask a peer, in turn, for blocks after ours. A replica that
+        # came back after the others went quiet sees no message that shows it is behind.
+        self.progress_at = 0.0
+        self.probed_at = 0.0
+        self.probes = 0
         self.bad_peers: set[int] = set()
         self.failed_views = 0  # consecutive view changes without a decision: the timeout's exponent
         self.deadline: float | None = None
@@ -238,6 +243,7 @@ class Replica:
 
     def start(self, now: float) -> list[Action]:
         self.now = now
+        self.progress_at = self.probed_at = now - 2 * self.config.base_timeout  # (re)started: ask at once
         out: list[Action] = []
         if self.changing_to is not None:  # restarted in the middle of a view change: say it again
             target, self.changing_to = self.changing_to, None
@@ -281,6 +287,7 @@ class Replica:
         if self.fetching is not None and now - self.fetching[1] > self.timeout:
             self.bad_peers.add(self.fetching[0])  # silent or unhelpful: ask someone else
             self.fetching = None
+        out += self._probe()
         out += self._fetch_if_behind(gap=0)
         out += self._retransmit()
         if self.config.batch_delay:
@@ -647,6 +654,7 @@ class Replica:
 
     def _decide(self, cert: CommitCertificate, seen: dict[int, Signed] | None = None) -> list[Action]:
         p = cert.proposal
+        self.progress_at = self.now
         self.certificates.append(cert)
         self._settle(p)
         self.decided_commits = {c.replica: c for c in cert.commits}
@@ -883,9 +891,23 @@ class Replica:
         self.fetching = (peer, self.now)
         return [Send(self._sign(FetchBlocks(self.height + 1)), to=peer)]
 
-    def _on_fetch(self, m: Signed, body: FetchBlocks) -> list[Action]:
-        if body.height < 1 or body.height > self.height:
+    def _probe(self) -> list[Action]:
+        quiet = 2 * self.config.base_timeout
+        if self.fetching is not None or self.now - self.progress_at < quiet or self.now - self.probed_at < quiet:
             return []
+        peers = [r for r in range(self.config.n) if r != self.me]
+        if not peers:
+            return []
+        self.probed_at = self.now
+        self.probes += 1
+        peer = peers[(self.me + self.probes) % len(peers)]
+        self.fetching = (peer, self.now)
+        return [Send(self._sign(FetchBlocks(self.height + 1)), to=peer)]
+
+    def _on_fetch(self, m: Signed, body: FetchBlocks) -> list[Action]:
+        if body.height < 1:
+            return []
+        # An empty answer too: the asker learns it is not behind us (and does not wait for us).
         certs = tuple(self.certificates[body.height - 1 : body.height - 1 + self.config.fetch_batch])
         return [Send(self._sign(Blocks(certs)), to=m.replica)]
 
@@ -904,6 +926,9 @@ class Replica:
                 break
             out += self._decide(cert)
         self.fetching = None
+        if len(body.certificates) == self.config.fetch_batch and m.replica not in self.bad_peers:
+            self.fetching = (m.replica, self.now)  # a full answer: there may be more
+            return out + [Send(self._sign(FetchBlocks(self.height + 1)), to=m.replica)]
         return out + self._fetch_if_behind()
 
 
