@@ -73,3 +73,48 @@ def test_known_and_held_batches_make_the_same_block_header_and_decided_known_one
     assert set(custodian_less.decided_known) == {b1.hash, b2.hash}
     assert custodian_less.gateway_heads["gw-1"] == (2, b2.hash)
     assert not custodian_less.knows(b1.hash) and not custodian_less.decided_unheld
+
+
+def test_a_gateway_fork_gets_one_batch_sealed_never_both() -> None:
+    """A gateway that signed two batches with one sequence number (sent to two replicas): a
+    block takes one, a proposal with both is refused (a replica could store only one of them,
+    and its block writer would wait for ever), and the other never follows later."""
+    b1 = batch(1, ZERO_HASH)
+    fork = seal_batch(GATEWAY, "gw-1", 1, ZERO_HASH, [b"other entry"], [1_001], 2_001)
+    led = ledger()
+    assert led.learn(b1.hash, forwarded(b1)) and led.learn(fork.hash, forwarded(fork))
+    chosen = led.select((b1.hash, fork.hash), 10)
+    assert len(chosen) == 1
+    both = (b1.hash, fork.hash)
+    header = led.build(1, bytes(32), (b1.hash,), 0.0)
+    why = led.check(Proposal(1, bytes(32), both, header), 0.0)
+    assert why is not None and "number is taken" in why
+    p = Proposal(1, bytes(32), (b1.hash,), led.build(1, bytes(32), (b1.hash,), 0.0))
+    assert led.check(p, 0.0) is None
+    led.decided(p)
+    assert led.select((fork.hash,), 10) == ()
+    assert led.superseded(fork.hash) and not led.superseded(b1.hash)
+
+
+def test_the_core_stops_waiting_for_a_gateways_fork_once_its_twin_is_decided() -> None:
+    """Replica 1 holds the fork a gateway sent it; the other three decide the twin. The fork
+    leaves replica 1's pending batches, so it does not change views over it for ever."""
+    from hub.consensus.config import ConsensusConfig
+    from hub.consensus.core import Replica
+    from hub.consensus.keys import SimulatedReplicaKeys, sign_message
+    from hub.consensus.messages import Commit, PrePrepare
+
+    b1 = batch(1, ZERO_HASH)
+    fork = seal_batch(GATEWAY, "gw-1", 1, ZERO_HASH, [b"other entry"], [1_001], 2_001)
+    secrets = {i: bytes([i]) * 32 for i in range(4)}
+    led = ledger()
+    led.hold([known_batch(fork.hash, encode_batch_header(fork.header), fork.signature)])
+    r = Replica(ConsensusConfig(n=4), SimulatedReplicaKeys(1, secrets), led)
+    r.submit([fork.hash], 0.0)
+    assert fork.hash in r.pending
+    assert led.learn(b1.hash, forwarded(b1))
+    p = Proposal(1, bytes(32), (b1.hash,), led.build(1, bytes(32), (b1.hash,), 0.0))
+    r.receive(sign_message(SimulatedReplicaKeys(0, secrets), PrePrepare(0, p)), 0.1)
+    for i in (0, 2, 3):  # the others hold the twin and commit it
+        r.receive(sign_message(SimulatedReplicaKeys(i, secrets), Commit(0, 1, p.digest)), 0.2)
+    assert r.height == 1 and fork.hash not in r.pending

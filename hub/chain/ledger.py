@@ -135,11 +135,15 @@ class BlockLedger:
         self.known[batch] = HeldBatch(batch, h.entry_count, h.gateway_id, h.seq, h.prev_hash, header, signature)
         return True
 
-    def _follows(self, b: HeldBatch, before: set[bytes]) -> bool:
-        """Its predecessor is decided, or in `before` (earlier in the same block)."""
+    def _follows(self, b: HeldBatch, before: set[bytes], seqs: set[tuple[str, int]]) -> bool:
+        """Its predecessor is decided, or in `before` (earlier in the same block); and no batch
+        with its gateway and sequence number is decided or in `seqs` (earlier in the block). A
+        gateway that signed two batches with one number (a fork of its chain) gets one sealed."""
+        head = self.gateway_heads.get(b.gateway_id)
+        if (b.gateway_id, b.seq) in seqs or (head is not None and b.seq <= head[0]):
+            return False
         if b.prev_hash in before or b.prev_hash in self.decided_unheld:
             return True
-        head = self.gateway_heads.get(b.gateway_id)
         if head is None:
             return b.seq == 1 and b.prev_hash == ZERO_HASH
         return b.prev_hash == head[1]
@@ -151,13 +155,15 @@ class BlockLedger:
         by_prev: dict[bytes, HeldBatch] = {b.prev_hash: b for b in known}
         out: list[bytes] = []
         chosen: set[bytes] = set()
+        seqs: set[tuple[str, int]] = set()
         for digest in batches:
             b = self._summary(digest)
-            if b is None or digest in chosen or not self._follows(b, chosen):
+            if b is None or digest in chosen or not self._follows(b, chosen, seqs):
                 continue
-            while b is not None and len(out) < limit and b.hash not in chosen:
+            while b is not None and len(out) < limit and b.hash not in chosen and (b.gateway_id, b.seq) not in seqs:
                 out.append(b.hash)
                 chosen.add(b.hash)
+                seqs.add((b.gateway_id, b.seq))
                 b = by_prev.get(b.hash)
             if len(out) >= limit:
                 break
@@ -188,13 +194,15 @@ class BlockLedger:
         if missing:
             return f"block {p.height}: {len(missing)} of its batches are not held here"
         before: set[bytes] = set()
+        seqs: set[tuple[str, int]] = set()
         for i, digest in enumerate(p.batches):
             b = self._summary(digest)
             assert b is not None
-            if not self._follows(b, before):
-                return (f"block {p.height}: batch {i} (gateway {b.gateway_id} batch {b.seq}) comes before the "
-                        "batch it follows")
+            if not self._follows(b, before, seqs):
+                return (f"block {p.height}: batch {i} (gateway {b.gateway_id} batch {b.seq}) does not follow the "
+                        "gateway's chain (it comes before the batch it follows, or that number is taken)")
             before.add(digest)
+            seqs.add((b.gateway_id, b.seq))
         expected = self._header(p.batches, h.time_ns)
         if h != expected:
             wrong = [f.name for f in fields(BlockHeader) if getattr(h, f.name) != getattr(expected, f.name)]
@@ -215,6 +223,11 @@ class BlockLedger:
                 self.decided_unheld.add(digest)
             else:
                 self._advance(b)
+
+    def superseded(self, batch: bytes) -> bool:
+        b = self._summary(batch)
+        head = None if b is None else self.gateway_heads.get(b.gateway_id)
+        return b is not None and head is not None and b.seq <= head[0] and head[1] != batch
 
     def _advance(self, b: HeldBatch) -> None:
         head = self.gateway_heads.get(b.gateway_id)

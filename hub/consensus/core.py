@@ -666,6 +666,10 @@ class Replica:
             self.pending.pop(b, None)
             self.sources.pop(b, None)
             self.holders.pop(b, None)
+        for b in [b for b in self.pending if self.ledger.superseded(b)]:  # a gateway's fork: never sealed
+            del self.pending[b]
+            self.sources.pop(b, None)
+            self.holders.pop(b, None)
         self.slots = {k: s for k, s in self.slots.items() if k[1] > p.height}
         self.waited = {k for k in self.waited if k[1] > p.height}
         self.votes = {k: d for k, d in self.votes.items() if k[2] > p.height}

@@ -50,6 +50,10 @@ class Ledger(Protocol):
     def decided(self, p: Proposal) -> None:
         """`p` was decided (by this replica's protocol or a certificate): the next block follows it."""
 
+    def superseded(self, batch: bytes) -> bool:
+        """A batch that can never be sealed: its gateway already has a decided batch with its
+        sequence number (the gateway forked its chain). The core stops waiting for it."""
+
 
 _SIM_HEADER = struct.Struct(">8sQ32s32sQ")
 
@@ -102,3 +106,6 @@ class DigestLedger:
 
     def decided(self, p: Proposal) -> None:
         pass
+
+    def superseded(self, batch: bytes) -> bool:
+        return False
