@@ -82,7 +82,7 @@ def copy_chain(src, dst, chain_id: str, now_ns: int) -> CopyCounts:  # noqa: ANN
         elsewhere = src.header_only([b.id for b in batches])  # custody: entries at other replicas
         copied = iter(_copy_batches(src, dst, [b for b in batches if b.id not in elsewhere]))
         ids: list[int | HeaderOnlyBatch] = [
-            HeaderOnlyBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, b.entry_count)
+            HeaderOnlyBatch.of(b)
             if b.id in elsewhere else next(copied) for b in batches
         ]
         for b in batches:

@@ -344,7 +344,7 @@ def test_header_only_batches_seal_in_blocks_audit_by_header_and_take_their_entri
             for b in batches:
                 log.append(leaf_hash(b.hash))
             dst.append_block(h, blk.hash, blk.header, h, [
-                HeaderOnlyBatch(b.gateway_id, b.seq, b.hash, b.header, b.signature, b.entry_count) for b in batches
+                HeaderOnlyBatch.of(b) for b in batches
             ], blk.entry_count, log.size, log, blk.seals, blk.quorum)
             sealed += batches
         ids = [dst.find_batch(b.gateway_id, b.seq).id for b in sealed]

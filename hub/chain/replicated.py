@@ -467,7 +467,7 @@ class ReplicatedChain:
                 entries += stored[b].entry_count
             else:
                 k = known[b]
-                rows.append(HeaderOnlyBatch(k.gateway_id, k.seq, k.hash, k.header, k.signature, k.entry_count))
+                rows.append(HeaderOnlyBatch.of(k))
                 entries += k.entry_count
         header, frontier = next_block(
             self.chain_id, prev, p.batches, entries, self.store.log_frontier(), decided.time_ns,

@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.storage import migrate
+
+if TYPE_CHECKING:  # a type only: the store does not depend on the chain
+    from hub.chain.ledger import HeldBatch
 from hub.storage.bulk import insert_rows
 from hub.storage.engine import Checkpointer, StoreError, engine_for, sqlite_url
 from hub.storage.payload import PayloadError, Span, spans_of, unpack_idxs, unpack_payload
@@ -118,6 +122,12 @@ class HeaderOnlyBatch:
     header: bytes
     signature: bytes
     entry_count: int
+
+    @classmethod
+    def of(cls, b: HeldBatch | StoredBatch) -> HeaderOnlyBatch:
+        """The header-only row of a batch known by its header (a replica's ledger), or of one
+        stored in another database (a backup)."""
+        return cls(b.gateway_id, b.seq, b.hash, b.header, b.signature, b.entry_count)
 
 
 _SEAL_BATCH = (
