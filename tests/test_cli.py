@@ -238,6 +238,19 @@ def test_hub_init(site):
     assert cfg.database_url == f"sqlite:///{(d / 'hub.sqlite').resolve()}"
 
 
+@pytest.mark.parametrize(("replicas", "verifiers"), [(4, 0), (1, 1)])
+def test_chain_init_checks_batches_in_the_server_process_when_replicas_share_a_host(tmp_path, replicas, verifiers):
+    """Replicas made by one `chain init` share its --host and so its cores: a verifier process
+    each would add a process hop per batch and no parallelism. A lone replica keeps its own."""
+    from hub.config import load_hub_config
+
+    done = gridtrace_cli("chain", "init", "--replicas", str(replicas), "--dir", "site", "--chain-id", "sub-7",
+                         cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for i in range(replicas):
+        assert load_hub_config(tmp_path / "site" / f"hub-{i}" / "hub.toml").verifier_processes == verifiers
+
+
 def test_hub_init_refuses_to_run_twice_and_bad_chain_ids(site, tmp_path):
     root, _, _ = site
     d = root / "hub"

@@ -236,9 +236,10 @@ def test_a_backup_votes_only_once_it_holds_the_blocks_batches_and_fetches_them_f
     p = proposal(1, bytes(32), (batch(1), batch(2)))
     ledger.held.add(batch(1))
     actions = r.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0)
-    fetches = [a for a in actions if isinstance(a, Fetch)]
+    assert actions == []  # no vote; no fetch yet either: a forward or fetch under way may bring it
+    assert not [a for a in r.tick(CONFIG.base_timeout / 8) if isinstance(a, Fetch)]
+    fetches = [a for a in r.tick(CONFIG.base_timeout / 4) if isinstance(a, Fetch)]
     assert [(f.batches, f.peers[0]) for f in fetches] == [((batch(2),), 0)]  # the primary is asked first
-    assert not [a for a in actions if isinstance(a, Send)]
     again = r.tick(CONFIG.base_timeout / 2)  # the answer was lost: asked again
     assert [a.batches for a in again if isinstance(a, Fetch)] == [(batch(2),)]
     ledger.held.add(batch(2))
@@ -317,14 +318,26 @@ def test_with_custody_a_replica_votes_for_a_batch_it_does_not_store_once_f_plus_
     r.receive(custody_forward(0, b), 0.0)
     p = proposal(1, bytes(32), (b,))
     pp = sign_message(keys(0), PrePrepare(0, p))
-    acts = r.receive(pp, 0.0)
-    # One holder is not enough (it may be the faulty one): fetch instead of voting.
-    assert not any(isinstance(a, Send) and isinstance(a.message.body, Prepare) for a in acts)
-    assert [a.batches for a in acts if isinstance(a, Fetch)] == [(b,)]
+    # One holder is not enough (it may be the faulty one): no vote. No fetch yet either: the
+    # custodian's forward was sent before the pre-prepare and is likely on its way.
+    assert r.receive(pp, 0.0) == []
+    assert r.tick(0.1) == []
     other = next(i for i in (1, 2, 3) if i != backup)
-    acts = r.receive(custody_forward(other, b), 0.1)
+    acts = r.receive(custody_forward(other, b), 0.15)
     assert [a.message.body for a in acts if isinstance(a, Send)] == [Prepare(0, 1, p.digest)]
     assert not r.ledger.holds(b)
+
+
+def test_with_custody_a_replica_fetches_a_batch_only_one_replica_says_it_stores_after_its_patience() -> None:
+    b = batch(8)
+    backup = next(i for i in (1, 2, 3) if not Replica(CUSTODY, keys(i), DigestLedger())._custodian(b, 0))
+    r = Replica(CUSTODY, keys(backup), DigestLedger())
+    r.receive(custody_forward(0, b), 0.0)
+    p = proposal(1, bytes(32), (b,))
+    assert r.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0) == []
+    acts = r.tick(CUSTODY.base_timeout / 4)  # the custodian never said it stores b: fetch it
+    assert [(a.batches, a.peers[0]) for a in acts if isinstance(a, Fetch)] == [((b,), 0)]
+    assert not any(isinstance(a, Send) and isinstance(a.message.body, Prepare) for a in acts)
 
 
 def test_with_custody_a_forward_whose_header_is_not_the_batchs_counts_for_nothing() -> None:

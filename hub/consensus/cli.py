@@ -162,10 +162,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 0
     from hub.cli import init_hub_dir
 
+    # The replicas made here share one host (--host), and so its cores: a verifier process per
+    # replica would add a process hop per batch and no parallelism (measured: bench/README.md).
+    shared = (
+        "\n[ingest]\nverifier_processes = 0   # replicas on one host share its cores; on a host of its own: 1 or more\n"
+        if total > 1 else ""
+    )
     for i in range(total):
         init_hub_dir(
             args.dir / f"hub-{i}", args.chain_id, f"{args.host}:{args.hub_base_port + i}", args.insecure, "",
-            tls_names=[args.host], extra_config=f'\n[consensus]\nreplica = "../replica-{i}.toml"\n',
+            tls_names=[args.host], extra_config=f'{shared}\n[consensus]\nreplica = "../replica-{i}.toml"\n',
             # One CA for the substation: gateways trust tls/ca.pem for every hub replica.
             tls_files=(f"../tls/replica-{i}.pem", f"../tls/replica-{i}.key", "../tls/ca.pem"),
             # One key per replica: its votes, its receipts and the certificates it issues.

@@ -161,7 +161,12 @@ class Replica:
         # Custody: pending batch -> the replicas that said (by a forward) they store it.
         self.holders: dict[bytes, set[int]] = {}
         self.fetched_at = 0.0
-        self.waited: set[tuple[int, int]] = set()  # (view, height) of proposals we fetched batches for
+        # (view, height) of proposals whose batches were not all here -> when we first saw that. A
+        # replica waits a quarter of the base timeout before fetching them: a forward or a fetch
+        # already under way (sent before the pre-prepare, but overtaken by it) usually brings
+        # them first, and each copy fetched for nothing is checked and stored for nothing.
+        self.waited: dict[tuple[int, int], float] = {}
+        self.patient_until: float | None = None
         self.slots: dict[tuple[int, int], _Slot] = {}
         self.prepared: PreparedCertificate | None = None  # at height + 1, the highest view
         self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
@@ -290,6 +295,10 @@ class Replica:
         out += self._probe()
         out += self._fetch_if_behind(gap=0)
         out += self._retransmit()
+        if self.patient_until is not None and now >= self.patient_until:
+            self.patient_until = None
+            if not any(isinstance(a, Fetch) for a in out):
+                out += self._replay()  # batches of the proposal in flight still missing: fetch them now
         if self.config.batch_delay:
             if self.unforwarded:
                 fresh = tuple(b for b in self.unforwarded if b in self.pending)
@@ -311,9 +320,13 @@ class Replica:
             if age > base / 2 and now - self.forwarded_at > base / 2:
                 # The others may never have heard of it (a lost message, or this replica was in a
                 # view change of its own when it came): tell them again, also while changing views.
+                # While blocks are decided, only batches left waiting far longer: under load
+                # batches queue for a while, and telling every replica of them all again would
+                # cost each a signature check and a header check per batch for nothing.
                 self.forwarded_at = now
+                cutoff = base / 2 if now - self.progress_at > base / 2 else 2 * base
                 old = tuple(sorted(b for b, t in self._held_pending().items()
-                                   if now - t > base / 2 and self.ledger.holds(b)))
+                                   if now - t > cutoff and self.ledger.holds(b)))
                 if old:
                     out.append(self._forward(old[: self.config.max_batches]))
             if age > 4 * self.timeout and self.changing_to is None:
@@ -373,7 +386,7 @@ class Replica:
         """Every half timeout without a decision, send our messages for the block in flight (or
         our view change) again: a lost vote then costs a resend, not a view change. Receivers
         keep one message per replica, so repeats change nothing."""
-        if self.now - self.resent_at < self.timeout / 4:
+        if self.now - self.resent_at < self.timeout / 2:
             return []
         mine: list[Signed] = []
         fetch: list[Action] = []
@@ -387,8 +400,9 @@ class Replica:
                     mine.append(slot.pre_prepare)
                 elif slot.pre_prepare is not None and ("prepare", self.view, self.height + 1) not in self.votes:
                     p = slot.pre_prepare.body.proposal
-                    if self._valid_proposal(p):  # still waiting for its batches: ask again
-                        fetch = self._missing(p, slot.pre_prepare.replica)
+                    missing = self._missing(self.view, p) if self._valid_proposal(p) else None
+                    if missing is not None:  # still waiting for its batches: ask again
+                        fetch = self._fetch_missing(self.view, p, missing)
                 mine += [by[self.me] for by in (*slot.prepares.values(), *slot.commits.values()) if self.me in by]
         if not mine and not fetch:
             return []
@@ -402,17 +416,21 @@ class Replica:
         can propose and vote for)."""
         if not self.sources:
             return self.pending
-        return {b: t for b, t in self.pending.items() if b not in self.sources or self._available(b)}
+        m = self.m  # (called on every tick and input, for every pending batch: look it up once)
+        return {b: t for b, t in self.pending.items() if b not in self.sources or self._available(b, m)}
 
-    def _available(self, b: bytes) -> bool:
+    def _available(self, b: bytes, m: Membership | None = None) -> bool:
         """Held here; or, with custody, its header known and f+1 consensus replicas say they store
-        it (so at least one correct replica checked and stored it, and serves it)."""
+        it (so at least one correct replica checked and stored it, and serves it). `m`: the
+        membership of the next height, if the caller has it."""
         if self.ledger.holds(b):
             return True
-        if not self.config.custody or not self.ledger.knows(b):
+        holders = self.holders.get(b)
+        if not holders or not self.config.custody or not self.ledger.knows(b):
             return False
-        m = self.m
-        return sum(1 for r in self.holders.get(b, ()) if m.votes(r)) >= m.f + 1
+        m = m or self.m
+        need = m.f + 1
+        return len(holders) >= need and sum(1 for r in holders if m.votes(r)) >= need
 
     def _custodian(self, b: bytes, holder: int) -> bool:
         """Whether this replica is one of the `payload_copies - 1` consensus replicas that store
@@ -515,27 +533,36 @@ class Replica:
             and all(len(b) == DIGEST and b not in self.committed_batches for b in p.batches)
         )
 
-    def _missing(self, p: Proposal, primary: int) -> list[Action]:
-        """A Fetch for the batches of `p` this replica neither holds nor (custody) knows are
-        available (none if all are)."""
+    def _missing(self, view: int, p: Proposal) -> tuple[bytes, ...] | None:
+        """The batches of `p` this replica neither holds nor (custody) knows are available; None
+        if all are. The first time some are missing, the primary did its part and fetching them
+        is ours: one more timeout for it (once per proposal, so unavailable batches cannot stall
+        a view for ever)."""
         missing = tuple(b for b in p.batches if not self._available(b))
         if not missing:
+            return None
+        if (view, p.height) not in self.waited:
+            self.waited[(view, p.height)] = self.now
+            self.deadline = max(self.deadline or 0.0, self.now + self.timeout)
+        return missing
+
+    def _fetch_missing(self, view: int, p: Proposal, missing: tuple[bytes, ...]) -> list[Action]:
+        """A Fetch for `missing` from the primary first, once this replica has waited its
+        patience for them since it first missed them (none before: `tick` comes back then)."""
+        until = self.waited[(view, p.height)] + self.config.base_timeout / 4
+        if self.now < until:
+            self.patient_until = until if self.patient_until is None else min(self.patient_until, until)
             return []
-        peers = (primary, *sorted(r for r in range(self.config.n) if r not in (primary, self.me)))
-        return [Fetch(missing, peers)]
+        primary = self.m.primary(view)
+        return [Fetch(missing, (primary, *sorted(r for r in range(self.config.n) if r not in (primary, self.me))))]
 
     def _vote_or_fetch(self, view: int, p: Proposal) -> list[Action]:
         """Prepare a valid proposal once its batches are here and its header is right."""
         if not self.is_active:  # a reserve does not vote: it decides from the commits it sees
             return self._check_committed(view, p.height, p.digest)
-        fetch = self._missing(p, self.m.primary(view))
-        if fetch:
-            if (view, p.height) not in self.waited:
-                # The primary did its part; fetching the batches is ours: one more timeout for it
-                # (once per proposal, so unavailable batches cannot stall a view for ever).
-                self.waited.add((view, p.height))
-                self.deadline = max(self.deadline or 0.0, self.now + self.timeout)
-            return fetch
+        missing = self._missing(view, p)
+        if missing is not None:
+            return self._fetch_missing(view, p, missing)
         if self.ledger.check(p, self.now) is not None or not certificates.valid_last_commit(
             self.members(p.height - 1), self.keys, p
         ):
@@ -654,7 +681,7 @@ class Replica:
 
     def _decide(self, cert: CommitCertificate, seen: dict[int, Signed] | None = None) -> list[Action]:
         p = cert.proposal
-        self.progress_at = self.now
+        self.progress_at = self.resent_at = self.now  # the next block's messages are new: resend them later
         self.certificates.append(cert)
         self._settle(p)
         self.decided_commits = {c.replica: c for c in cert.commits}
@@ -671,7 +698,7 @@ class Replica:
             self.sources.pop(b, None)
             self.holders.pop(b, None)
         self.slots = {k: s for k, s in self.slots.items() if k[1] > p.height}
-        self.waited = {k for k in self.waited if k[1] > p.height}
+        self.waited = {k: t for k, t in self.waited.items() if k[1] > p.height}
         self.votes = {k: d for k, d in self.votes.items() if k[2] > p.height}
         if self.prepared is not None and self.prepared.pre_prepare.body.proposal.height <= p.height:
             self.prepared = None
