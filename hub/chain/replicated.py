@@ -128,6 +128,11 @@ class ReplicatedChain:
         self._keys_loaded_at = 0.0
         self._tasks: list[asyncio.Task] = []  # the replica and the block writer
         self._fetches: set[asyncio.Task] = set()
+        # Fetched batches waiting for the database thread, with the fetch each came from: those
+        # of fetches that answer while a write is under way go together in the next (one
+        # transaction and one fsync for many, as ingest does with gateways' batches).
+        self._to_store: list[tuple[list[NewBatch], asyncio.Future]] = []
+        self._storing: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
     async def _run_db(self, fn, *args):  # noqa: ANN001, ANN202
@@ -191,9 +196,10 @@ class ReplicatedChain:
 
     async def stop(self) -> None:
         self._stop.set()
-        for t in [*self._tasks[1:], *self._fetches]:
+        rest = [*self._tasks[1:], *self._fetches, *([self._storing] if self._storing else [])]
+        for t in rest:
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._fetches, return_exceptions=True)
+        await asyncio.gather(*self._tasks[:1], *rest, return_exceptions=True)
         for ch in self.channels.values():
             await ch.close()
 
@@ -358,10 +364,34 @@ class ReplicatedChain:
                 fresh.append(b)
         if not fresh:
             return set()
-        stored, filled = await self._run_db(self._store_or_fill, fresh)
-        self.ledger.hold(held_batch(b) for b in stored)  # type: ignore[union-attr]
-        self.ingestor.advance_heads(stored)
-        return {b.hash for b in (*stored, *filled)}
+        done = asyncio.get_running_loop().create_future()
+        self._to_store.append((fresh, done))
+        if self._storing is None:
+            self._storing = asyncio.create_task(self._store_queued())
+        return await done
+
+    async def _store_queued(self) -> None:
+        """Store what fetches brought, in as few transactions as the database thread allows;
+        each fetch learns which of its batches are now stored here."""
+        try:
+            while self._to_store:
+                waiting, self._to_store = self._to_store, []
+                fresh = list({b.hash: b for batch in waiting for b in batch[0]}.values())
+                try:
+                    stored, filled = await self._run_db(self._store_or_fill, fresh)
+                except Exception as exc:  # noqa: BLE001 - every fetch waiting on this write learns of it
+                    for _, done in waiting:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                self.ledger.hold(held_batch(b) for b in stored)  # type: ignore[union-attr]
+                self.ingestor.advance_heads(stored)
+                here = {b.hash for b in (*stored, *filled)}
+                for batch, done in waiting:
+                    if not done.done():
+                        done.set_result({b.hash for b in batch} & here)
+        finally:
+            self._storing = None
 
     def _store_or_fill(self, fresh: list[NewBatch]) -> tuple[list[NewBatch], list[NewBatch]]:
         """Store fetched batches; those already in a block as header-only rows get their entries."""

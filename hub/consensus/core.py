@@ -167,6 +167,7 @@ class Replica:
         # them first, and each copy fetched for nothing is checked and stored for nothing.
         self.waited: dict[tuple[int, int], float] = {}
         self.patient_until: float | None = None
+        self._m_now: tuple[tuple[int, int], frozenset[int], int] | None = None  # for _available
         self.slots: dict[tuple[int, int], _Slot] = {}
         self.prepared: PreparedCertificate | None = None  # at height + 1, the highest view
         self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
@@ -283,7 +284,7 @@ class Replica:
             mine = tuple(sorted(b for b in set(batches) if b in self.pending and self.ledger.holds(b)))
             if mine:
                 out.append(self._forward(mine))
-        out += self._work_arrived() if self._held_pending() else []
+        out += self._work_arrived() if self._any_held_pending() else []
         return out + self._replay()
 
     def tick(self, now: float) -> list[Action]:
@@ -416,21 +417,28 @@ class Replica:
         can propose and vote for)."""
         if not self.sources:
             return self.pending
-        m = self.m  # (called on every tick and input, for every pending batch: look it up once)
-        return {b: t for b, t in self.pending.items() if b not in self.sources or self._available(b, m)}
+        return {b: t for b, t in self.pending.items() if b not in self.sources or self._available(b)}
 
-    def _available(self, b: bytes, m: Membership | None = None) -> bool:
+    def _any_held_pending(self) -> bool:
+        """Whether `_held_pending()` is not empty (asked on every input: stop at the first)."""
+        return any(b not in self.sources or self._available(b) for b in self.pending)
+
+    def _available(self, b: bytes) -> bool:
         """Held here; or, with custody, its header known and f+1 consensus replicas say they store
-        it (so at least one correct replica checked and stored it, and serves it). `m`: the
-        membership of the next height, if the caller has it."""
+        it (so at least one correct replica checked and stored it, and serves it)."""
         if self.ledger.holds(b):
             return True
         holders = self.holders.get(b)
-        if not holders or not self.config.custody or not self.ledger.knows(b):
+        if not self.config.custody or holders is None:
             return False
-        m = m or self.m
-        need = m.f + 1
-        return len(holders) >= need and sum(1 for r in holders if m.votes(r)) >= need
+        # Asked for every pending batch on every input: the membership's figures are kept
+        # until the height or the epochs change.
+        key = (self.height, len(self.epochs))
+        if self._m_now is None or self._m_now[0] != key:
+            m = self.m
+            self._m_now = (key, frozenset(m.active), m.f + 1)
+        _, active, need = self._m_now
+        return len(holders) >= need and self.ledger.knows(b) and len(holders & active) >= need
 
     def _custodian(self, b: bytes, holder: int) -> bool:
         """Whether this replica is one of the `payload_copies - 1` consensus replicas that store
@@ -449,7 +457,7 @@ class Replica:
         return self.now - min(held.values()) if held else 0.0
 
     def _work_arrived(self) -> list[Action]:
-        if self.deadline is None and self.changing_to is None and self._held_pending():
+        if self.deadline is None and self.changing_to is None and self._any_held_pending():
             self.deadline = self.now + self.timeout
         return self._propose()
 
@@ -704,7 +712,7 @@ class Replica:
             self.prepared = None
         self.ahead = {h: r for h, r in self.ahead.items() if h > p.height}
         self.failed_views = 0
-        self.deadline = self.now + self.timeout if (self._held_pending() and self.changing_to is None) else None
+        self.deadline = self.now + self.timeout if (self._any_held_pending() and self.changing_to is None) else None
         out: list[Action] = [Decide(cert)]
         if p.height % self.config.checkpoint_interval == 0 and self.members(p.height).votes(self.me):  # type: ignore[union-attr]
             cp = self._sign(Checkpoint(p.height, p.digest))
@@ -817,7 +825,7 @@ class Replica:
         out: list[Action] = []
         out += self._adopt(top)
         proposal = carried
-        if proposal is None and self._held_pending() and certificates.top_height(top) == self.height:
+        if proposal is None and self._any_held_pending() and certificates.top_height(top) == self.height:
             proposal = self._next_proposal(view)
         pp = self._sign(PrePrepare(view, proposal)) if proposal is not None else None
         nv = self._sign(NewView(view, chosen, pp))
@@ -874,7 +882,7 @@ class Replica:
         self.changing_to = None
         for b in self.pending:  # the new primary gets a fresh chance with every known batch
             self.pending[b] = self.now
-        self.deadline = self.now + self.timeout if (self._held_pending() or pp is not None) else None
+        self.deadline = self.now + self.timeout if (self._any_held_pending() or pp is not None) else None
         self.view_changes = {v: c for v, c in self.view_changes.items() if v > view}
         out: list[Action] = [self._durable()]
         if pp is not None:

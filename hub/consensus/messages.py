@@ -282,6 +282,12 @@ class _Reader:
             raise MessageError(f"a list of {n} items in {len(self.data)} bytes")
         return tuple(read() for _ in range(n))
 
+    def digests(self) -> tuple[bytes, ...]:
+        """A list of digests (`items(self.digest)`, sliced at once: proposals carry many)."""
+        n = _U32.unpack(self.take(4))[0]
+        data = self.take(n * DIGEST)
+        return tuple(data[i : i + DIGEST] for i in range(0, len(data), DIGEST))
+
     def optional(self, expected: type) -> object | None:
         flag = self.take(1)
         if flag == b"\x00":
@@ -309,10 +315,10 @@ def decode(data: bytes) -> object:
     r = _Reader(data)
     r.pos = 1 + data[0]
     if cls is Proposal:
-        m: object = Proposal(r.u64(), r.digest(), r.items(r.digest), r.nested(), r.u64(),
+        m: object = Proposal(r.u64(), r.digest(), r.digests(), r.nested(), r.u64(),
                              r.items(lambda: _decode_as(r.nested(), Signed)))
     elif cls is Forward:
-        m = Forward(r.items(r.digest), r.items(r.nested))
+        m = Forward(r.digests(), r.items(r.nested))
     elif cls is PrePrepare:
         m = PrePrepare(r.u64(), _decode_as(r.nested(), Proposal))
     elif cls in (Prepare, Commit):
