@@ -52,6 +52,7 @@ from hub.metrics import HubMetrics
 from hub.storage.store import HeaderOnlyBatch, NewBatch, PayloadError, Store, StoredQuorum
 from protos import readings_pb2 as pb
 from protos.canonical import block_hash, decode_batch_header, decode_block_header, encode_block_header
+from protos.merkle import CompactRange
 from protos.batch import BatchError, check_header_signature
 from protos.records import BatchHeader, BlockHeader
 from protos.signing import PublicKey, key_id
@@ -133,6 +134,9 @@ class ReplicatedChain:
         # transaction and one fsync for many, as ingest does with gateways' batches).
         self._to_store: list[tuple[list[NewBatch], asyncio.Future]] = []
         self._storing: asyncio.Task | None = None
+        # The last block written and the log frontier after it, kept by the block writer (the
+        # only one that writes blocks while the replica runs): read from the store once.
+        self._tip: tuple[BlockHeader | None, CompactRange] | None = None
         self._stop = asyncio.Event()
 
     async def _run_db(self, fn, *args):  # noqa: ANN001, ANN202
@@ -487,8 +491,10 @@ class ReplicatedChain:
         p = cert.proposal
         decided = decode_block_header(p.header)
         stored = self.store.batches_by_hash(list(p.batches))
-        head = self.store.head()
-        prev = decode_block_header(head.header) if head else None
+        if self._tip is None:
+            head = self.store.head()
+            self._tip = (decode_block_header(head.header) if head else None, self.store.log_frontier())
+        prev, log_before = self._tip
         rows: list[int | HeaderOnlyBatch] = []
         entries = 0
         for b in p.batches:
@@ -499,9 +505,7 @@ class ReplicatedChain:
                 k = known[b]
                 rows.append(HeaderOnlyBatch.of(k))
                 entries += k.entry_count
-        header, frontier = next_block(
-            self.chain_id, prev, p.batches, entries, self.store.log_frontier(), decided.time_ns,
-        )
+        header, frontier = next_block(self.chain_id, prev, p.batches, entries, log_before, decided.time_ns)
         if header != decided:
             raise ChainDivergence(
                 f"block {p.height}: the replicas decided a header that this replica's store does not give (differs "
@@ -514,6 +518,7 @@ class ReplicatedChain:
             rows, header.entry_count, header.log_size, frontier,
             q.commits, StoredQuorum(q.view, q.prev, q.contents_digest),
         )
+        self._tip = (header, frontier)
         log.info("block %d written: %d batches, %d entries", header.height, header.batch_count, header.entry_count,
                  extra={"height": header.height, "batches": header.batch_count, "entries": header.entry_count})
         return header

@@ -427,23 +427,28 @@ class Store:
 
     def _header_only_rows(self, c: Connection, block_batches: Sequence[int | HeaderOnlyBatch], now_ns: int) -> list[int]:
         """Insert the header-only batches of a block; the ids of all its batches, in order."""
-        ids: list[int] = []
+        header_only = [b for b in block_batches if not isinstance(b, int)]
+        if not header_only:
+            return list(block_batches)  # type: ignore[arg-type]
+        # One executemany and one lookup per 500, not a statement per row: a custody replica
+        # writes most of every block's batches this way.
+        c.execute(_INSERT_BATCH, [{
+            "gateway_id": b.gateway_id, "seq": b.seq, "hash": b.hash, "header": b.header,
+            "signature": b.signature, "entry_count": b.entry_count, "stored_ns": now_ns,
+        } for b in header_only])
+        hashes = [b.hash for b in header_only]
+        row_ids: dict[bytes, int] = {}
+        for i in range(0, len(hashes), 500):
+            row_ids.update((bytes(r.hash), r.id) for r in c.execute(
+                select(batches.c.id, batches.c.hash).where(batches.c.hash.in_(hashes[i : i + 500]))))
         heads: dict[str, dict] = {}
-        for b in block_batches:
-            if isinstance(b, int):
-                ids.append(b)
-                continue
-            ids.append(c.execute(_INSERT_BATCH, {
-                "gateway_id": b.gateway_id, "seq": b.seq, "hash": b.hash, "header": b.header,
-                "signature": b.signature, "entry_count": b.entry_count, "stored_ns": now_ns,
-            }).inserted_primary_key[0])
+        for b in header_only:
             h = heads.setdefault(b.gateway_id, {"gateway_id": b.gateway_id, "seq": -1, "batches": 0, "entries": 0,
                                                 "last_stored_ns": now_ns})
             if b.seq > h["seq"]:  # the gateway's chain moves on here too (ingest checks the next batch against it)
                 h.update(seq=b.seq, hash=b.hash)
-        if heads:
-            c.execute(self._upsert_heads, list(heads.values()))
-        return ids
+        c.execute(self._upsert_heads, list(heads.values()))
+        return [b if isinstance(b, int) else row_ids[b.hash] for b in block_batches]
 
     def header_only(self, batch_ids: Sequence[int]) -> set[int]:
         """Those of these batches whose entries are not stored here (custody)."""
