@@ -384,10 +384,10 @@ class Replica:
         return []
 
     def _retransmit(self) -> list[Action]:
-        """Every half timeout without a decision, send our messages for the block in flight (or
+        """Every quarter timeout without a decision, send our messages for the block in flight (or
         our view change) again: a lost vote then costs a resend, not a view change. Receivers
         keep one message per replica, so repeats change nothing."""
-        if self.now - self.resent_at < self.timeout / 2:
+        if self.now - self.resent_at < self.timeout / 4:
             return []
         mine: list[Signed] = []
         fetch: list[Action] = []
@@ -568,6 +568,8 @@ class Replica:
         """Prepare a valid proposal once its batches are here and its header is right."""
         if not self.is_active:  # a reserve does not vote: it decides from the commits it sees
             return self._check_committed(view, p.height, p.digest)
+        if self.votes.get(("prepare", view, p.height)) == p.digest:
+            return self._accept(view, p)  # checked when we voted (its header, its last commits)
         missing = self._missing(view, p)
         if missing is not None:
             return self._fetch_missing(view, p, missing)
