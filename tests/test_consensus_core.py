@@ -310,17 +310,22 @@ def test_with_custody_one_replica_besides_the_teller_fetches_and_says_so_and_the
     assert any(isinstance(m, Forward) and m.batches == (b,) and m.headers for m in sent)
 
 
-def test_with_custody_a_replica_votes_for_a_batch_it_does_not_store_once_f_plus_1_say_they_do() -> None:
-    b = batch(8)
-    # A backup that is not a custodian of b when replica 0 tells of it.
+def _backup_told_by_one_holder(b: bytes) -> tuple[Replica, int, Proposal]:
+    """A backup that is not a custodian of `b`, told of it by replica 0 (its only holder so
+    far), then sent replica 0's proposal of it: one holder is not enough (it may be the faulty
+    one), so no vote; no fetch yet either: the custodian's forward was sent before the
+    pre-prepare and is likely on its way."""
     backup = next(i for i in (1, 2, 3) if not Replica(CUSTODY, keys(i), DigestLedger())._custodian(b, 0))
     r = Replica(CUSTODY, keys(backup), DigestLedger())
     r.receive(custody_forward(0, b), 0.0)
     p = proposal(1, bytes(32), (b,))
-    pp = sign_message(keys(0), PrePrepare(0, p))
-    # One holder is not enough (it may be the faulty one): no vote. No fetch yet either: the
-    # custodian's forward was sent before the pre-prepare and is likely on its way.
-    assert r.receive(pp, 0.0) == []
+    assert r.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0) == []
+    return r, backup, p
+
+
+def test_with_custody_a_replica_votes_for_a_batch_it_does_not_store_once_f_plus_1_say_they_do() -> None:
+    b = batch(8)
+    r, backup, p = _backup_told_by_one_holder(b)
     assert r.tick(0.1) == []
     other = next(i for i in (1, 2, 3) if i != backup)
     acts = r.receive(custody_forward(other, b), 0.15)
@@ -330,11 +335,7 @@ def test_with_custody_a_replica_votes_for_a_batch_it_does_not_store_once_f_plus_
 
 def test_with_custody_a_replica_fetches_a_batch_only_one_replica_says_it_stores_after_its_patience() -> None:
     b = batch(8)
-    backup = next(i for i in (1, 2, 3) if not Replica(CUSTODY, keys(i), DigestLedger())._custodian(b, 0))
-    r = Replica(CUSTODY, keys(backup), DigestLedger())
-    r.receive(custody_forward(0, b), 0.0)
-    p = proposal(1, bytes(32), (b,))
-    assert r.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0) == []
+    r, _, _ = _backup_told_by_one_holder(b)
     acts = r.tick(CUSTODY.base_timeout / 4)  # the custodian never said it stores b: fetch it
     assert [(a.batches, a.peers[0]) for a in acts if isinstance(a, Fetch)] == [((b,), 0)]
     assert not any(isinstance(a, Send) and isinstance(a.message.body, Prepare) for a in acts)
