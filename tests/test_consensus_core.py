@@ -229,6 +229,26 @@ def test_timeouts_grow_exponentially_while_views_fail_and_reset_on_a_decision() 
     assert seen == [2.0, 4.0, 8.0, 16.0]
 
 
+def test_a_block_decided_during_a_view_change_keeps_its_timer_so_a_silent_next_primary_is_passed_over() -> None:
+    """Found by the simulator (custody, drop+forged-view-change, seed 50050): the three correct
+    replicas were changing to a view whose primary was the faulty one when a quorum's commits
+    of the old view decided a block; the decision cleared their timer, and they waited for
+    that primary's new view for ever."""
+    r = Replica(CONFIG, keys(2), HOLDS_ALL)
+    r.submit([batch(1), batch(2)], 0.0)
+    p = proposal(1, bytes(32), (batch(1),))
+    r.receive(sign_message(keys(0), PrePrepare(0, p)), 0.0)
+    t = r.deadline + 0.001
+    sent = [a.message.body for a in r.tick(t) if isinstance(a, Send)]
+    assert any(isinstance(m, ViewChange) and m.view == 1 for m in sent) and r.changing_to == 1
+    for i in (0, 1, 3):  # the old view's commits still come in: the block is decided
+        r.receive(sign_message(keys(i), Commit(0, 1, p.digest)), t + 0.01)
+    assert r.height == 1 and r.changing_to == 1
+    assert r.deadline is not None  # replica 1, primary of view 1, never sends its new view
+    sent = [a.message.body for a in r.tick(r.deadline + 0.001) if isinstance(a, Send)]
+    assert any(isinstance(m, ViewChange) and m.view == 2 for m in sent) and r.changing_to == 2
+
+
 def test_a_backup_votes_only_once_it_holds_the_blocks_batches_and_fetches_them_first() -> None:
     """A commit quorum must mean f+1 correct replicas stored every batch of the block."""
     ledger = DigestLedger()

@@ -713,8 +713,15 @@ class Replica:
         if self.prepared is not None and self.prepared.pre_prepare.body.proposal.height <= p.height:
             self.prepared = None
         self.ahead = {h: r for h, r in self.ahead.items() if h > p.height}
-        self.failed_views = 0
-        self.deadline = self.now + self.timeout if (self._any_held_pending() and self.changing_to is None) else None
+        if self.changing_to is not None:
+            # Decided while changing views (a quorum's commits, or state transfer): the view
+            # change still needs its new view, and its timer (its exponent kept: no view has
+            # succeeded yet) is what moves on to the next one if that primary never sends it.
+            # Without it a faulty next primary stalled the chain.
+            self.deadline = self.now + self.timeout
+        else:
+            self.failed_views = 0
+            self.deadline = self.now + self.timeout if self._any_held_pending() else None
         out: list[Action] = [Decide(cert)]
         if p.height % self.config.checkpoint_interval == 0 and self.members(p.height).votes(self.me):  # type: ignore[union-attr]
             cp = self._sign(Checkpoint(p.height, p.digest))
