@@ -355,7 +355,7 @@ class Replica:
                 by_peer.setdefault(peer, []).append(b)
         # The teller first; if it does not answer (paused, cut off), any other replica that has them.
         return [Fetch(tuple(bs[: self.config.max_batches]),
-                      (peer, *(r for r in range(self.config.n) if r not in (peer, self.me))))
+                      self._asking_first(peer))
                 for peer, bs in sorted(by_peer.items())]
 
     def receive(self, m: Signed, now: float) -> list[Action]:
@@ -417,11 +417,15 @@ class Replica:
         can propose and vote for)."""
         if not self.sources:
             return self.pending
-        return {b: t for b, t in self.pending.items() if b not in self.sources or self._available(b)}
+        return {b: t for b, t in self.pending.items() if self._usable(b)}
 
     def _any_held_pending(self) -> bool:
         """Whether `_held_pending()` is not empty (asked on every input: stop at the first)."""
-        return any(b not in self.sources or self._available(b) for b in self.pending)
+        return any(self._usable(b) for b in self.pending)
+
+    def _usable(self, b: bytes) -> bool:
+        """A pending batch this replica may propose and vote for."""
+        return b not in self.sources or self._available(b)
 
     def _available(self, b: bytes) -> bool:
         """Held here; or, with custody, its header known and f+1 consensus replicas say they store
@@ -561,8 +565,11 @@ class Replica:
         if self.now < until:
             self.patient_until = until if self.patient_until is None else min(self.patient_until, until)
             return []
-        primary = self.m.primary(view)
-        return [Fetch(missing, (primary, *sorted(r for r in range(self.config.n) if r not in (primary, self.me))))]
+        return [Fetch(missing, self._asking_first(self.m.primary(view)))]
+
+    def _asking_first(self, peer: int) -> tuple[int, ...]:
+        """Whom a fetch asks, in turn: `peer`, then every other replica."""
+        return (peer, *(r for r in range(self.config.n) if r not in (peer, self.me)))
 
     def _vote_or_fetch(self, view: int, p: Proposal) -> list[Action]:
         """Prepare a valid proposal once its batches are here and its header is right."""
