@@ -421,7 +421,7 @@ class Replica:
 
     def _any_held_pending(self) -> bool:
         """Whether `_held_pending()` is not empty (asked on every input: stop at the first)."""
-        return any(self._usable(b) for b in self.pending)
+        return self._oldest_usable() is not None
 
     def _usable(self, b: bytes) -> bool:
         """A pending batch this replica may propose and vote for."""
@@ -456,9 +456,19 @@ class Replica:
         headers = tuple(self.ledger.header(b) for b in batches) if self.config.custody else ()
         return Send(self._sign(Forward(batches, headers)))
 
+    def _oldest_usable(self) -> float | None:
+        """When the usable pending batch that waits longest was first seen (None: none is).
+        `pending` is in that order: a batch goes in with the time it comes, and a new view sets
+        them all to one time. So the first usable one is the oldest, and this stops there
+        (asked on every input and tick, with hundreds of batches pending under load)."""
+        for b, t in self.pending.items():
+            if self._usable(b):
+                return t
+        return None
+
     def _oldest_pending_age(self) -> float:
-        held = self._held_pending()
-        return self.now - min(held.values()) if held else 0.0
+        oldest = self._oldest_usable()
+        return self.now - oldest if oldest is not None else 0.0
 
     def _work_arrived(self) -> list[Action]:
         if self.deadline is None and self.changing_to is None and self._any_held_pending():
@@ -508,11 +518,13 @@ class Replica:
             return []
         if ("pre-prepare", self.view, h) in self.votes:
             return []
-        held = self._held_pending()
-        if not held:
+        oldest = self._oldest_usable()
+        if oldest is None:
             return []
-        if len(held) < self.config.max_batches and self.now - min(held.values()) < self.config.batch_delay:
-            return []  # a tick proposes once the oldest batch has waited batch_delay
+        if self.now - oldest < self.config.batch_delay and (
+            len(self.pending) < self.config.max_batches or len(self._held_pending()) < self.config.max_batches
+        ):
+            return []  # a tick proposes once the oldest batch has waited batch_delay (or a block is full)
         proposal = self._next_proposal(self.view)
         return self._send_pre_prepare(proposal) if proposal is not None else []
 
