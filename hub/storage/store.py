@@ -51,6 +51,9 @@ __all__ = [
 _BATCH_COLUMNS = ("gateway_id", "seq", "hash", "header", "signature", "entry_count", "stored_ns")
 _PAYLOAD_COLUMNS = ("batch_id", "bodies", "offsets", "names")
 _SPAN_COLUMNS = ("meter_key", "hour", "batch_id", "first_ns", "last_ns", "n", "idxs")
+# Built once (a select built per call costs more than running it): ids of batches by hash.
+_IDS_BY_HASH = select(batches.c.id, batches.c.hash).where(batches.c.hash.in_(bindparam("hashes", expanding=True)))
+_BATCHES_BY_HASH = select(batches).where(batches.c.hash.in_(bindparam("hashes", expanding=True)))
 _ADD_COUNTS = update(chain_state).values(
     batches_stored=chain_state.c.batches_stored + bindparam("n_batches"),
     entries_stored=chain_state.c.entries_stored + bindparam("n_entries"),
@@ -314,7 +317,7 @@ class Store:
         with self.engine.begin() as c:
             if skip_stored:
                 hashes = [b.hash for b in new]
-                have = {bytes(h) for h in c.execute(select(batches.c.hash).where(batches.c.hash.in_(hashes))).scalars()}
+                have = {bytes(r.hash) for r in c.execute(_IDS_BY_HASH, {"hashes": hashes})}
                 new = [b for b in new if b.hash not in have]
                 if not new:
                     return []
@@ -592,7 +595,7 @@ class Store:
         out: dict[bytes, StoredBatch] = {}
         with self.engine.connect() as c:
             for i in range(0, len(hashes), 500):
-                for r in c.execute(select(batches).where(batches.c.hash.in_(hashes[i : i + 500]))).all():
+                for r in c.execute(_BATCHES_BY_HASH, {"hashes": list(hashes[i : i + 500])}).all():
                     out[bytes(r.hash)] = _batch(r)
         return out
 
@@ -649,6 +652,5 @@ def _insert_batches(c: Connection, rows: Sequence[tuple]) -> dict[bytes, int]:
     hashes = [r[2] for r in rows]
     ids: dict[bytes, int] = {}
     for i in range(0, len(hashes), 500):
-        ids.update((bytes(r.hash), r.id) for r in c.execute(
-            select(batches.c.id, batches.c.hash).where(batches.c.hash.in_(hashes[i : i + 500]))))
+        ids.update((bytes(r.hash), r.id) for r in c.execute(_IDS_BY_HASH, {"hashes": hashes[i : i + 500]}))
     return ids
