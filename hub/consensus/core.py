@@ -401,7 +401,7 @@ class Replica:
                     mine.append(slot.pre_prepare)
                 elif slot.pre_prepare is not None and ("prepare", self.view, self.height + 1) not in self.votes:
                     p = slot.pre_prepare.body.proposal
-                    missing = self._missing(self.view, p) if self._valid_proposal(p) else None
+                    missing = self._note_missing(self.view, p) if self._valid_proposal(p) else None
                     if missing is not None:  # still waiting for its batches: ask again
                         fetch = self._fetch_missing(self.view, p, missing)
                 mine += [by[self.me] for by in (*slot.prepares.values(), *slot.commits.values()) if self.me in by]
@@ -497,7 +497,7 @@ class Replica:
             if not self.ledger.holds(b):  # its data did not come with the forward
                 self.sources[b] = sender
                 # Fetch it from the sender at once, unless custody leaves it to others (if they
-                # do not store it in time, `_fetch_unheld` and `_missing` fetch it after all).
+                # do not store it in time, `_fetch_unheld` and `_note_missing` fetch it after all).
                 if not self.config.custody or self._custodian(b, sender):
                     unheld.append(b)
         out: list[Action] = [Fetch(tuple(unheld), (sender,))] if unheld else []
@@ -557,11 +557,12 @@ class Replica:
             and all(len(b) == DIGEST and b not in self.committed_batches for b in p.batches)
         )
 
-    def _missing(self, view: int, p: Proposal) -> tuple[bytes, ...] | None:
+    def _note_missing(self, view: int, p: Proposal) -> tuple[bytes, ...] | None:
         """The batches of `p` this replica neither holds nor (custody) knows are available; None
-        if all are. The first time some are missing, the primary did its part and fetching them
-        is ours: one more timeout for it (once per proposal, so unavailable batches cannot stall
-        a view for ever)."""
+        if all are. Not only a question: the first time some are missing it notes when (the
+        patience before fetching counts from then) and extends the deadline, since the primary
+        did its part and fetching them is ours: one more timeout for it (once per proposal, so
+        unavailable batches cannot stall a view for ever)."""
         missing = tuple(b for b in p.batches if not self._available(b))
         if not missing:
             return None
@@ -589,7 +590,7 @@ class Replica:
             return self._check_committed(view, p.height, p.digest)
         if self.votes.get(("prepare", view, p.height)) == p.digest:
             return self._accept(view, p)  # checked when we voted (its header, its last commits)
-        missing = self._missing(view, p)
+        missing = self._note_missing(view, p)
         if missing is not None:
             return self._fetch_missing(view, p, missing)
         if self.ledger.check(p, self.now) is not None or not certificates.valid_last_commit(
