@@ -17,6 +17,7 @@ EPILOG = """examples:
   gridtrace edge init --dir gw1 --gateway-id gw1 --hub 127.0.0.1:7700 --meter MTR-1=modbus-tcp://127.0.0.1:5020?unit=1
   gridtrace hub serve --config hub/hub.toml
   gridtrace cert verify MTR-1.cert.json --trust trust.json
+  gridtrace carbon trace --pandapower-case case118 --emission-factors factors.json --out trace.json
 """
 
 
@@ -30,6 +31,7 @@ PARTS: dict[str, str] = {
     "hub": "hub.cli",
     "cert": "hub.certificates.cli",
     "chain": "hub.consensus.cli",
+    "carbon": "hub.contracts.carbon.cli",
 }
 
 

@@ -1,0 +1,151 @@
+"""`gridtrace carbon ...`: carbon emission flow of a network outside the chain, and its report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from gridtrace.clihelp import add_command
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    carbon = add_command(sub, "carbon", "carbon emission flow through a network",
+                         "gridtrace carbon trace --pandapower-case case118 --emission-factors factors.json --out trace.json")
+    carbon_sub = carbon.add_subparsers(dest="carbon_command", metavar="COMMAND", required=True)
+
+    tr = add_command(
+        carbon_sub, "trace",
+        "solve a network's power flow and trace its carbon: bus intensities, branch flows, load emissions, "
+        "generator-to-load shares",
+        "gridtrace carbon trace --pandapower-case case118 --emission-factors factors.json --out trace.json\n"
+        "gridtrace carbon trace --matpower case30.m --emission-factors factors.json --out trace.json\n\n"
+        'factors.json: {"gen:0": {"coal": {"a": 0.0002, "b": 0.31, "c": 4.2, "carbon_content": 0.62,\n'
+        '               "oxidation_rate": 0.98}}, "gen:1": 0.39, "ext_grid:0": {"t_per_mwh": 0.58}}\n'
+        "(tCO2/MWh, or a coal unit's fuel curve in t coal/h; sources not named emit nothing)",
+    )
+    net = tr.add_mutually_exclusive_group(required=True)
+    net.add_argument("--pandapower-case", metavar="NAME", help="a network of pandapower.networks, e.g. case118")
+    net.add_argument("--matpower", type=Path, metavar="FILE", help="a MATPOWER case file (.m or .mat)")
+    net.add_argument("--pandapower-json", type=Path, metavar="FILE", help="a network saved with pandapower.to_json")
+    tr.add_argument("--emission-factors", type=Path, required=True, metavar="FILE",
+                    help="JSON: source name (gen:3, sgen:0, ext_grid:0) -> tCO2/MWh or a coal curve")
+    tr.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the trace (JSON)")
+    tr.add_argument("--dc", action="store_true", help="use a DC power flow (no losses) instead of AC")
+    tr.add_argument("--no-shares", action="store_true", help="leave out generator-to-load shares (large networks)")
+    tr.set_defaults(func=cmd_trace)
+
+    rep = add_command(
+        carbon_sub, "report", "print a trace's totals and its largest emitters, or one load's sources",
+        "gridtrace carbon report trace.json\ngridtrace carbon report trace.json --load load:12",
+    )
+    rep.add_argument("trace", type=Path, help="a file written by gridtrace carbon trace")
+    rep.add_argument("--load", metavar="NAME", help="one load's sources (load:12)")
+    rep.add_argument("--top", type=int, default=10, help="rows of each table (default 10)")
+    rep.set_defaults(func=cmd_report)
+
+
+def _fail(message: str) -> int:
+    print(f"gridtrace carbon: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from hub.contracts.carbon.document import canonical_json, load_units, trace_document
+    from hub.contracts.carbon.emission import EmissionFactorError, load_factors
+    from hub.contracts.carbon.flow import CarbonFlowError, carbon_flow
+    from hub.contracts.carbon.powerflow import NetworkError, load_network, solve
+    from hub.contracts.carbon.tracing import trace
+
+    try:
+        factors = load_factors(args.emission_factors)
+        net, name = load_network(args.pandapower_case, args.matpower, args.pandapower_json)
+        t0 = time.perf_counter()
+        solved = solve(net, name, dc=args.dc)
+        t1 = time.perf_counter()
+        factors.check_names(set(solved.snapshot.unit_names) | _out_of_service_units(net))
+        flow = carbon_flow(solved.snapshot, factors)
+        shares = None if args.no_shares else trace(flow, load_units(flow))
+        t2 = time.perf_counter()
+    except (EmissionFactorError, NetworkError, CarbonFlowError) as exc:
+        return _fail(str(exc))
+    doc = trace_document(solved, factors, flow, shares)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(canonical_json(doc) + "\n")
+    tmp.replace(args.out)
+    _print_totals(doc, f"{name}: {solved.snapshot.solution.upper()} power flow {t1 - t0:.3f} s, "
+                       f"carbon{' and shares' if shares else ''} {t2 - t1:.3f} s; written to {args.out}")
+    return 0
+
+
+def _out_of_service_units(net) -> set[str]:  # noqa: ANN001
+    """Names of units that exist but carry no power now: naming them in the factors is not a typo."""
+    from hub.contracts.carbon.powerflow import UNIT_TABLES
+
+    return {f"{t}:{i}" for t in UNIT_TABLES if t in net for i in net[t].index}
+
+
+def _print_totals(doc: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t, c = doc["totals"], doc["conservation"]
+    table = Table(title=title, show_header=True)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for label, value in (
+        ("generation, MW", t["generation_mw"]), ("loads, MW", t["load_mw"]), ("losses, MW", t["loss_mw"]),
+        ("emissions, tCO2/h", t["emission_t_per_h"]), ("  of which loads", t["load_emission_t_per_h"]),
+        ("  of which losses", t["loss_emission_t_per_h"]), ("  of which other sinks", t["other_sink_emission_t_per_h"]),
+        ("average intensity, tCO2/MWh", t["average_intensity_t_per_mwh"]),
+        ("conservation residual, tCO2/h", c["residual_t_per_h"]),
+    ):
+        table.add_row(label, f"{value:.6g}")
+    Console().print(table)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hub.contracts.carbon.document import TraceFileError, read_trace
+
+    try:
+        doc = read_trace(args.trace)
+    except TraceFileError as exc:
+        return _fail(str(exc))
+    console = Console()
+    inputs = doc["inputs"]
+    title = f"{inputs['network']} ({inputs['solution'].upper()}), inputs {doc['inputs_sha256'][:16]}"
+    if args.load:
+        load = doc["loads"].get(args.load)
+        if load is None:
+            return _fail(f"{args.trace}: no load named {args.load!r} (loads are named like "
+                         f"{', '.join(sorted(doc['loads'])[:3])})")
+        shares = (doc.get("shares") or {}).get(args.load)
+        if shares is None:
+            return _fail(f"{args.trace}: the trace has no shares (it was written with --no-shares)")
+        table = Table(title=f"{title}\n{args.load} at bus {load['bus']}: {load['p_mw']:.6g} MW, "
+                            f"{load['emission_t_per_h']:.6g} tCO2/h ({load['intensity_t_per_mwh']:.4f} tCO2/MWh)")
+        for col in ("source", "bus", "MW", "tCO2/h", "share of emissions"):
+            table.add_column(col, justify="left" if col == "source" else "right")
+        total = load["emission_t_per_h"]
+        rows = sorted(shares.items(), key=lambda kv: (-kv[1]["t_per_h"], -kv[1]["mw"], kv[0]))
+        for name, share in rows[: args.top]:
+            src = doc["sources"].get(name, {})
+            table.add_row(name, str(src.get("bus", "")), f"{share['mw']:.6g}", f"{share['t_per_h']:.6g}",
+                          f"{share['t_per_h'] / total:.1%}" if total else "-")
+        if len(rows) > args.top:
+            table.caption = f"{len(rows) - args.top} more sources"
+        console.print(table)
+        return 0
+    _print_totals(doc, title)
+    table = Table(title=f"largest load emissions (of {len(doc['loads'])} loads)")
+    for col in ("load", "bus", "MW", "tCO2/MWh", "tCO2/h"):
+        table.add_column(col, justify="left" if col == "load" else "right")
+    for name, load in sorted(doc["loads"].items(), key=lambda kv: (-kv[1]["emission_t_per_h"], kv[0]))[: args.top]:
+        table.add_row(name, str(load["bus"]), f"{load['p_mw']:.6g}", f"{load['intensity_t_per_mwh']:.4f}",
+                      f"{load['emission_t_per_h']:.6g}")
+    console.print(table)
+    return 0
