@@ -177,3 +177,19 @@ def test_a_snapshot_whose_arrays_disagree_is_refused():
     with pytest.raises(SnapshotError, match="not finite"):
         FlowSnapshot(good.bus_node, 3, good.unit_names, good.unit_node, good.unit_p_mw, good.unit_bus,
                      good.branch_names, good.terminal_branch, good.terminal_node, bad_p, good.terminal_bus)
+
+
+def test_a_power_flow_mismatch_is_folded_into_the_largest_flow_and_conservation_stays_exact():
+    # node 2 takes 1e-9 MW more than arrives (a solver's tolerance), and line:1 carries 1e-12 MW of noise
+    s = snapshot(
+        units=[("gen:0", 0, 100.0), ("load:0", 0, -40.0), ("load:2", 2, -58.000000001)],
+        branches=[("line:0", [(0, 60.0), (2, -58.0)]), ("line:1", [(0, 1e-12), (2, 0.0)])],
+        nodes=3,
+    )
+    flow = carbon_flow(s, parse_factors({"gen:0": 0.8}))
+    assert flow.power_mismatch_mw == pytest.approx(1e-9, rel=1e-3)
+    assert not flow.snapshot.node_mismatch_mw().any()
+    assert flow.snapshot.unit_p_mw[2] == -58.0  # load:2 was the largest flow at node 2
+    assert flow.snapshot.terminal_p_mw[2] == 0.0  # noise below the solver's tolerance is no flow
+    assert flow.node_intensity == pytest.approx([0.8, 0.0, 0.8], abs=1e-15)  # node 1: nothing flows, 0
+    assert abs(flow.residual_t_per_h) < 1e-12

@@ -211,3 +211,26 @@ def test_report_refuses_what_is_not_a_trace_and_names_unknown_loads(tmp_path, ca
     assert code == 2 and "no load named 'load:77'" in err
     code, _, err = run(capsys, "report", out, "--load", "load:0")
     assert code == 2 and "--no-shares" in err
+
+
+def test_on_a_9241_bus_network_every_intensity_is_a_mix_of_its_sources_and_shares_add_up():
+    """Intensities are convex mixes of the sources' intensities: an intensity outside their range
+    (a node where almost nothing flows, solved from rounding errors) would be wrong."""
+    from hub.contracts.carbon.tracing import trace
+
+    import pandapower.networks as pn
+
+    solved = solve(pn.case9241pegase(), "pandapower:case9241pegase")
+    s = solved.snapshot
+    rng = np.random.default_rng(7)
+    sources = [n for i, n in enumerate(s.unit_names) if s.unit_p_mw[i] > 0]
+    factors = {n: float(rng.uniform(0.1, 1.2)) for n in sources}
+    flow = carbon_flow(s, parse_factors(factors))
+    live = flow.system.node_out_mw > 0
+    assert flow.node_intensity[live].min() >= min(factors.values()) * (1 - 1e-9)
+    assert flow.node_intensity[live].max() <= max(factors.values()) * (1 + 1e-9)
+    assert abs(flow.residual_t_per_h) < 1e-12 * flow.emission_t_per_h
+    shares = trace(flow)
+    taken = np.asarray(shares.mw.sum(axis=1)).ravel()
+    assert taken == pytest.approx(-flow.snapshot.unit_p_mw[shares.sinks], rel=1e-9)
+    assert np.abs(shares.residual_t_per_h(flow)).max() < 1e-9

@@ -103,7 +103,7 @@ def trace_document(solved: SolvedNetwork, factors: EmissionFactors, flow: Carbon
         "conservation": {
             "residual_t_per_h": flow.residual_t_per_h,
             "relative_residual": abs(flow.residual_t_per_h) / emission if emission else 0.0,
-            "max_node_mismatch_mw": f(np.abs(s.node_mismatch_mw()).max()) if s.node_count else 0.0,
+            "max_node_mismatch_mw": flow.power_mismatch_mw,
         },
     }
     if shares is not None:

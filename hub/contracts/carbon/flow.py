@@ -14,11 +14,12 @@ E_i the emissions of its producing units, and d_rk the power branch k delivers a
 
     T_i w_i - sum_k d_ik w_k = E_i,    w_k = sum_{f feeds k} p_fk w_f / sum_{f feeds k} p_fk
 
-which is one sparse linear system A w = E in the node intensities (A = diag(T) - B). Every MW
-leaving node i carries w_i, so the carbon out of a node equals the carbon into it exactly, and
-summed over the network: emissions = sink emissions + loss emissions, to floating point, whatever
-the power flow's own mismatch. Dividing by what flows out rather than what flows in is what makes
-this exact; the two differ by the power flow's mismatch at the node (reported, not hidden).
+which is one sparse linear system A w = E in the node intensities (A = diag(T) - B), solved with
+each row divided by T_i. Every MW leaving node i carries w_i, so the carbon out of a node equals
+the carbon into it exactly, and summed over the network: emissions = sink emissions + loss
+emissions, to floating point. The snapshot is reconciled first (`FlowSnapshot.reconciled`): the
+power flow's mismatch at each node (within its tolerance; reported) is folded into the node's
+largest flow, so that what flows out of a node is what flows in, and T_i is both.
 
 Pure: a `FlowSnapshot` and emission factors in, arrays out. The factorisation of A is kept for
 upstream tracing (`hub.contracts.carbon.tracing`), which solves A for one right-hand side per
@@ -45,16 +46,20 @@ class CarbonFlowError(ArithmeticError):
 class FlowSystem:
     """The sparse system A w = E of a snapshot, factorised once."""
 
-    matrix: sp.csc_matrix  # A = diag(T) - B
+    matrix: sp.csc_matrix  # A = diag(T) - B, each row divided by T (rows of dead nodes: the identity)
     lu: spla.SuperLU
     node_out_mw: np.ndarray  # T: power leaving each node
     unit_emission_t_per_h: np.ndarray  # E per producing unit (0 for the others)
     feeding: np.ndarray  # bool per terminal: the node feeds the branch there (p > 0)
     branch_feed_mw: np.ndarray  # power fed into each branch
     dead_nodes: np.ndarray  # nodes with nothing flowing out: intensity 0 by definition
+    row_scale: np.ndarray  # 1/T per node (0 for dead nodes): what the rows of A were divided by
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
-        return self.lu.solve(rhs)
+        """x with A x = rhs (rhs: one column per right-hand side, or a vector); rhs rows of dead
+        nodes are ignored (their x is 0)."""
+        scale = self.row_scale if rhs.ndim == 1 else self.row_scale[:, None]
+        return self.lu.solve(np.ascontiguousarray(rhs * scale))
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,8 +68,9 @@ class CarbonFlow:
     positive when it emits and negative when it absorbs carbon with the power it consumes; a
     terminal's carbon is what flows into the branch there (negative where the branch delivers)."""
 
-    snapshot: FlowSnapshot
+    snapshot: FlowSnapshot  # reconciled
     system: FlowSystem
+    power_mismatch_mw: float  # the largest node mismatch of the power flow, folded away by reconciling
     node_intensity: np.ndarray  # tCO2/MWh
     unit_carbon_t_per_h: np.ndarray
     terminal_carbon_t_per_h: np.ndarray
@@ -124,9 +130,11 @@ def flow_system(s: FlowSnapshot, factors: EmissionFactors) -> FlowSystem:
 
     dead = node_out <= 0
     keep = ~dead[s.terminal_node[r_rep]]  # a node with no outflow gets w = 0: drop its row
-    b = sp.coo_matrix((values[keep], (s.terminal_node[r_rep][keep], s.terminal_node[f_rep][keep])), shape=(n, n))
-    diag = np.where(dead, 1.0, node_out)
-    a = (sp.diags(diag, format="csc") - b.tocsc()).tocsc()
+    rows = s.terminal_node[r_rep][keep]
+    # Row i divided by T_i: the diagonal is 1 and the rest are shares of the outflow, so a node
+    # where almost nothing flows weighs like any other in the factorisation's pivoting.
+    b = sp.coo_matrix((values[keep] / node_out[rows], (rows, s.terminal_node[f_rep][keep])), shape=(n, n))
+    a = (sp.identity(n, format="csc") - b.tocsc()).tocsc()
     a.sum_duplicates()
     try:
         lu = spla.splu(a)
@@ -135,16 +143,17 @@ def flow_system(s: FlowSnapshot, factors: EmissionFactors) -> FlowSystem:
             f"the carbon system of {n} nodes is singular ({exc}): active power circulates in a loop "
             "without losses, so no intensity is determined there"
         ) from exc
-    return FlowSystem(a, lu, node_out, emission, feeding, branch_feed, dead)
+    row_scale = np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, node_out))
+    return FlowSystem(a, lu, node_out, emission, feeding, branch_feed, dead, row_scale)
 
 
 def carbon_flow(s: FlowSnapshot, factors: EmissionFactors) -> CarbonFlow:
-    """Intensities, branch carbon flows at every terminal, losses' carbon and sinks' carbon."""
+    """Intensities, branch carbon flows at every terminal, losses' carbon and sinks' carbon, of
+    `s` reconciled (the returned flow's snapshot)."""
+    mismatch = np.abs(s.node_mismatch_mw())
+    s = s.reconciled()
     system = flow_system(s, factors)
-    n = s.node_count
-    rhs = np.bincount(s.unit_node, system.unit_emission_t_per_h, minlength=n)
-    rhs[system.dead_nodes] = 0.0
-    w = system.solve(rhs)
+    w = system.solve(np.bincount(s.unit_node, system.unit_emission_t_per_h, minlength=s.node_count))
     if not np.all(np.isfinite(w)):
         raise CarbonFlowError("the carbon system's solution is not finite: the network's flows are inconsistent")
 
@@ -160,6 +169,7 @@ def carbon_flow(s: FlowSnapshot, factors: EmissionFactors) -> CarbonFlow:
     return CarbonFlow(
         snapshot=s,
         system=system,
+        power_mismatch_mw=float(mismatch.max()) if len(mismatch) else 0.0,
         node_intensity=w,
         unit_carbon_t_per_h=unit_carbon,
         terminal_carbon_t_per_h=terminal_carbon,

@@ -152,10 +152,19 @@ def snapshot_of(net, solution: str) -> FlowSnapshot:  # noqa: ANN001
                                "carbon computation does not follow yet; take them out of service or model them "
                                "as loads/generators")
     rep = _switch_groups(net)
-    live_buses = [b for b in net.bus.index if np.isfinite(net.res_bus.p_mw.get(b, np.nan))]
-    reps = sorted({rep[int(b)] for b in live_buses})
-    node_of_rep = {r: i for i, r in enumerate(reps)}
-    bus_node = {int(b): node_of_rep[rep[int(b)]] for b in live_buses}
+    p_bus = net.res_bus.p_mw.reindex(net.bus.index)
+    live_buses = net.bus.index[np.isfinite(p_bus.to_numpy(dtype=float))].to_numpy(dtype=np.int64)
+    reps = np.array([rep[int(b)] for b in live_buses], dtype=np.int64)
+    distinct, node_of_live = np.unique(reps, return_inverse=True)
+    bus_node = dict(zip(live_buses.tolist(), node_of_live.tolist()))
+    order = np.argsort(live_buses)
+    sorted_buses, sorted_nodes = live_buses[order], node_of_live[order].astype(np.int64)
+
+    def node_of(buses: np.ndarray) -> np.ndarray:
+        """The node of each bus; -1 for a bus that is out of service or has no result."""
+        at = np.minimum(np.searchsorted(sorted_buses, buses), max(len(sorted_buses) - 1, 0))
+        found = sorted_buses[at] == buses if len(sorted_buses) else np.zeros(len(buses), dtype=bool)
+        return np.where(found, sorted_nodes[at] if len(sorted_buses) else -1, -1)
 
     names: list[str] = []
     nodes: list[np.ndarray] = []
@@ -165,11 +174,15 @@ def snapshot_of(net, solution: str) -> FlowSnapshot:  # noqa: ANN001
         if table not in net:
             continue
         df, res = _live(net, table)
+        if not len(df):
+            continue
         p = res.p_mw.to_numpy(dtype=float) * sign
-        ok = np.isfinite(p) & df.bus.isin(bus_node.keys()).to_numpy()
+        bus = df.bus.to_numpy(dtype=np.int64)
+        node = node_of(bus)
+        ok = np.isfinite(p) & (node >= 0)
         names += [f"{table}:{i}" for i in df.index[ok]]
-        buses.append(df.bus[ok].to_numpy(dtype=np.int64))
-        nodes.append(np.array([bus_node[int(b)] for b in buses[-1]], dtype=np.int64))
+        buses.append(bus[ok])
+        nodes.append(node[ok])
         powers.append(p[ok])
 
     b_names: list[str] = []
@@ -184,22 +197,23 @@ def snapshot_of(net, solution: str) -> FlowSnapshot:  # noqa: ANN001
         if not len(df):
             continue
         ps = np.column_stack([res[col].to_numpy(dtype=float) for _, col in terminals])
-        attached = np.column_stack([df[bus].isin(bus_node.keys()).to_numpy() for bus, _ in terminals]).all(axis=1)
-        ok = attached & np.isfinite(ps).all(axis=1)
+        bus = np.column_stack([df[col].to_numpy(dtype=np.int64) for col, _ in terminals])
+        node = node_of(bus.ravel()).reshape(bus.shape)
+        ok = (node >= 0).all(axis=1) & np.isfinite(ps).all(axis=1)
         first = len(b_names)
         b_names += [f"{table}:{i}" for i in df.index[ok]]
         k = np.arange(first, len(b_names), dtype=np.int64)
-        for j, (bus, _) in enumerate(terminals):
+        for j in range(len(terminals)):
             t_branch.append(k)
-            t_bus.append(df[bus][ok].to_numpy(dtype=np.int64))
-            t_node.append(np.array([bus_node[int(b)] for b in t_bus[-1]], dtype=np.int64))
+            t_bus.append(bus[ok, j])
+            t_node.append(node[ok, j])
             t_p.append(ps[ok, j])
 
     def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
     snap = FlowSnapshot(
-        bus_node=bus_node, node_count=len(reps), unit_names=tuple(names),
+        bus_node=bus_node, node_count=len(distinct), unit_names=tuple(names),
         unit_node=cat(nodes, np.int64), unit_p_mw=cat(powers, float), unit_bus=cat(buses, np.int64),
         branch_names=tuple(b_names), terminal_branch=cat(t_branch, np.int64),
         terminal_node=cat(t_node, np.int64), terminal_p_mw=cat(t_p, float), terminal_bus=cat(t_bus, np.int64),

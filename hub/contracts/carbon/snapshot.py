@@ -19,9 +19,12 @@ closed bus-bus switch are one node).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+
+NOISE_MW = 1e-8  # pandapower's default power flow tolerance (1e-8 MVA): flows below it are not told from 0
 
 
 class SnapshotError(ValueError):
@@ -64,7 +67,32 @@ class FlowSnapshot:
             raise SnapshotError(f"solution is {self.solution!r}, expected 'ac' or 'dc'")
 
     def node_mismatch_mw(self) -> np.ndarray:
-        """Per node: injections of units minus flows into branches; 0 in a solved power flow."""
+        """Per node: injections of units minus flows into branches; 0 in a solved power flow up
+        to the solver's tolerance (pandapower's default is 1e-8 MVA)."""
         n = self.node_count
         return (np.bincount(self.unit_node, self.unit_p_mw, minlength=n)
                 - np.bincount(self.terminal_node, self.terminal_p_mw, minlength=n))
+
+    def reconciled(self, noise_mw: float = NOISE_MW) -> FlowSnapshot:
+        """This snapshot made to balance at every node: flows smaller than `noise_mw` set to 0,
+        then each node's mismatch folded into the largest flow at that node, so that what flows
+        into every node is what flows out of it (up to rounding). Both changes are within the
+        power flow's tolerance. They let a node's intensity be both the mean of what flows in
+        and the carbon per MW flowing out, and keep a node where nothing really flows from getting
+        an intensity that is the ratio of two rounding errors."""
+        unit_p = np.where(np.abs(self.unit_p_mw) < noise_mw, 0.0, self.unit_p_mw)
+        terminal_p = np.where(np.abs(self.terminal_p_mw) < noise_mw, 0.0, self.terminal_p_mw)
+        n = self.node_count
+        mismatch = np.bincount(self.unit_node, unit_p, minlength=n) - np.bincount(self.terminal_node, terminal_p,
+                                                                                   minlength=n)
+        n_units = len(self.unit_names)
+        nodes = np.concatenate([self.unit_node, self.terminal_node])
+        size = np.abs(np.concatenate([unit_p, terminal_p]))
+        order = np.lexsort((np.arange(len(nodes)), -size, nodes))  # per node: largest first, then lowest index
+        largest = order[np.r_[True, nodes[order][1:] != nodes[order][:-1]]] if len(order) else order
+        largest = largest[mismatch[nodes[largest]] != 0]
+        in_units = largest[largest < n_units]
+        unit_p[in_units] -= mismatch[nodes[in_units]]
+        in_terminals = largest[largest >= n_units]
+        terminal_p[in_terminals - n_units] += mismatch[nodes[in_terminals]]
+        return replace(self, unit_p_mw=unit_p, terminal_p_mw=terminal_p)

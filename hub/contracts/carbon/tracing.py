@@ -50,7 +50,6 @@ def trace(flow: CarbonFlow, sinks: np.ndarray | None = None) -> Shares:
     sink_nodes = s.unit_node[sinks]
     sink_mw = -s.unit_p_mw[sinks]
     intensity = flow.system.unit_emission_t_per_h[producing] / s.unit_p_mw[producing]
-    dead = flow.system.dead_nodes
 
     blocks = []
     for start in range(0, len(producing), BLOCK):
@@ -58,7 +57,6 @@ def trace(flow: CarbonFlow, sinks: np.ndarray | None = None) -> Shares:
         rhs = np.zeros((n, len(cols)))
         # several units on one node add up in its row
         np.add.at(rhs, (s.unit_node[cols], np.arange(len(cols))), s.unit_p_mw[cols])
-        rhs[dead] = 0.0
         y = flow.system.solve(rhs)[sink_nodes]  # share of each sink node's outflow from each unit
         mw = y * sink_mw[:, None]
         mw[mw <= 0] = 0.0  # proportional sharing only adds; tiny negatives are rounding
