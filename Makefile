@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml setup.py protos/_merkle_native.c | $(BIN)/python
 # Regenerate the checked-in protobuf/gRPC code after editing protos/*.proto.
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-		protos/readings.proto protos/ingest.proto
+		protos/readings.proto protos/ingest.proto protos/compute.proto
 	rm -f protos/readings_pb2_grpc.py
 
 clean:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub.contracts.carbon.document import load_units  # noqa: E402
-from hub.contracts.carbon.emission import parse_factors  # noqa: E402
-from hub.contracts.carbon.flow import carbon_flow  # noqa: E402
-from hub.contracts.carbon.powerflow import snapshot_of  # noqa: E402
-from hub.contracts.carbon.tracing import trace  # noqa: E402
+from hub.contracts.carbon.document import load_units
+from hub.contracts.carbon.emission import parse_factors
+from hub.contracts.carbon.flow import carbon_flow
+from hub.contracts.carbon.powerflow import snapshot_of
+from hub.contracts.carbon.tracing import trace
 
 CASES = ("case118", "case1354pegase", "case9241pegase")
 COAL = {"coal": {"a": 0.0002, "b": 0.31, "c": 4.2, "carbon_content": 0.62, "oxidation_rate": 0.98}}

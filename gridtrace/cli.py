@@ -32,6 +32,7 @@ PARTS: dict[str, str] = {
     "cert": "hub.certificates.cli",
     "chain": "hub.consensus.cli",
     "carbon": "hub.contracts.carbon.cli",
+    "compute": "hub.compute.cli",
 }
 
 

@@ -9,7 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from hub.contracts.carbon.emission import CO2_PER_C, CoalCurve, EmissionFactorError, Factor, parse_factors
+from hub.contracts.carbon.emission import (
+    CO2_PER_C,
+    CoalCurve,
+    EmissionFactorError,
+    Factor,
+    parse_factors,
+)
 from hub.contracts.carbon.flow import carbon_flow
 from hub.contracts.carbon.snapshot import FlowSnapshot, SnapshotError
 from hub.contracts.carbon.tracing import trace
@@ -21,7 +27,7 @@ def snapshot(units: list[tuple[str, int, float]], branches: list[tuple[str, list
     t_branch = [k for k, (_, ends) in enumerate(branches) for _ in ends]
     t_node = [n for _, ends in branches for n, _ in ends]
     t_p = [p for _, ends in branches for _, p in ends]
-    i64 = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+    i64 = lambda xs: np.array(xs, dtype=np.int64)
     return FlowSnapshot(
         bus_node={n: n for n in range(nodes)}, node_count=nodes,
         unit_names=tuple(u[0] for u in units), unit_node=i64([u[1] for u in units]),

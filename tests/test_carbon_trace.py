@@ -216,9 +216,9 @@ def test_report_refuses_what_is_not_a_trace_and_names_unknown_loads(tmp_path, ca
 def test_on_a_9241_bus_network_every_intensity_is_a_mix_of_its_sources_and_shares_add_up():
     """Intensities are convex mixes of the sources' intensities: an intensity outside their range
     (a node where almost nothing flows, solved from rounding errors) would be wrong."""
-    from hub.contracts.carbon.tracing import trace
-
     import pandapower.networks as pn
+
+    from hub.contracts.carbon.tracing import trace
 
     solved = solve(pn.case9241pegase(), "pandapower:case9241pegase")
     s = solved.snapshot

@@ -6,8 +6,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gridtrace.clihelp import add_command
+
+if TYPE_CHECKING:
+    from pandapower.auxiliary import pandapowerNet
+
+    from hub.compute.outsource import Outsourcer
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +40,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the trace (JSON)")
     tr.add_argument("--dc", action="store_true", help="use a DC power flow (no losses) instead of AC")
     tr.add_argument("--no-shares", action="store_true", help="leave out generator-to-load shares (large networks)")
+    tr.add_argument("--providers", type=Path, metavar="FILE",
+                    help="outsource the solves, masked, to these compute providers, checked twice (docs/carbon.md)")
+    tr.add_argument("--provider-book", type=Path, metavar="FILE",
+                    help="providers' wrong answers and blacklist, kept between cycles (created if missing)")
+    tr.add_argument("--cycle", type=int, default=0, help="the computation cycle, for the blacklist (default 0)")
     tr.set_defaults(func=cmd_trace)
 
     rep = add_command(
@@ -52,25 +63,40 @@ def _fail(message: str) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    from hub.compute.outsource import OutsourcingError
     from hub.contracts.carbon.document import canonical_json, load_units, trace_document
     from hub.contracts.carbon.emission import EmissionFactorError, load_factors
     from hub.contracts.carbon.flow import CarbonFlowError, carbon_flow
     from hub.contracts.carbon.powerflow import NetworkError, load_network, solve
     from hub.contracts.carbon.tracing import trace
 
+    outsourcer = solver = None
     try:
         factors = load_factors(args.emission_factors)
+        if args.providers:
+            outsourcer = _outsourcer(args)
+            solver = lambda a, b: outsourcer.solve(a, b, args.cycle)
         net, name = load_network(args.pandapower_case, args.matpower, args.pandapower_json)
         t0 = time.perf_counter()
         solved = solve(net, name, dc=args.dc)
         t1 = time.perf_counter()
         factors.check_names(set(solved.snapshot.unit_names) | _out_of_service_units(net))
-        flow = carbon_flow(solved.snapshot, factors)
-        shares = None if args.no_shares else trace(flow, load_units(flow))
+        flow = carbon_flow(solved.snapshot, factors, solver)
+        shares = None if args.no_shares else trace(flow, load_units(flow), solver)
         t2 = time.perf_counter()
-    except (EmissionFactorError, NetworkError, CarbonFlowError) as exc:
+    except (EmissionFactorError, NetworkError, CarbonFlowError, OutsourcingError, ValueError) as exc:
         return _fail(str(exc))
+    finally:
+        if outsourcer is not None:
+            outsourcer.close()
+            if args.provider_book:
+                from hub.compute.providers import save_book
+
+                save_book(args.provider_book, outsourcer.book)
     doc = trace_document(solved, factors, flow, shares)
+    if outsourcer is not None:
+        doc["outsourcing"] = {"cycle": args.cycle, "records": [r.to_json() for r in outsourcer.records],
+                              "provider_book": outsourcer.book.to_json()}
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(canonical_json(doc) + "\n")
     tmp.replace(args.out)
@@ -79,7 +105,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _out_of_service_units(net) -> set[str]:  # noqa: ANN001
+def _outsourcer(args: argparse.Namespace) -> Outsourcer:
+    from hub.compute.outsource import Outsourcer
+    from hub.compute.providers import load_book, load_providers
+
+    pf = load_providers(args.providers)
+    book = load_book(args.provider_book) if args.provider_book else None
+    return Outsourcer(pf.providers, book, timeout_s=pf.timeout_s, data_centre_cost=pf.data_centre_cost)
+
+
+def _out_of_service_units(net: pandapowerNet) -> set[str]:
     """Names of units that exist but carry no power now: naming them in the factors is not a typo."""
     from hub.contracts.carbon.powerflow import UNIT_TABLES
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gridtrace.jsonfile import read_json
 from hub.contracts.carbon.emission import EmissionFactors
 from hub.contracts.carbon.flow import CarbonFlow
 from hub.contracts.carbon.powerflow import SolvedNetwork
@@ -51,7 +52,7 @@ def trace_document(solved: SolvedNetwork, factors: EmissionFactors, flow: Carbon
                    shares: Shares | None) -> dict:
     s = flow.snapshot
     w = flow.node_intensity
-    f = lambda x: float(x) + 0.0  # noqa: E731 - numpy scalars to JSON numbers; -0.0 is written as 0.0
+    f = lambda x: float(x) + 0.0
     sources, loads, other = {}, {}, {}
     load_idx = set(load_units(flow).tolist())
     for i, name in enumerate(s.unit_names):
@@ -122,12 +123,7 @@ def trace_document(solved: SolvedNetwork, factors: EmissionFactors, flow: Carbon
 
 
 def read_trace(path: Path) -> dict:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise TraceFileError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from exc
+    doc = read_json(path, TraceFileError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise TraceFileError(f"{path}: not a carbon trace (format is {doc.get('format') if isinstance(doc, dict) else None!r}, "
                              f"expected {FORMAT!r}); write one with gridtrace carbon trace")

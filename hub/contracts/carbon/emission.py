@@ -16,11 +16,12 @@ The file is JSON: each name maps to a number (tCO2/MWh), to `{"t_per_mwh": x}`, 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from gridtrace.jsonfile import read_json
 
 CO2_PER_C = 44.0 / 12.0  # t CO2 per t carbon oxidised
 SOURCE_NAME = re.compile(r"^[a-z_0-9]+:[0-9]+$")
@@ -142,10 +143,4 @@ def parse_factors(doc: object, where: str = "emission factors") -> EmissionFacto
 
 
 def load_factors(path: Path) -> EmissionFactors:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise EmissionFactorError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise EmissionFactorError(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-    return parse_factors(doc, str(path))
+    return parse_factors(read_json(path, EmissionFactorError), str(path))

@@ -23,12 +23,15 @@ largest flow, so that what flows out of a node is what flows in, and T_i is both
 
 Pure: a `FlowSnapshot` and emission factors in, arrays out. The factorisation of A is kept for
 upstream tracing (`hub.contracts.carbon.tracing`), which solves A for one right-hand side per
-producing unit.
+producing unit. Either solve can be handed to compute providers instead (`solver`:
+hub.compute.outsource), which see A and the right-hand sides only masked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,12 +45,16 @@ class CarbonFlowError(ArithmeticError):
     """The carbon system could not be solved; the message says what in the network caused it."""
 
 
+# Solves A X = B for the row-scaled A of a FlowSystem: locally (its own factorisation) or by
+# outsourcing (hub.compute.outsource.Outsourcer.solve with the cycle bound).
+SystemSolver = Callable[[sp.csc_matrix, np.ndarray], np.ndarray]
+
+
 @dataclass(frozen=True, eq=False)
 class FlowSystem:
     """The sparse system A w = E of a snapshot, factorised once."""
 
     matrix: sp.csc_matrix  # A = diag(T) - B, each row divided by T (rows of dead nodes: the identity)
-    lu: spla.SuperLU
     node_out_mw: np.ndarray  # T: power leaving each node
     unit_emission_t_per_h: np.ndarray  # E per producing unit (0 for the others)
     feeding: np.ndarray  # bool per terminal: the node feeds the branch there (p > 0)
@@ -55,11 +62,27 @@ class FlowSystem:
     dead_nodes: np.ndarray  # nodes with nothing flowing out: intensity 0 by definition
     row_scale: np.ndarray  # 1/T per node (0 for dead nodes): what the rows of A were divided by
 
-    def solve(self, rhs: np.ndarray) -> np.ndarray:
-        """x with A x = rhs (rhs: one column per right-hand side, or a vector); rhs rows of dead
-        nodes are ignored (their x is 0)."""
+    @cached_property
+    def lu(self) -> spla.SuperLU:
+        """The factorisation, made on first use (an outsourced solve never makes it here)."""
+        try:
+            return spla.splu(self.matrix)
+        except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
+            raise CarbonFlowError(
+                f"the carbon system of {self.matrix.shape[0]} nodes is singular ({exc}): active power circulates "
+                "in a loop without losses, so no intensity is determined there"
+            ) from exc
+
+    def scaled(self, rhs: np.ndarray) -> np.ndarray:
+        """`rhs` with its rows divided as A's were (rows of dead nodes: 0)."""
         scale = self.row_scale if rhs.ndim == 1 else self.row_scale[:, None]
-        return self.lu.solve(np.ascontiguousarray(rhs * scale))
+        return np.ascontiguousarray(rhs * scale)
+
+    def solve(self, rhs: np.ndarray, solver: SystemSolver | None = None) -> np.ndarray:
+        """x with A x = rhs (rhs: one column per right-hand side, or a vector), here or by `solver`."""
+        if solver is not None:
+            return solver(self.matrix, self.scaled(rhs))
+        return self.lu.solve(self.scaled(rhs))
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,24 +159,18 @@ def flow_system(s: FlowSnapshot, factors: EmissionFactors) -> FlowSystem:
     b = sp.coo_matrix((values[keep] / node_out[rows], (rows, s.terminal_node[f_rep][keep])), shape=(n, n))
     a = (sp.identity(n, format="csc") - b.tocsc()).tocsc()
     a.sum_duplicates()
-    try:
-        lu = spla.splu(a)
-    except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
-        raise CarbonFlowError(
-            f"the carbon system of {n} nodes is singular ({exc}): active power circulates in a loop "
-            "without losses, so no intensity is determined there"
-        ) from exc
     row_scale = np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, node_out))
-    return FlowSystem(a, lu, node_out, emission, feeding, branch_feed, dead, row_scale)
+    return FlowSystem(a, node_out, emission, feeding, branch_feed, dead, row_scale)
 
 
-def carbon_flow(s: FlowSnapshot, factors: EmissionFactors) -> CarbonFlow:
+def carbon_flow(s: FlowSnapshot, factors: EmissionFactors, solver: SystemSolver | None = None) -> CarbonFlow:
     """Intensities, branch carbon flows at every terminal, losses' carbon and sinks' carbon, of
-    `s` reconciled (the returned flow's snapshot)."""
+    `s` reconciled (the returned flow's snapshot). `solver`: who solves the system (default:
+    here, with SuperLU)."""
     mismatch = np.abs(s.node_mismatch_mw())
     s = s.reconciled()
     system = flow_system(s, factors)
-    w = system.solve(np.bincount(s.unit_node, system.unit_emission_t_per_h, minlength=s.node_count))
+    w = system.solve(np.bincount(s.unit_node, system.unit_emission_t_per_h, minlength=s.node_count), solver)
     if not np.all(np.isfinite(w)):
         raise CarbonFlowError("the carbon system's solution is not finite: the network's flows are inconsistent")
 

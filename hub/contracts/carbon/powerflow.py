@@ -17,10 +17,15 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hub.contracts.carbon.snapshot import FlowSnapshot
+
+if TYPE_CHECKING:  # pandapower takes seconds to import: only where a network is loaded or solved
+    import pandas as pd
+    from pandapower.auxiliary import pandapowerNet
 
 log = logging.getLogger("gridtrace.carbon")
 # pandapower logs at INFO on import that plotly is missing; a carbon trace does not plot
@@ -57,7 +62,8 @@ class SolvedNetwork:
     dc_reason: str | None  # why the AC power flow was not used
 
 
-def load_network(case: str | None = None, matpower: Path | None = None, pandapower_json: Path | None = None):  # noqa: ANN201 - a pandapowerNet
+def load_network(case: str | None = None, matpower: Path | None = None,
+                 pandapower_json: Path | None = None) -> tuple[pandapowerNet, str]:
     """The network named by exactly one of the arguments, and a name for it."""
     import pandapower as pp
     import pandapower.networks as pn
@@ -83,18 +89,18 @@ def load_network(case: str | None = None, matpower: Path | None = None, pandapow
         return pp.from_json(str(path)), f"pandapower-json:{path}"
     except NetworkError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the converters raise anything; the file is what is wrong
+    except Exception as exc:  # the converters raise anything: what is wrong is the file, so name it
         raise NetworkError(f"{path}: cannot read as a {'MATPOWER case' if matpower else 'pandapower network'}: "
                            f"{type(exc).__name__}: {exc}") from exc
 
 
-def network_digest(net) -> str:  # noqa: ANN001
+def network_digest(net: pandapowerNet) -> str:
     import pandapower as pp
 
     return hashlib.sha256(pp.to_json(net).encode()).hexdigest()
 
 
-def solve(net, name: str, dc: bool = False) -> SolvedNetwork:  # noqa: ANN001
+def solve(net: pandapowerNet, name: str, dc: bool = False) -> SolvedNetwork:
     """Run the power flow (AC; DC when asked or when AC does not converge) and extract it."""
     import pandapower as pp
 
@@ -109,12 +115,12 @@ def solve(net, name: str, dc: bool = False) -> SolvedNetwork:  # noqa: ANN001
     if reason is not None:
         try:
             pp.rundcpp(net)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # pandapower's own errors: the network cannot be solved at all
             raise NetworkError(f"{name}: neither the AC nor the DC power flow solved: {exc}") from exc
     return SolvedNetwork(name, digest, snapshot_of(net, "dc" if reason else "ac"), reason)
 
 
-def _switch_groups(net) -> dict[int, int]:  # noqa: ANN001
+def _switch_groups(net: pandapowerNet) -> dict[int, int]:
     """Each bus's representative: buses joined by closed bus-bus switches are one node."""
     parent: dict[int, int] = {}
 
@@ -134,7 +140,7 @@ def _switch_groups(net) -> dict[int, int]:  # noqa: ANN001
     return {int(b): find(int(b)) for b in net.bus.index}
 
 
-def _live(net, table: str):  # noqa: ANN001, ANN202
+def _live(net: pandapowerNet, table: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The in-service rows of `table` that have finite results, and those results."""
     df, res = net[table], net[f"res_{table}"]
     if not len(df):
@@ -144,7 +150,7 @@ def _live(net, table: str):  # noqa: ANN001, ANN202
     return df.loc[rows], res.loc[rows]
 
 
-def snapshot_of(net, solution: str) -> FlowSnapshot:  # noqa: ANN001
+def snapshot_of(net: pandapowerNet, solution: str) -> FlowSnapshot:
     """The snapshot of a solved pandapower network."""
     for table in UNSUPPORTED_TABLES:
         if table in net and len(net[table]) and bool(net[table].get("in_service", True).astype(bool).any()):

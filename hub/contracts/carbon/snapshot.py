@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-
 NOISE_MW = 1e-8  # pandapower's default power flow tolerance (1e-8 MVA): flows below it are not told from 0
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from hub.contracts.carbon.flow import CarbonFlow
+from hub.contracts.carbon.flow import CarbonFlow, SystemSolver
 
 BLOCK = 256  # right-hand sides per solve: 256 x nodes doubles (19 MB at 9,241 nodes)
 
@@ -39,8 +39,10 @@ class Shares:
         return total - np.asarray(self.carbon_t_per_h.sum(axis=1)).ravel()
 
 
-def trace(flow: CarbonFlow, sinks: np.ndarray | None = None) -> Shares:
-    """Shares of every producing unit in each of `sinks` (default: every consuming unit)."""
+def trace(flow: CarbonFlow, sinks: np.ndarray | None = None, solver: SystemSolver | None = None,
+          block: int = BLOCK) -> Shares:
+    """Shares of every producing unit in each of `sinks` (default: every consuming unit).
+    `solver`: who solves each block of right-hand sides (default: here)."""
     s = flow.snapshot
     producing = np.flatnonzero(s.unit_p_mw > 0)
     if sinks is None:
@@ -52,12 +54,12 @@ def trace(flow: CarbonFlow, sinks: np.ndarray | None = None) -> Shares:
     intensity = flow.system.unit_emission_t_per_h[producing] / s.unit_p_mw[producing]
 
     blocks = []
-    for start in range(0, len(producing), BLOCK):
-        cols = producing[start : start + BLOCK]
+    for start in range(0, len(producing), block):
+        cols = producing[start : start + block]
         rhs = np.zeros((n, len(cols)))
         # several units on one node add up in its row
         np.add.at(rhs, (s.unit_node[cols], np.arange(len(cols))), s.unit_p_mw[cols])
-        y = flow.system.solve(rhs)[sink_nodes]  # share of each sink node's outflow from each unit
+        y = flow.system.solve(rhs, solver)[sink_nodes]  # share of each sink node's outflow from each unit
         mw = y * sink_mw[:, None]
         mw[mw <= 0] = 0.0  # proportional sharing only adds; tiny negatives are rounding
         blocks.append(sp.csr_matrix(mw))
