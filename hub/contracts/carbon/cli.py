@@ -47,6 +47,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--cycle", type=int, default=0, help="the computation cycle, for the blacklist (default 0)")
     tr.set_defaults(func=cmd_trace)
 
+    mod = add_command(
+        carbon_sub, "model", "register a network model: network, emission factors and which meter measures which element",
+        "gridtrace carbon model --pandapower-case case118 --emission-factors factors.json --meters meters.json \\\n"
+        "    --out model.json\n\nmeters.json: {\"MTR-1\": \"load:0\", \"MTR-2\": \"sgen:4\"}",
+    )
+    mnet = mod.add_mutually_exclusive_group(required=True)
+    mnet.add_argument("--pandapower-case", metavar="NAME")
+    mnet.add_argument("--matpower", type=Path, metavar="FILE")
+    mnet.add_argument("--pandapower-json", type=Path, metavar="FILE")
+    mod.add_argument("--emission-factors", type=Path, required=True, metavar="FILE")
+    mod.add_argument("--meters", type=Path, required=True, metavar="FILE", help="JSON: meter id -> load:N, sgen:N, gen:N")
+    mod.add_argument("--out", type=Path, required=True, metavar="FILE")
+    mod.set_defaults(func=cmd_model)
+
+    itv = add_command(
+        carbon_sub, "interval", "carbon emission flow of one interval from the sealed readings of a model's meters",
+        "gridtrace carbon interval --model model.json --config hub/hub.toml \\\n"
+        "    --from 2026-11-23T10:00:00Z --to 2026-11-23T10:15:00Z --out interval.json",
+    )
+    itv.add_argument("--model", type=Path, required=True, metavar="FILE", help="written by gridtrace carbon model")
+    db = itv.add_mutually_exclusive_group(required=True)
+    db.add_argument("--config", type=Path, metavar="FILE", help="the hub's hub.toml (its database)")
+    db.add_argument("--database", metavar="URL", help="the hub's database URL instead (sqlite:///..., postgresql+psycopg://...)")
+    itv.add_argument("--from", dest="from_", required=True, help="start, ISO 8601 with zone (or ns), inclusive")
+    itv.add_argument("--to", required=True, help="end, exclusive")
+    itv.add_argument("--out", type=Path, required=True, metavar="FILE")
+    itv.add_argument("--no-shares", action="store_true")
+    itv.set_defaults(func=cmd_interval)
+
     rep = add_command(
         carbon_sub, "report", "print a trace's totals and its largest emitters, or one load's sources",
         "gridtrace carbon report trace.json\ngridtrace carbon report trace.json --load load:12",
@@ -97,11 +126,100 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if outsourcer is not None:
         doc["outsourcing"] = {"cycle": args.cycle, "records": [r.to_json() for r in outsourcer.records],
                               "provider_book": outsourcer.book.to_json()}
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(canonical_json(doc) + "\n")
-    tmp.replace(args.out)
+    _write(args.out, canonical_json(doc))
     _print_totals(doc, f"{name}: {solved.snapshot.solution.upper()} power flow {t1 - t0:.3f} s, "
                        f"carbon{' and shares' if shares else ''} {t2 - t1:.3f} s; written to {args.out}")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from hub.contracts.carbon.document import canonical_json
+    from hub.contracts.carbon.emission import EmissionFactorError, load_factors
+    from hub.contracts.carbon.model import ModelError, build_model, read_meter_map
+    from hub.contracts.carbon.powerflow import NetworkError, load_network
+
+    try:
+        factors = load_factors(args.emission_factors)
+        meters = read_meter_map(args.meters)
+        net, name = load_network(args.pandapower_case, args.matpower, args.pandapower_json)
+        factors.check_names(_out_of_service_units(net))
+        model = build_model(net, name, factors, meters)
+    except (EmissionFactorError, ModelError, NetworkError) as exc:
+        return _fail(str(exc))
+    _write(args.out, canonical_json(model.to_json()))
+    print(f"model {model.version} of {name}: {len(meters)} meters; written to {args.out}")
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+
+
+def cmd_interval(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from hub.certificates.document import parse_time
+    from hub.config import load_hub_config
+    from hub.contracts.carbon.document import canonical_json, load_units, trace_document
+    from hub.contracts.carbon.flow import CarbonFlowError, carbon_flow
+    from hub.contracts.carbon.interval import (
+        IntervalError,
+        interval_digest,
+        meter_power,
+        network_for_interval,
+    )
+    from hub.contracts.carbon.model import ModelError, read_model
+    from hub.contracts.carbon.powerflow import NetworkError, solve
+    from hub.contracts.carbon.tracing import trace
+    from hub.storage.engine import StoreError
+    from hub.storage.store import Store
+    from protos.canonical import decode_entry
+
+    try:
+        from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
+    except ValueError as exc:
+        return _fail(f"--from/--to: {exc}")
+    if to_ns <= from_ns:
+        return _fail("--to must be after --from")
+    try:
+        model = read_model(args.model)
+        store = Store(args.database or load_hub_config(args.config).database_url)
+    except (ModelError, StoreError) as exc:
+        return _fail(str(exc))
+    readings = hashlib.sha256()
+    powers = {}
+    unsealed = 0
+    try:
+        sealed: dict[int, bool] = {}
+        for meter in sorted(model.meters):
+            entries = []
+            for batch_id, row in store.meter_entries(meter, from_ns, to_ns):
+                if batch_id not in sealed:
+                    sealed[batch_id] = store.batch_by_id(batch_id).block_height is not None
+                if not sealed[batch_id]:
+                    unsealed += 1  # not yet in a block: not evidence yet
+                    continue
+                readings.update(len(row.body).to_bytes(4, "big") + row.body)
+                entries.append(decode_entry(row.body))
+            powers[meter] = meter_power(meter, entries)
+        net = network_for_interval(model, powers)
+        solved = solve(net, f"model:{model.version}")
+        flow = carbon_flow(solved.snapshot, model.factors)
+        shares = None if args.no_shares else trace(flow, load_units(flow))
+    except (IntervalError, NetworkError, CarbonFlowError) as exc:
+        return _fail(f"interval {args.from_} .. {args.to}: {exc}")
+    finally:
+        store.close()
+    doc = trace_document(solved, model.factors, flow, shares)
+    doc["inputs"]["model_version"] = model.version
+    doc["interval"] = {"from_ns": from_ns, "to_ns": to_ns, "readings_sha256": readings.hexdigest(),
+                       "unsealed_readings_left_out": unsealed,
+                       "meters": {m: {"element": model.meters[m], **p.to_json()} for m, p in sorted(powers.items())}}
+    doc["inputs_sha256"] = interval_digest(model, from_ns, to_ns, powers, readings.hexdigest(), solved.snapshot.solution)
+    _write(args.out, canonical_json(doc))
+    _print_totals(doc, f"model {model.version[:16]}, {args.from_} .. {args.to}; written to {args.out}")
     return 0
 
 
