@@ -119,3 +119,32 @@ def test_a_meter_map_naming_what_cannot_be_metered_is_refused(capsys, tmp_path, 
                        write(tmp_path / "f.json", {}), "--meters", write(tmp_path / "m.json", meters),
                        "--out", tmp_path / "model.json")
     assert code == 2 and says in err
+
+
+def test_an_interval_outsourced_to_providers_matches_the_local_one_and_records_them(capsys, setup, tmp_path):
+    from protos.signing import write_public_key
+    from tests.test_outsourcing import Fleet, wrong
+
+    fleet = Fleet()
+    try:
+        endpoints = [fleet.add("p1"), fleet.add("p2", wrong), fleet.add("p3")]
+        entries = []
+        for p in endpoints:
+            write_public_key(tmp_path / f"{p.name}.pem", p.public_key)
+            entries.append({"name": p.name, "address": p.address, "public_key": f"{p.name}.pem", "insecure": True})
+        providers = write(tmp_path / "providers.json", {"providers": entries})
+        _, chain, model = setup
+        code, _, err = run(capsys, "interval", "--model", model, "--database", f"sqlite:///{chain.db_path}",
+                           "--from", str(chain.from_ns), "--to", str(chain.to_ns), "--out", tmp_path / "o.json",
+                           "--providers", providers, "--provider-book", tmp_path / "book.json", "--no-shares")
+    finally:
+        fleet.stop()
+    assert code == 0, err
+    doc = json.loads((tmp_path / "o.json").read_text())
+    _, _, local = interval(capsys, setup)
+    assert doc["inputs_sha256"] == local["inputs_sha256"]  # the same inputs, whoever solved
+    for bus, w in local["bus_intensity"].items():
+        assert doc["bus_intensity"][bus] == pytest.approx(w, rel=1e-9, abs=1e-12)
+    (rec,) = doc["outsourcing"]["records"]
+    assert rec["wrong"] == ["p2"] and sorted(rec["accepted_by"]) == ["p1", "p3"]
+    assert json.loads((tmp_path / "book.json").read_text())["wrong"] == {"p2": 1}

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pandapower.auxiliary import pandapowerNet
 
     from hub.compute.outsource import Outsourcer
+    from hub.contracts.carbon.flow import SystemSolver
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the trace (JSON)")
     tr.add_argument("--dc", action="store_true", help="use a DC power flow (no losses) instead of AC")
     tr.add_argument("--no-shares", action="store_true", help="leave out generator-to-load shares (large networks)")
-    tr.add_argument("--providers", type=Path, metavar="FILE",
-                    help="outsource the solves, masked, to these compute providers, checked twice (docs/carbon.md)")
-    tr.add_argument("--provider-book", type=Path, metavar="FILE",
-                    help="providers' wrong answers and blacklist, kept between cycles (created if missing)")
-    tr.add_argument("--cycle", type=int, default=0, help="the computation cycle, for the blacklist (default 0)")
+    _outsourcing_arguments(tr)
     tr.set_defaults(func=cmd_trace)
 
     mod = add_command(
@@ -74,6 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     itv.add_argument("--to", required=True, help="end, exclusive")
     itv.add_argument("--out", type=Path, required=True, metavar="FILE")
     itv.add_argument("--no-shares", action="store_true")
+    _outsourcing_arguments(itv)
     itv.set_defaults(func=cmd_interval)
 
     rep = add_command(
@@ -84,6 +82,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--load", metavar="NAME", help="one load's sources (load:12)")
     rep.add_argument("--top", type=int, default=10, help="rows of each table (default 10)")
     rep.set_defaults(func=cmd_report)
+
+
+def _outsourcing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--providers", type=Path, metavar="FILE",
+                   help="outsource the solves, masked, to these compute providers, checked twice (docs/carbon.md)")
+    p.add_argument("--provider-book", type=Path, metavar="FILE",
+                   help="providers' wrong answers and blacklist, kept between cycles (created if missing)")
+    p.add_argument("--cycle", type=int, default=0, help="the computation cycle, for the blacklist (default 0)")
 
 
 def _fail(message: str) -> int:
@@ -102,9 +108,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     outsourcer = solver = None
     try:
         factors = load_factors(args.emission_factors)
-        if args.providers:
-            outsourcer = _outsourcer(args)
-            solver = lambda a, b: outsourcer.solve(a, b, args.cycle)
+        outsourcer, solver = _outsourcer(args)
         net, name = load_network(args.pandapower_case, args.matpower, args.pandapower_json)
         t0 = time.perf_counter()
         solved = solve(net, name, dc=args.dc)
@@ -116,16 +120,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     except (EmissionFactorError, NetworkError, CarbonFlowError, OutsourcingError, ValueError) as exc:
         return _fail(str(exc))
     finally:
-        if outsourcer is not None:
-            outsourcer.close()
-            if args.provider_book:
-                from hub.compute.providers import save_book
-
-                save_book(args.provider_book, outsourcer.book)
+        _close_outsourcer(args, outsourcer)
     doc = trace_document(solved, factors, flow, shares)
-    if outsourcer is not None:
-        doc["outsourcing"] = {"cycle": args.cycle, "records": [r.to_json() for r in outsourcer.records],
-                              "provider_book": outsourcer.book.to_json()}
+    _add_outsourcing(doc, args, outsourcer)
     _write(args.out, canonical_json(doc))
     _print_totals(doc, f"{name}: {solved.snapshot.solution.upper()} power flow {t1 - t0:.3f} s, "
                        f"carbon{' and shares' if shares else ''} {t2 - t1:.3f} s; written to {args.out}")
@@ -183,10 +180,13 @@ def cmd_interval(args: argparse.Namespace) -> int:
         return _fail(f"--from/--to: {exc}")
     if to_ns <= from_ns:
         return _fail("--to must be after --from")
+    from hub.compute.outsource import OutsourcingError
+
     try:
         model = read_model(args.model)
+        outsourcer, solver = _outsourcer(args)  # opens no connection yet: nothing to close on failure
         store = Store(args.database or load_hub_config(args.config).database_url)
-    except (ModelError, StoreError) as exc:
+    except (ModelError, StoreError, ValueError) as exc:
         return _fail(str(exc))
     readings = hashlib.sha256()
     powers = {}
@@ -206,13 +206,15 @@ def cmd_interval(args: argparse.Namespace) -> int:
             powers[meter] = meter_power(meter, entries)
         net = network_for_interval(model, powers)
         solved = solve(net, f"model:{model.version}")
-        flow = carbon_flow(solved.snapshot, model.factors)
-        shares = None if args.no_shares else trace(flow, load_units(flow))
-    except (IntervalError, NetworkError, CarbonFlowError) as exc:
+        flow = carbon_flow(solved.snapshot, model.factors, solver)
+        shares = None if args.no_shares else trace(flow, load_units(flow), solver)
+    except (IntervalError, NetworkError, CarbonFlowError, OutsourcingError) as exc:
         return _fail(f"interval {args.from_} .. {args.to}: {exc}")
     finally:
         store.close()
+        _close_outsourcer(args, outsourcer)
     doc = trace_document(solved, model.factors, flow, shares)
+    _add_outsourcing(doc, args, outsourcer)
     doc["inputs"]["model_version"] = model.version
     doc["interval"] = {"from_ns": from_ns, "to_ns": to_ns, "readings_sha256": readings.hexdigest(),
                        "unsealed_readings_left_out": unsealed,
@@ -223,13 +225,34 @@ def cmd_interval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outsourcer(args: argparse.Namespace) -> Outsourcer:
+def _outsourcer(args: argparse.Namespace) -> tuple[Outsourcer | None, SystemSolver | None]:
+    """The outsourcer `--providers` asks for, and the solver that uses it (None, None: solve here)."""
     from hub.compute.outsource import Outsourcer
     from hub.compute.providers import load_book, load_providers
 
+    if not args.providers:
+        return None, None
     pf = load_providers(args.providers)
     book = load_book(args.provider_book) if args.provider_book else None
-    return Outsourcer(pf.providers, book, timeout_s=pf.timeout_s, data_centre_cost=pf.data_centre_cost)
+    out = Outsourcer(pf.providers, book, timeout_s=pf.timeout_s, data_centre_cost=pf.data_centre_cost)
+    return out, lambda a, b: out.solve(a, b, args.cycle)
+
+
+def _close_outsourcer(args: argparse.Namespace, outsourcer: Outsourcer | None) -> None:
+    """Close its channels and keep its book (durably), whatever happened to the computation."""
+    if outsourcer is None:
+        return
+    outsourcer.close()
+    if args.provider_book:
+        from hub.compute.providers import save_book
+
+        save_book(args.provider_book, outsourcer.book)
+
+
+def _add_outsourcing(doc: dict, args: argparse.Namespace, outsourcer: Outsourcer | None) -> None:
+    if outsourcer is not None:
+        doc["outsourcing"] = {"cycle": args.cycle, "records": [r.to_json() for r in outsourcer.records],
+                              "provider_book": outsourcer.book.to_json()}
 
 
 def _out_of_service_units(net: pandapowerNet) -> set[str]:
