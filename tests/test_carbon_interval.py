@@ -72,6 +72,11 @@ def test_an_interval_sets_the_loads_from_the_meters_and_names_model_and_readings
     assert doc["interval"]["meters"]["MTR-1"]["gaps"] == 1
     assert doc["interval"]["unsealed_readings_left_out"] == 0
     assert doc["conservation"]["relative_residual"] < 1e-12
+    code, stdout, _ = run(capsys, "report", tmp / "i.json", "--meter", "MTR-2")
+    assert code == 0 and "load:1 at bus" in stdout
+    assert all(source in stdout for source in doc["shares"]["load:1"])
+    code, _, err = run(capsys, "report", tmp / "i.json", "--meter", "MTR-9")
+    assert code == 2 and "no meter 'MTR-9'" in err
     # the same inputs: the same bytes
     assert interval(capsys, setup, out="again.json")[0] == 0
     assert (tmp / "again.json").read_bytes() == (tmp / "i.json").read_bytes()

@@ -76,10 +76,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     rep = add_command(
         carbon_sub, "report", "print a trace's totals and its largest emitters, or one load's sources",
-        "gridtrace carbon report trace.json\ngridtrace carbon report trace.json --load load:12",
+        "gridtrace carbon report trace.json\ngridtrace carbon report trace.json --load load:12\n"
+        "gridtrace carbon report interval.json --meter MTR-7",
     )
-    rep.add_argument("trace", type=Path, help="a file written by gridtrace carbon trace")
-    rep.add_argument("--load", metavar="NAME", help="one load's sources (load:12)")
+    rep.add_argument("trace", type=Path, help="a file written by gridtrace carbon trace or carbon interval")
+    who = rep.add_mutually_exclusive_group()
+    who.add_argument("--load", metavar="NAME", help="one load's sources (load:12)")
+    who.add_argument("--meter", metavar="ID", help="the sources of the load a meter measures (an interval's file)")
     rep.add_argument("--top", type=int, default=10, help="rows of each table (default 10)")
     rep.set_defaults(func=cmd_report)
 
@@ -205,7 +208,7 @@ def cmd_interval(args: argparse.Namespace) -> int:
                 entries.append(decode_entry(row.body))
             powers[meter] = meter_power(meter, entries)
         net = network_for_interval(model, powers)
-        solved = solve(net, f"model:{model.version}")
+        solved = solve(net, f"model:{model.version[:16]}")
         flow = carbon_flow(solved.snapshot, model.factors, solver)
         shares = None if args.no_shares else trace(flow, load_units(flow), solver)
     except (IntervalError, NetworkError, CarbonFlowError, OutsourcingError) as exc:
@@ -294,6 +297,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     console = Console()
     inputs = doc["inputs"]
     title = f"{inputs['network']} ({inputs['solution'].upper()}), inputs {doc['inputs_sha256'][:16]}"
+    if args.meter:
+        meter = (doc.get("interval") or {}).get("meters", {}).get(args.meter)
+        if meter is None:
+            return _fail(f"{args.trace}: no meter {args.meter!r} in it (meters are in files written by "
+                         "gridtrace carbon interval, for the model's meters)")
+        if meter["element"] not in doc["loads"]:
+            return _fail(f"{args.trace}: meter {args.meter} measures {meter['element']}, which is not a load here")
+        args.load = meter["element"]
     if args.load:
         load = doc["loads"].get(args.load)
         if load is None:
@@ -302,8 +313,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         shares = (doc.get("shares") or {}).get(args.load)
         if shares is None:
             return _fail(f"{args.trace}: the trace has no shares (it was written with --no-shares)")
-        table = Table(title=f"{title}\n{args.load} at bus {load['bus']}: {load['p_mw']:.6g} MW, "
-                            f"{load['emission_t_per_h']:.6g} tCO2/h ({load['intensity_t_per_mwh']:.4f} tCO2/MWh)")
+        console.print(title)
+        console.print(f"{args.load} at bus {load['bus']}: {load['p_mw']:.6g} MW, {load['emission_t_per_h']:.6g} tCO2/h "
+                      f"({load['intensity_t_per_mwh']:.4f} tCO2/MWh)")
+        table = Table()
         for col in ("source", "bus", "MW", "tCO2/h", "share of emissions"):
             table.add_column(col, justify="left" if col == "source" else "right")
         total = load["emission_t_per_h"]
