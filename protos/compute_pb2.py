@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/compute.proto\x12\x14gridtrace.compute.v1\"n\n\tSolveTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06indptr\x18\x04 \x01(\x0c\x12\x0f\n\x07indices\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0b\n\x03rhs\x18\x07 \x01(\x0c\"Q\n\x0bSolveAnswer\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x0c\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x32V\n\x07\x43ompute\x12K\n\x05Solve\x12\x1f.gridtrace.compute.v1.SolveTask\x1a!.gridtrace.compute.v1.SolveAnswerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/compute.proto\x12\x14gridtrace.compute.v1\"\xbd\x01\n\tSolveTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06indptr\x18\x04 \x01(\x0c\x12\x0f\n\x07indices\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0b\n\x03rhs\x18\x07 \x01(\x0c\x12\x12\n\nrhs_indptr\x18\x08 \x01(\x0c\x12\x13\n\x0brhs_indices\x18\t \x01(\x0c\x12\x10\n\x08rhs_data\x18\n \x01(\x0c\x12\x12\n\ndrop_below\x18\x0b \x01(\x01\"\x86\x01\n\x0bSolveAnswer\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x0c\x12\x10\n\x08x_indptr\x18\x05 \x01(\x0c\x12\x11\n\tx_indices\x18\x06 \x01(\x0c\x12\x0e\n\x06x_data\x18\x07 \x01(\x0c\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x32V\n\x07\x43ompute\x12K\n\x05Solve\x12\x1f.gridtrace.compute.v1.SolveTask\x1a!.gridtrace.compute.v1.SolveAnswerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.compute_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOLVETASK']._serialized_start=46
-  _globals['_SOLVETASK']._serialized_end=156
-  _globals['_SOLVEANSWER']._serialized_start=158
-  _globals['_SOLVEANSWER']._serialized_end=239
-  _globals['_COMPUTE']._serialized_start=241
-  _globals['_COMPUTE']._serialized_end=327
+  _globals['_SOLVETASK']._serialized_start=47
+  _globals['_SOLVETASK']._serialized_end=236
+  _globals['_SOLVEANSWER']._serialized_start=239
+  _globals['_SOLVEANSWER']._serialized_end=373
+  _globals['_COMPUTE']._serialized_start=375
+  _globals['_COMPUTE']._serialized_end=461
 # @@protoc_insertion_point(module_scope)

@@ -53,6 +53,23 @@ def test_a_masked_task_hides_the_values_and_unmasks_to_the_exact_solution():
     assert not residual_ok(a, np.full_like(got, np.nan), b)
 
 
+def test_a_sparse_task_hides_each_source_among_decoys_and_its_answer_stays_sparse():
+    from hub.compute.masking import DECOYS, sparse_answer
+
+    a, _ = system(n=200, seed=3)
+    b = sp.csc_matrix((np.full(5, 2.0), ([3, 50, 90, 120, 199], range(5))), shape=(200, 5))  # one source each
+    task, m = mask(a, b, np.random.default_rng(9))
+    assert sp.issparse(task.rhs)
+    assert (np.diff(task.rhs.indptr) >= DECOYS).all()  # the source's entry is one of many
+    assert not np.isin(b.data, task.rhs.data).any()
+    x_masked = sparse_answer(spla.splu(task.matrix).solve(task.rhs.toarray()))
+    x = unmask(m, x_masked)
+    want = spla.splu(a).solve(b.toarray())
+    assert sp.issparse(x) and np.abs(x.toarray() - want).max() < 1e-12 * np.abs(want).max()
+    assert x_masked.nnz < 0.5 * 200 * 5  # sparse on the wire both ways
+    assert residual_ok(a, x, b) and not residual_ok(a, x * 1.000001, b)
+
+
 class Fleet:
     """Providers on loopback, each with its own key and solver."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # One OpenBLAS thread per solve (before numpy is imported, which reads it once). SuperLU's
+    # multi-column solves call BLAS, and OpenBLAS's spinning threads in two providers and the
+    # owner on one host made a 0.4 s solve take 5 to 12 s; an operator can still set it higher.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import grpc
 
     from hub.compute.provider import start_provider

@@ -26,13 +26,23 @@ import numpy as np
 import scipy.sparse as sp
 
 from hub.compute.book import ProviderBook
-from hub.compute.masking import Mask, MaskedTask, agree, mask, residual_ok, unmask
+from hub.compute.masking import (
+    Mask,
+    MaskedTask,
+    Matrix,
+    agree,
+    mask,
+    residual_ok,
+    unmask,
+)
 from hub.compute.provider import SOLVE_METHOD, sparse_lu_solve
 from hub.compute.wire import (
     MAX_MESSAGE,
     WireError,
+    answer_payload,
     answer_statement,
     answer_x,
+    matrix_digest,
     task_digest,
     task_message,
 )
@@ -89,13 +99,10 @@ class ComputeRecord:
         }
 
 
-def unmasked_task_digest(a: sp.spmatrix, b: np.ndarray) -> str:
-    a = sp.csc_matrix(a)
-    h = hashlib.sha256()
-    for arr in (np.array(a.shape, "<i8"), a.indptr.astype("<i8"), a.indices.astype("<i8"), a.data.astype("<f8"),
-                np.asfortranarray(b).astype("<f8")):
-        h.update(arr.tobytes(order="F"))
-    return h.hexdigest()
+def unmasked_task_digest(a: sp.spmatrix, b: Matrix) -> str:
+    """SHA-256 naming the unmasked task: A's digest and B's, so the record says what was solved
+    without holding it."""
+    return hashlib.sha256(f"{a.shape[0]}:{matrix_digest(sp.csc_matrix(a))}:{matrix_digest(b)}".encode()).hexdigest()
 
 
 @dataclass
@@ -105,7 +112,7 @@ class _Copy:
     mask: Mask
     digest: bytes
     future: grpc.Future
-    x: np.ndarray | None = None
+    x: Matrix | None = None
     attempt: Attempt | None = None
 
 
@@ -114,7 +121,7 @@ class Outsourcer:
 
     def __init__(self, providers: Sequence[ProviderEndpoint], book: ProviderBook | None = None,
                  timeout_s: float = 30.0, data_centre_cost: float = 3.0,
-                 data_centre: Callable[[MaskedTask], np.ndarray] = sparse_lu_solve,
+                 data_centre: Callable[[MaskedTask], Matrix] = sparse_lu_solve,
                  rng: np.random.Generator | None = None) -> None:
         names = [p.name for p in providers]
         if len(set(names)) != len(names):
@@ -159,10 +166,11 @@ class Outsourcer:
         r = cycle % len(ok)
         return ok[r:] + ok[:r]
 
-    def solve(self, a: sp.spmatrix, b: np.ndarray, cycle: int) -> np.ndarray:
+    def solve(self, a: sp.spmatrix, b: Matrix, cycle: int) -> Matrix:
+        """X with A X = B (sparse X for a sparse B; a vector for a vector B), outsourced."""
         a = sp.csc_matrix(a)
         n = a.shape[0]
-        b2 = np.asarray(b, dtype=float).reshape(n, -1)
+        b2 = sp.csc_matrix(b) if sp.issparse(b) else np.asarray(b, dtype=float).reshape(n, -1)
         queue = self.eligible(cycle)
         copies = [self._send(p, a, b2, stage=1) for p in queue[:2]]
         rest = queue[2:]
@@ -181,21 +189,23 @@ class Outsourcer:
             log.warning("cycle %d: providers %s gave no two agreeing answers; the data centre computes",
                         cycle, [c.provider.name for c in copies])
             x = self.data_centre(MaskedTask(a, b2))
+            if sp.issparse(b2):
+                x = sp.csc_matrix(x)
             if not residual_ok(a, x, b2):
                 raise OutsourcingError("the data centre's own answer fails the residual check: the task is singular "
                                        "or badly conditioned")
             right = [c.provider.name for c in copies if c.x is not None and agree(c.x, x)]
             by = (DATA_CENTRE,)
         self._settle(a, b2, cycle, copies, right, by, stage3=accepted is None)
-        return x if np.ndim(b) > 1 else x[:, 0]
+        return x if sp.issparse(b) or np.ndim(b) > 1 else x[:, 0]
 
-    def _send(self, p: ProviderEndpoint, a: sp.csc_matrix, b: np.ndarray, stage: int) -> _Copy:
+    def _send(self, p: ProviderEndpoint, a: sp.csc_matrix, b: Matrix, stage: int) -> _Copy:
         task, m = mask(a, b, self.rng)
         raw = task_message(secrets.token_hex(8), task).SerializeToString(deterministic=True)
         future = self._solve_call(p).future(raw, timeout=self.timeout_s)
         return _Copy(p, stage, m, task_digest(raw), future)
 
-    def _collect(self, c: _Copy, a: sp.csc_matrix, b: np.ndarray) -> None:
+    def _collect(self, c: _Copy, a: sp.csc_matrix, b: Matrix) -> None:
         name, n, k = c.provider.name, b.shape[0], b.shape[1]
         try:
             answer = c.future.result()
@@ -203,15 +213,15 @@ class Outsourcer:
             c.attempt = Attempt(name, c.stage, "no-answer", f"{exc.code().name}: {exc.details()}")
             return
         if answer.provider_id != c.provider.public_key.key_id or not c.provider.public_key.verify(
-                answer.signature, answer_statement(c.digest, answer.x)):
+                answer.signature, answer_statement(c.digest, answer_payload(answer))):
             c.attempt = Attempt(name, c.stage, "bad-signature", f"not signed by key {c.provider.public_key.key_id}")
             return
         try:
-            x = unmask(c.mask, answer_x(answer, n, k).copy())
-        except WireError as exc:
+            x = unmask(c.mask, answer_x(answer, n, k))
+        except (WireError, ValueError) as exc:
             c.attempt = Attempt(name, c.stage, "failed-check", str(exc))
             return
-        digest = hashlib.sha256(x.astype("<f8").tobytes(order="F")).hexdigest()
+        digest = matrix_digest(x)
         if not residual_ok(a, x, b):
             c.attempt = Attempt(name, c.stage, "failed-check", "unmasked, it does not solve the task", digest)
             return
@@ -226,7 +236,7 @@ class Outsourcer:
                 return group
         return None
 
-    def _settle(self, a: sp.csc_matrix, b: np.ndarray, cycle: int, copies: list[_Copy], right: list[str],
+    def _settle(self, a: sp.csc_matrix, b: Matrix, cycle: int, copies: list[_Copy], right: list[str],
                 by: tuple[str, ...], stage3: bool) -> None:
         fees = {c.provider.name: c.provider.fee for c in copies}
         wrong = [c.provider.name for c in copies if c.provider.name not in right]

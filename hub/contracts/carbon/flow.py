@@ -73,16 +73,21 @@ class FlowSystem:
                 "in a loop without losses, so no intensity is determined there"
             ) from exc
 
-    def scaled(self, rhs: np.ndarray) -> np.ndarray:
+    def scaled(self, rhs: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csc_matrix:
         """`rhs` with its rows divided as A's were (rows of dead nodes: 0)."""
+        if sp.issparse(rhs):
+            return sp.csc_matrix(sp.diags(self.row_scale) @ rhs)
         scale = self.row_scale if rhs.ndim == 1 else self.row_scale[:, None]
         return np.ascontiguousarray(rhs * scale)
 
-    def solve(self, rhs: np.ndarray, solver: SystemSolver | None = None) -> np.ndarray:
-        """x with A x = rhs (rhs: one column per right-hand side, or a vector), here or by `solver`."""
+    def solve(self, rhs: np.ndarray | sp.spmatrix, solver: SystemSolver | None = None) -> np.ndarray | sp.csc_matrix:
+        """x with A x = rhs (rhs: one column per right-hand side, or a vector), here or by
+        `solver`. A sparse rhs goes to `solver` as it is (its answer is sparse too); solved here,
+        it is made dense."""
         if solver is not None:
             return solver(self.matrix, self.scaled(rhs))
-        return self.lu.solve(self.scaled(rhs))
+        scaled = self.scaled(rhs)
+        return self.lu.solve(scaled.toarray() if sp.issparse(scaled) else scaled)
 
 
 @dataclass(frozen=True, eq=False)

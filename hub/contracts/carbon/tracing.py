@@ -56,13 +56,18 @@ def trace(flow: CarbonFlow, sinks: np.ndarray | None = None, solver: SystemSolve
     blocks = []
     for start in range(0, len(producing), block):
         cols = producing[start : start + block]
-        rhs = np.zeros((n, len(cols)))
-        # several units on one node add up in its row
-        np.add.at(rhs, (s.unit_node[cols], np.arange(len(cols))), s.unit_p_mw[cols])
-        y = flow.system.solve(rhs, solver)[sink_nodes]  # share of each sink node's outflow from each unit
-        mw = y * sink_mw[:, None]
-        mw[mw <= 0] = 0.0  # proportional sharing only adds; tiny negatives are rounding
-        blocks.append(sp.csr_matrix(mw))
+        # one column per unit, its power on its node (sparse: an outsourced solve keeps it so)
+        rhs = sp.csc_matrix((s.unit_p_mw[cols], (s.unit_node[cols], np.arange(len(cols)))), shape=(n, len(cols)))
+        y = flow.system.solve(rhs, solver)  # share of each node's outflow from each unit
+        if sp.issparse(y):
+            mw = sp.csr_matrix(sp.csr_matrix(y)[sink_nodes].multiply(sink_mw[:, None]))
+            mw.data[mw.data <= 0] = 0.0  # proportional sharing only adds; tiny negatives are rounding
+            mw.eliminate_zeros()
+        else:
+            mw = y[sink_nodes] * sink_mw[:, None]
+            mw[mw <= 0] = 0.0
+            mw = sp.csr_matrix(mw)
+        blocks.append(mw)
     mw = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((len(sinks), 0))
     mw.sum_duplicates()
     carbon = sp.csr_matrix((mw.data * intensity[mw.indices], mw.indices, mw.indptr), shape=mw.shape)
