@@ -32,10 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         '               "oxidation_rate": 0.98}}, "gen:1": 0.39, "ext_grid:0": {"t_per_mwh": 0.58}}\n'
         "(tCO2/MWh, or a coal unit's fuel curve in t coal/h; sources not named emit nothing)",
     )
-    net = tr.add_mutually_exclusive_group(required=True)
-    net.add_argument("--pandapower-case", metavar="NAME", help="a network of pandapower.networks, e.g. case118")
-    net.add_argument("--matpower", type=Path, metavar="FILE", help="a MATPOWER case file (.m or .mat)")
-    net.add_argument("--pandapower-json", type=Path, metavar="FILE", help="a network saved with pandapower.to_json")
+    _network_arguments(tr)
     tr.add_argument("--emission-factors", type=Path, required=True, metavar="FILE",
                     help="JSON: source name (gen:3, sgen:0, ext_grid:0) -> tCO2/MWh or a coal curve")
     tr.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the trace (JSON)")
@@ -49,10 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "gridtrace carbon model --pandapower-case case118 --emission-factors factors.json --meters meters.json \\\n"
         "    --out model.json\n\nmeters.json: {\"MTR-1\": \"load:0\", \"MTR-2\": \"sgen:4\"}",
     )
-    mnet = mod.add_mutually_exclusive_group(required=True)
-    mnet.add_argument("--pandapower-case", metavar="NAME")
-    mnet.add_argument("--matpower", type=Path, metavar="FILE")
-    mnet.add_argument("--pandapower-json", type=Path, metavar="FILE")
+    _network_arguments(mod)
     mod.add_argument("--emission-factors", type=Path, required=True, metavar="FILE")
     mod.add_argument("--meters", type=Path, required=True, metavar="FILE", help="JSON: meter id -> load:N, sgen:N, gen:N")
     mod.add_argument("--out", type=Path, required=True, metavar="FILE")
@@ -85,6 +79,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--meter", metavar="ID", help="the sources of the load a meter measures (an interval's file)")
     rep.add_argument("--top", type=int, default=10, help="rows of each table (default 10)")
     rep.set_defaults(func=cmd_report)
+
+
+def _network_arguments(p: argparse.ArgumentParser) -> None:
+    net = p.add_mutually_exclusive_group(required=True)
+    net.add_argument("--pandapower-case", metavar="NAME", help="a network of pandapower.networks, e.g. case118")
+    net.add_argument("--matpower", type=Path, metavar="FILE", help="a MATPOWER case file (.m or .mat)")
+    net.add_argument("--pandapower-json", type=Path, metavar="FILE", help="a network saved with pandapower.to_json")
 
 
 def _outsourcing_arguments(p: argparse.ArgumentParser) -> None:
