@@ -153,3 +153,24 @@ def test_an_interval_outsourced_to_providers_matches_the_local_one_and_records_t
     (rec,) = doc["outsourcing"]["records"]
     assert rec["wrong"] == ["p2"] and sorted(rec["accepted_by"]) == ["p1", "p3"]
     assert json.loads((tmp_path / "book.json").read_text())["wrong"] == {"p2": 1}
+
+
+def test_a_meters_emissions_add_up_across_intervals_and_overlaps_are_refused(capsys, setup):
+    tmp, chain, model = setup
+    half = (chain.from_ns + chain.to_ns) // 2
+    files = []
+    for name, a, b in (("first.json", chain.from_ns, half), ("second.json", half, chain.to_ns)):
+        code, _, err = run(capsys, "interval", "--model", model, "--database", f"sqlite:///{chain.db_path}",
+                           "--from", str(a), "--to", str(b), "--out", tmp / name, "--no-shares")
+        assert code == 0, err
+        files.append(tmp / name)
+    docs = [json.loads(f.read_text()) for f in files]
+    want = sum(d["loads"]["load:0"]["emission_t_per_h"] * (d["interval"]["to_ns"] - d["interval"]["from_ns"]) / 3.6e12
+               for d in docs)
+    code, stdout, err = run(capsys, "report", files[1], files[0], "--meter", "MTR-1")  # any order
+    assert code == 0, err
+    assert "meter MTR-1: 2 intervals" in stdout and f"{want:.6g} tCO2" in stdout
+    code, _, err = run(capsys, "report", files[0], tmp / "i.json", "--meter", "MTR-1")
+    assert code == 2 and "intervals overlap" in err
+    code, _, err = run(capsys, "report", files[0], files[1])
+    assert code == 2 and "only with --meter" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "gridtrace carbon report interval.json --meter MTR-7",
     )
     rep.add_argument("trace", type=Path, help="a file written by gridtrace carbon trace or carbon interval")
+    rep.add_argument("more", type=Path, nargs="*", metavar="INTERVAL",
+                     help="with --meter: more interval files; prints the meter's emissions per interval and in all")
     who = rep.add_mutually_exclusive_group()
     who.add_argument("--load", metavar="NAME", help="one load's sources (load:12)")
     who.add_argument("--meter", metavar="ID", help="the sources of the load a meter measures (an interval's file)")
@@ -229,6 +232,50 @@ def cmd_interval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_meter_intervals(args: argparse.Namespace) -> int:
+    """A meter's emissions interval by interval and summed: tCO2 = tCO2/h x the interval's hours."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hub.certificates.document import iso_ns
+    from hub.contracts.carbon.document import TraceFileError, read_trace
+
+    rows = []
+    for path in [args.trace, *args.more]:
+        try:
+            doc = read_trace(path)
+        except TraceFileError as exc:
+            return _fail(str(exc))
+        meter = (doc.get("interval") or {}).get("meters", {}).get(args.meter)
+        if meter is None:
+            return _fail(f"{path}: no meter {args.meter!r} in it (an interval's file for a model with that meter)")
+        load = doc["loads"].get(meter["element"])
+        if load is None:
+            return _fail(f"{path}: meter {args.meter} measures {meter['element']}, which is not a load here")
+        itv = doc["interval"]
+        hours = (itv["to_ns"] - itv["from_ns"]) / 3.6e12
+        rows.append((itv["from_ns"], itv["to_ns"], load, hours, doc["inputs"].get("model_version", "")[:16], path))
+    rows.sort(key=lambda r: r[0])
+    overlaps = [(a[5], b[5]) for a, b in itertools.pairwise(rows) if b[0] < a[1]]
+    if overlaps:
+        return _fail(f"intervals overlap: {overlaps[0][0]} and {overlaps[0][1]}; each interval counts once")
+    table = Table()
+    for col in ("from", "to", "MW", "tCO2/MWh", "tCO2", "model"):
+        table.add_column(col, justify="left" if col in ("from", "to", "model") else "right")
+    total_t = total_mwh = 0.0
+    for from_ns, to_ns, load, hours, model, _ in rows:
+        tonnes = load["emission_t_per_h"] * hours
+        total_t += tonnes
+        total_mwh += load["p_mw"] * hours
+        table.add_row(iso_ns(from_ns), iso_ns(to_ns), f"{load['p_mw']:.6g}",
+                      f"{load['intensity_t_per_mwh']:.4f}", f"{tonnes:.6g}", model)
+    console = Console()
+    console.print(f"meter {args.meter}: {len(rows)} intervals, {total_mwh:.6g} MWh, {total_t:.6g} tCO2"
+                  f" ({total_t / total_mwh if total_mwh else 0.0:.4f} tCO2/MWh)")
+    console.print(table)
+    return 0
+
+
 def _outsourcer(args: argparse.Namespace) -> tuple[Outsourcer | None, SystemSolver | None]:
     """The outsourcer `--providers` asks for, and the solver that uses it (None, None: solve here)."""
     from hub.compute.outsource import Outsourcer
@@ -271,7 +318,9 @@ def _print_totals(doc: dict, title: str) -> None:
     from rich.table import Table
 
     t, c = doc["totals"], doc["conservation"]
-    table = Table(title=title, show_header=True)
+    console = Console()
+    console.print(title)  # above the table, not its title: a long title wraps inside the table's width
+    table = Table(show_header=True)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for label, value in (
@@ -282,7 +331,7 @@ def _print_totals(doc: dict, title: str) -> None:
         ("conservation residual, tCO2/h", c["residual_t_per_h"]),
     ):
         table.add_row(label, f"{value:.6g}")
-    Console().print(table)
+    console.print(table)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -291,6 +340,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from hub.contracts.carbon.document import TraceFileError, read_trace
 
+    if args.more:
+        if not args.meter:
+            return _fail("several files are read only with --meter (a meter's emissions across intervals)")
+        return _report_meter_intervals(args)
     try:
         doc = read_trace(args.trace)
     except TraceFileError as exc:
