@@ -10,6 +10,7 @@ Paths are relative to the file. A provider without `tls_ca` must say `"insecure"
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,6 @@ def load_book(path: Path) -> ProviderBook:
 
 def save_book(path: Path, book: ProviderBook) -> None:
     """Durably: a blacklisting must survive a crash right after it."""
-    import os
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
