@@ -104,33 +104,8 @@ def load_agent_config(path: Path) -> AgentConfig:
     path = Path(path)
     doc = read_toml(path, {"gateway", "uplink", "batching", "meters", "polling", "queue"})
     gw = Section(path, "gateway", doc.get("gateway", {}), {"id", "key", "queue"})
-    up = Section(
-        path,
-        "uplink",
-        doc.get("uplink", {}),
-        {"hub", "hubs", "tls_ca", "tls_server_name", "hub_public_key", "hub_public_keys", "insecure_plaintext",
-         "max_in_flight", "reconnect_max_s"},
-    )
+    uplink = parse_uplink(path, doc)
     bt = Section(path, "batching", doc.get("batching", {}), {"max_entries", "max_age_s", "gap_report_s"})
-
-    insecure = up.get("insecure_plaintext", bool, False)
-    tls_ca = up.path_value("tls_ca", None)
-    if not insecure and tls_ca is None:
-        raise up.fail("tls_ca", "missing: TLS is on unless insecure_plaintext = true (development only)")
-
-    hubs = _hub_addresses(up)
-    hub_keys = _hub_keys(up)
-    uplink = UplinkConfig(
-        hub=hubs[0],
-        tls_ca=tls_ca,
-        tls_server_name=up.get("tls_server_name", str, "") or None,
-        hub_public_key=hub_keys[0],
-        insecure_plaintext=insecure,
-        max_in_flight=up.positive("max_in_flight", int, 8),
-        reconnect_max_s=up.positive("reconnect_max_s", float, 30.0),
-        hubs=hubs,
-        hub_public_keys=hub_keys,
-    )
     qu = Section(path, "queue", doc.get("queue", {}), {"max_mb"})
     queue_max_mb = qu.positive("max_mb", float, float(DEFAULT_QUEUE_MAX_MB))
     if queue_max_mb < 1:
@@ -174,6 +149,35 @@ def load_agent_config(path: Path) -> AgentConfig:
         meters=tuple(meters),
         polling=polling,
         queue_max_bytes=int(queue_max_mb * 2**20),
+    )
+
+
+def parse_uplink(path: Path, doc: dict) -> UplinkConfig:
+    """The [uplink] table of an agent's (or a contract runner's) TOML file: where batches go."""
+    up = Section(
+        path,
+        "uplink",
+        doc.get("uplink", {}),
+        {"hub", "hubs", "tls_ca", "tls_server_name", "hub_public_key", "hub_public_keys", "insecure_plaintext",
+         "max_in_flight", "reconnect_max_s"},
+    )
+    insecure = up.get("insecure_plaintext", bool, False)
+    tls_ca = up.path_value("tls_ca", None)
+    if not insecure and tls_ca is None:
+        raise up.fail("tls_ca", "missing: TLS is on unless insecure_plaintext = true (development only)")
+
+    hubs = _hub_addresses(up)
+    hub_keys = _hub_keys(up)
+    return UplinkConfig(
+        hub=hubs[0],
+        tls_ca=tls_ca,
+        tls_server_name=up.get("tls_server_name", str, "") or None,
+        hub_public_key=hub_keys[0],
+        insecure_plaintext=insecure,
+        max_in_flight=up.positive("max_in_flight", int, 8),
+        reconnect_max_s=up.positive("reconnect_max_s", float, 30.0),
+        hubs=hubs,
+        hub_public_keys=hub_keys,
     )
 
 

@@ -28,10 +28,11 @@ from protos.canonical import (
     decode_batch_header,
     decode_entry,
     encode_batch_header,
+    encode_contract_record,
     encode_gap,
     encode_reading,
 )
-from protos.records import ZERO_HASH, BatchHeader, Entry, Gap, Reading
+from protos.records import ZERO_HASH, BatchHeader, ContractRecord, Entry, Gap, Reading
 
 log = logging.getLogger("gridtrace.edge.queue")
 
@@ -354,6 +355,40 @@ class DurableQueue:
             return w.was_full, w.full_since, w.bytes
 
         self._after(self._tx(work))
+
+    def append_records(self, records: Sequence[ContractRecord]) -> None:
+        """Commit a contract runner's records together (a contract runner is a gateway whose
+        entries are results, not readings). Results are never refused for room: a full queue
+        raises QueueError, and the runner computes them again when there is room.
+
+        Each subject's last from_ns is kept with them, in the same transaction: that is how a
+        runner knows, after a restart, which interval it has already published."""
+        encoded = [encode_contract_record(c) for c in records]
+
+        def work(db: sqlite3.Connection) -> tuple[bool, int | None, int]:
+            w = _Writes(db)
+            limits = self._limits()
+            size = sum(entry_bytes(b) for b in encoded)
+            if limits is not None and w.bytes + size > limits[0]:
+                raise QueueError(f"queue full ({w.bytes / 2**20:.1f} MB): {len(records)} contract records not queued")
+            for c, body in zip(records, encoded, strict=True):
+                db.execute(
+                    "INSERT INTO meter_seq (meter_id, last_seq, last_ts_ns) VALUES (?, 0, ?) "
+                    "ON CONFLICT(meter_id) DO UPDATE SET last_ts_ns = MAX(COALESCE(last_ts_ns, excluded.last_ts_ns), "
+                    "excluded.last_ts_ns)",
+                    (c.subject, c.from_ns),
+                )
+                w.insert_entry(c.subject, c.from_ns, body)
+            w.flush()
+            return w.was_full, w.full_since, w.bytes
+
+        self._after(self._tx(work))
+
+    def last_timestamp(self, subject: str) -> int | None:
+        """The latest timestamp queued for a meter or contract subject (None: nothing yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT last_ts_ns FROM meter_seq WHERE meter_id = ?", (subject,)).fetchone()
+        return None if row is None else row[0]
 
     def _refuse(self, w: _Writes, r: Reading) -> None:
         """A reading that does not fit: count the poll in the meter's gap instead.

@@ -106,6 +106,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     trust = add_command(hub_sub, "trust", "write the trust file clerks verify certificates with", "gridtrace hub trust --config hub/hub.toml -o trust.json")
     trust.add_argument("--config", type=Path, default=Path("hub.toml"))
     trust.add_argument("-o", "--output", type=Path, required=True)
+    trust.add_argument("--contract-runner", action="append", default=[], metavar="CONTRACT=GATEWAY",
+                       help="a registered gateway whose contract records clerks believe, e.g. carbon-flow/1=carbon.sub-a "
+                            "(repeatable)")
     trust.set_defaults(func=cmd_trust)
 
 
@@ -271,7 +274,15 @@ def cmd_trust(args: argparse.Namespace) -> int:
         replicas = [(f"replica-{i}", p.public_key) for i, p in sorted(rcfg.peers.items())]
     else:
         quorum, replicas = 1, [(cfg.chain_id, Signer.from_file(cfg.key).public_key)]
-    doc = trust_document(gateways, {cfg.chain_id: (quorum, replicas)})
+    contracts: dict[str, list[str]] = {}
+    for spec in args.contract_runner:
+        contract, sep, gateway = spec.partition("=")
+        if not sep or not contract or gateway not in gateways:
+            print(f"gridtrace hub trust: --contract-runner {spec!r}: must be CONTRACT=GATEWAY with a registered gateway "
+                  f"({', '.join(sorted(gateways)) or 'none registered'})", file=sys.stderr)
+            return 2
+        contracts.setdefault(contract, []).append(gateway)
+    doc = trust_document(gateways, {cfg.chain_id: (quorum, replicas)}, contracts)
     args.output.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output}: chain {cfg.chain_id} (quorum {quorum} of {len(replicas)}) and {len(gateways)} gateways")
     return 0

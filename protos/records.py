@@ -1,4 +1,4 @@
-"""The evidence records as plain data: readings, gaps, batch and block headers.
+"""The evidence records as plain data: readings, gaps, contract records, batch and block headers.
 
 These are what the canonical encoder (`protos.canonical`) turns into hashed and
 signed bytes. They carry no behaviour beyond validation, so that the agent, the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -173,7 +174,71 @@ class Gap:
         return self.to_ns
 
 
-Entry = Reading | Gap
+CONTRACT_BODY_LIMIT = 1 << 20  # bytes of a contract record's JSON body
+
+
+def canonical_json_bytes(doc: object) -> bytes:
+    """The one JSON encoding of what gridtrace hashes or signs as JSON: sorted keys, no
+    spaces, floats as Python's shortest round-trip repr, no NaN or infinity, non-ASCII
+    characters as \\u escapes (so the bytes are ASCII)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ContractRecord:
+    """What a contract computed about one subject over [from_ns, to_ns), as a batch entry.
+
+    A contract runner (the carbon-flow contract, later settlement) is a gateway of its own:
+    it signs batches of these, and the hub stores, seals and proves them like readings. The
+    subject is usually a meter, so a meter's certificate carries the results computed for
+    it; an interval-wide or model record names the contract's own subject instead. The body
+    is canonical JSON (`canonical_json_bytes`), whose schema the contract and kind name.
+    """
+
+    subject: str
+    from_ns: int
+    to_ns: int
+    contract: str  # e.g. carbon-flow/1: the contract and the version of its record schemas
+    kind: str  # e.g. meter-interval, interval, model
+    body: bytes
+
+    def __post_init__(self) -> None:
+        check_id("subject", self.subject)
+        check_id("contract", self.contract)
+        check_id("kind", self.kind)
+        _check_i64("from_ns", self.from_ns)
+        _check_i64("to_ns", self.to_ns)
+        if self.to_ns < self.from_ns:
+            raise RecordError("contract record to_ns is before from_ns")
+        if len(self.body) > CONTRACT_BODY_LIMIT:
+            raise RecordError(f"contract record body is {len(self.body)} bytes, over {CONTRACT_BODY_LIMIT}")
+        try:
+            doc = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RecordError(f"contract record body is not UTF-8 JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise RecordError("contract record body must be a JSON object")
+        try:
+            canonical = canonical_json_bytes(doc)
+        except ValueError as exc:  # NaN or infinity, which json.loads accepts
+            raise RecordError(f"contract record body: {exc}") from exc
+        if canonical != self.body:
+            raise RecordError("contract record body is not canonical JSON (sorted keys, no spaces, exact floats)")
+
+    @property
+    def timestamp_ns(self) -> int:
+        return self.from_ns
+
+    @property
+    def meter_id(self) -> str:
+        """The subject, under the name the hub's index and certificates use for every entry."""
+        return self.subject
+
+    def document(self) -> dict:
+        return json.loads(self.body)
+
+
+Entry = Reading | Gap | ContractRecord
 
 
 @dataclass(frozen=True, slots=True)

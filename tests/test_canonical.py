@@ -24,6 +24,7 @@ from protos import canonical as c
 from protos.batch import BatchError, check_batch, seal_batch
 from protos.canonical import CanonicalError
 from protos.records import (
+    ContractRecord,
     HASH_SIZE,
     ZERO_HASH,
     BatchHeader,
@@ -171,6 +172,24 @@ GOLDEN_ISSUE_HEX = "".join([
     "66" * 32,                                                              # entries_root
 ])
 
+GOLDEN_CONTRACT = ContractRecord(
+    subject="MTR-1",
+    from_ns=0,
+    to_ns=900 * 10**9,
+    contract="carbon-flow/1",
+    kind="meter-interval",
+    body=b'{"emission_t":0.5}',
+)
+GOLDEN_CONTRACT_HEX = "".join([
+    "1c", "6772696474726163652f636f6e74726163742d7265636f72642f7631",  # tag: 28
+    "0005", "4d54522d31",                                               # subject
+    "0000000000000000",                                                 # from_ns
+    "000000d18c2e2800",                                                 # to_ns = 900 s
+    "000d", "636172626f6e2d666c6f772f31",                               # contract
+    "000e", "6d657465722d696e74657276616c",                             # kind
+    "00000012", b'{"emission_t":0.5}'.hex(),                            # body length, body
+])
+
 # (name the decoder puts in its messages, record, hex, encode, decode, tag)
 KINDS = [
     ("reading", GOLDEN_READING, GOLDEN_READING_HEX, c.encode_reading, c.decode_reading, c.TAG_READING),
@@ -182,6 +201,8 @@ KINDS = [
     ("commit statement", GOLDEN_COMMIT, GOLDEN_COMMIT_HEX, c.encode_commit, c.decode_commit, c.TAG_COMMIT),
     ("receipt", GOLDEN_RECEIPT, GOLDEN_RECEIPT_HEX, c.encode_receipt, c.decode_receipt, c.TAG_RECEIPT),
     ("issue statement", GOLDEN_ISSUE, GOLDEN_ISSUE_HEX, c.encode_issue, c.decode_issue, c.TAG_ISSUE),
+    ("contract record", GOLDEN_CONTRACT, GOLDEN_CONTRACT_HEX, c.encode_contract_record, c.decode_contract_record,
+     c.TAG_CONTRACT_RECORD),
 ]
 KIND_IDS = [k[0] for k in KINDS]
 
@@ -200,6 +221,7 @@ def test_golden_tags_are_the_documented_ones():
     assert c.TAG_COMMIT == b"gridtrace/block-commit/v1"
     assert c.TAG_RECEIPT == b"gridtrace/receipt/v1"
     assert c.TAG_ISSUE == b"gridtrace/certificate-issue/v1"
+    assert c.TAG_CONTRACT_RECORD == b"gridtrace/contract-record/v1"
 
 
 def test_golden_hashes():
@@ -218,6 +240,9 @@ def test_batch_and_block_hash_are_sha256_of_canonical_bytes():
 def test_entry_dispatch():
     assert c.decode_entry(c.encode_entry(GOLDEN_READING)) == GOLDEN_READING
     assert c.decode_entry(c.encode_entry(GOLDEN_GAP)) == GOLDEN_GAP
+    assert c.decode_entry(c.encode_entry(GOLDEN_CONTRACT)) == GOLDEN_CONTRACT
+    # the hub indexes a contract record under its subject and start, like a gap (no seq)
+    assert c.scan_entry(c.encode_entry(GOLDEN_CONTRACT)) == ("MTR-1", None, 0)
     with pytest.raises(TypeError):
         c.encode_entry(GOLDEN_BATCH)  # type: ignore[arg-type]
     with pytest.raises(CanonicalError, match="entry"):
@@ -787,3 +812,35 @@ def test_scan_entry_accepts_finite_values_whose_sum_overflows():
                 (Quantity("a", "", 1.7e308), Quantity("b", "", 1.7e308)))
     body = c.encode_entry(r)
     assert c.scan_entry(body) == c.scan_entry(body) == ("MTR-9", 1, 0)
+
+
+@pytest.mark.parametrize("body, says", [
+    (b'{"b":1,"a":2}', "not canonical JSON"),
+    (b'{"a": 2}', "not canonical JSON"),
+    (b'{"a":1.50}', "not canonical JSON"),
+    (b'{"a":NaN}', "contract record body"),
+    (b'[1,2]', "must be a JSON object"),
+    (b'{"a":"\xff"}', "not UTF-8 JSON"),
+    (b"", "not UTF-8 JSON"),
+])
+def test_a_contract_record_body_must_be_one_canonical_json_object(body, says):
+    """One result, one byte string: a body that parses but is not in canonical form is refused,
+    both as a record and as bytes a hub receives."""
+    with pytest.raises(RecordError, match=says):
+        dataclasses.replace(GOLDEN_CONTRACT, body=body)
+    raw = bytes.fromhex(GOLDEN_CONTRACT_HEX)
+    at = raw.index(b'{"emission_t"') - 4
+    forged = raw[:at] + struct.pack(">I", len(body)) + body
+    with pytest.raises(CanonicalError, match=f"contract record: .*{says}"):
+        c.decode_entry(forged)
+
+
+def test_a_contract_record_is_bounded_and_named_by_identifiers():
+    big = b'{"a":"' + b"x" * (1 << 20) + b'"}'
+    with pytest.raises(RecordError, match="over 1048576"):
+        dataclasses.replace(GOLDEN_CONTRACT, body=big)
+    with pytest.raises(RecordError, match="contract"):
+        dataclasses.replace(GOLDEN_CONTRACT, contract="carbon flow")
+    with pytest.raises(RecordError, match="before from_ns"):
+        dataclasses.replace(GOLDEN_CONTRACT, from_ns=10, to_ns=9)
+    assert dataclasses.replace(GOLDEN_CONTRACT, to_ns=0).timestamp_ns == 0  # a point in time (a registration)

@@ -21,6 +21,7 @@ from hub.consensus.messages import Commit, Proposal, Signed
 from hub.consensus.messages import encode as encode_consensus
 from protos import canonical, merkle
 from protos.records import (
+    ContractRecord,
     BatchHeader,
     BlockHeader,
     ClockStatus,
@@ -98,6 +99,7 @@ def test_domain_tags_table(text: str) -> None:
         "commit statement": canonical.TAG_COMMIT,
         "receipt statement": canonical.TAG_RECEIPT,
         "certificate issue statement": canonical.TAG_ISSUE,
+        "contract record": canonical.TAG_CONTRACT_RECORD,
         "PBFT commit vote": b"gridtrace/pbft/commit/v1",
         "PBFT proposal digest": b"gridtrace/pbft/proposal-digest/v1",
     }
@@ -117,6 +119,7 @@ SAMPLES = {
         (Quantity("frequency", "Hz", 49.98), Quantity("power_factor_total", "", -0.0), Quantity("voltage_l1", "V", 231.5)),
     ),
     "### Gap": Gap("MTR-9", 10, 20, "modbus-exception-2", 2),
+    "### Contract record": ContractRecord("MTR-9", 10, 20, "carbon-flow/1", "meter-interval", b'{"emission_t":0.25}'),
     "## Batch header": BatchHeader("gw-7", "0123456789abcdef", 3, H1, H2, 17, 100, 200, 300),
     "## Block header": BlockHeader("substation-7", 5, H1, 1_762_128_000_000_000_000, H2, 2, 40, 9, H3),
     "## Commit statement": CommitStatement("substation-7", 5, H3),
@@ -127,6 +130,7 @@ SAMPLES = {
 ENCODERS = {
     "### Reading": canonical.encode_reading,
     "### Gap": canonical.encode_gap,
+    "### Contract record": canonical.encode_contract_record,
     "## Batch header": canonical.encode_batch_header,
     "## Block header": canonical.encode_block_header,
     "## Commit statement": canonical.encode_commit,
@@ -179,6 +183,8 @@ def encode_as_documented(rows: list[tuple[str, str, str]], value: object) -> byt
             continue
         if "quantity count" in field:
             v = len(value.quantities)
+        elif field == "body length":
+            v = len(value.body)
         else:
             assert name, f"row {num}: no field name in {field!r}"
             v = getattr(value, name.group(1))
@@ -190,6 +196,8 @@ def pack(kind: str, v: object) -> bytes:
     if kind == "str":
         raw = v.encode()
         return struct.pack(">H", len(raw)) + raw
+    if kind == "bytes":
+        return v
     if kind == "hash":
         assert isinstance(v, bytes) and len(v) == 32
         return v

@@ -196,6 +196,17 @@ def _swap_quantity_names(body: bytes) -> bytes:
     return body[:at] + second + first + body[at + 4 + n1 + n2 :]
 
 
+def _contract_record(body: bytes) -> bytes:
+    """A contract record's bytes around any body (the record class refuses a bad one)."""
+    from protos.canonical import TAG_CONTRACT_RECORD
+
+    def s(v: bytes) -> bytes:
+        return struct.pack(">H", len(v)) + v
+
+    return (bytes([len(TAG_CONTRACT_RECORD)]) + TAG_CONTRACT_RECORD + s(b"MTR-1") + struct.pack(">qq", 0, 1)
+            + s(b"carbon-flow/1") + s(b"meter-interval") + struct.pack(">I", len(body)) + body)
+
+
 @pytest.mark.parametrize(
     "damage, fragments",
     [
@@ -213,6 +224,8 @@ def _swap_quantity_names(body: bytes) -> bytes:
         (lambda m: replace_entry(m, 1, lambda b: b + b"\x00"), ["entry 1", "trailing bytes"]),
         (lambda m: replace_entry(m, 1, lambda b: b""), ["entry 1", "neither a reading nor a gap"]),
         (lambda m: replace_entry(m, 1, lambda b: b[:5] + b"X" + b[6:]), ["entry 1", "neither a reading nor a gap"]),
+        (lambda m: replace_entry(m, 1, lambda b: _contract_record(b'{"b":1,"a":2}')),
+         ["entry 1", "contract record", "not canonical JSON"]),
         (lambda m: m.ClearField("packed_entries"), ["no entries"]),
         (lambda m: m.packed_entries.CopyFrom(m.packed_entries.__class__(
             bodies=m.packed_entries.bodies, offsets=m.packed_entries.offsets[:-4] + b"\xff\xff\xff\xff",

@@ -14,18 +14,20 @@ from hub.certificates.document import (
     CERTIFICATE_FORMAT,
     batch_header_to_json,
     block_header_to_json,
+    contract_record_to_json,
     gap_to_json,
     iso_ns,
     reading_to_json,
 )
 from hub.chain.block import commit_statement
 from hub.consensus.quorum import commit_bytes
-from hub.storage.schema import ENTRY_READING
+from hub.storage.schema import ENTRY_GAP, ENTRY_READING
 from hub.storage.store import Store, StoredBatch
 from protos import merkle
 from protos.canonical import (
     decode_batch_header,
     decode_block_header,
+    decode_contract_record,
     decode_gap,
     decode_reading,
     encode_commit,
@@ -84,8 +86,10 @@ def build_certificate(
         }
         if row.kind == ENTRY_READING:
             item["reading"] = reading_to_json(decode_reading(row.body))
-        else:
+        elif row.kind == ENTRY_GAP:
             item["gap"] = gap_to_json(decode_gap(row.body))
+        else:
+            item["contract_record"] = contract_record_to_json(decode_contract_record(row.body))
         entries_json.append(item)
 
     heights = sorted({b.block_height for b in batches_used})

@@ -17,11 +17,13 @@ from protos.records import (
     BatchHeader,
     BlockHeader,
     ClockStatus,
+    ContractRecord,
     Gap,
     Quality,
     Quantity,
     Reading,
     RecordError,
+    canonical_json_bytes,
 )
 
 CERTIFICATE_FORMAT = "gridtrace/measurement-certificate/v1"
@@ -206,6 +208,34 @@ def gap_from_json(value: Any, path: str) -> Gap:
         path, Gap,
         meter_id=o.get("meter_id", str), from_ns=o.time("from_ns", "from"), to_ns=o.time("to_ns", "to"),
         reason=o.get("reason", str), missed_polls=o.get("missed_polls", int),
+    )
+
+
+def contract_record_to_json(c: ContractRecord) -> dict:
+    return {
+        "subject": c.subject,
+        "from_ns": c.from_ns,
+        "from": iso_ns(c.from_ns),
+        "to_ns": c.to_ns,
+        "to": iso_ns(c.to_ns),
+        "contract": c.contract,
+        "kind": c.kind,
+        "body": c.document(),
+    }
+
+
+def contract_record_from_json(value: Any, path: str) -> ContractRecord:
+    """The record a certificate shows; its body is hashed as its canonical JSON, so a body
+    edited in the certificate no longer matches the batch's signed root."""
+    o = Obj(value, path, {"subject", "from_ns", "from", "to_ns", "to", "contract", "kind", "body"})
+    try:
+        body = canonical_json_bytes(o.get("body", dict))
+    except ValueError as exc:
+        raise DocumentError(f"{path}.body: {exc}") from exc
+    return _record(
+        path, ContractRecord,
+        subject=o.get("subject", str), from_ns=o.time("from_ns", "from"), to_ns=o.time("to_ns", "to"),
+        contract=o.get("contract", str), kind=o.get("kind", str), body=body,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -34,6 +35,11 @@ def summary_json(s: Summary) -> dict:
         "gateways": list(s.gateways),
         "clock": s.clock,
         "quality": s.quality,
+        "contract_records": [
+            {"contract": c.contract, "kind": c.kind, "from": iso_ns(c.from_ns), "to": iso_ns(c.to_ns),
+             "body": c.document()}
+            for c in s.contract_records
+        ],
     }
 
 
@@ -67,3 +73,37 @@ def print_summary(s: Summary, source: Path | str, console: Console | None = None
         console.print(c)
     for g in s.gaps:
         console.print(f"  gap {iso_ns(g.from_ns)} .. {iso_ns(g.to_ns)}: {escape(g.reason)} ({g.missed_polls} polls missed)")
+    _print_contract_records(s, console)
+
+
+def _print_contract_records(s: Summary, console: Console) -> None:
+    """Carbon per interval as a table; records of other contracts counted (their schemas are
+    their contracts' own)."""
+    from hub.contracts.carbon.records import RecordsError, meter_carbon
+
+    carbon, other = [], Counter()
+    for c in s.contract_records:
+        try:
+            carbon.append(meter_carbon(c))
+        except RecordsError:
+            other[f"{c.contract} {c.kind}"] += 1
+    if carbon:
+        models = sorted({c.model_version[:16] for c in carbon})
+        t = Table(title=f"carbon: {len(carbon)} interval{'s' if len(carbon) != 1 else ''}, {sum(c.emission_t for c in carbon):.6g} tCO2 in all "
+                        f"(contract records, model {', '.join(models)})")
+        for col in ("interval", "element", "MW", "tCO2/MWh", "tCO2"):
+            t.add_column(col, justify="left" if col in ("interval", "element") else "right")
+        for c in carbon:
+            t.add_row(f"{iso_ns(c.from_ns)[:19]}Z +{_duration(c.to_ns - c.from_ns)}", escape(c.element), f"{c.mw:.6g}",
+                      f"{c.intensity_t_per_mwh:.4f}", f"{c.emission_t:.6g}")
+        console.print(t)
+    for what, n in sorted(other.items()):
+        console.print(f"  {n} {escape(what)} records")
+
+
+def _duration(ns: int) -> str:
+    seconds = ns // 10**9
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

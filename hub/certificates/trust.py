@@ -4,8 +4,13 @@
       "format": "gridtrace/trust/v1",
       "gateways": {"<gateway id>": [{"key_id": "...", "public_key": "<PEM>"}]},
       "chains": {"<chain id>": {"quorum": 1,
-                                "replicas": [{"id": "...", "key_id": "...", "public_key": "<PEM>"}]}}
+                                "replicas": [{"id": "...", "key_id": "...", "public_key": "<PEM>"}]}},
+      "contracts": {"carbon-flow/1": ["<gateway id of a runner>"]}
     }
+
+`contracts` (optional) names, per contract, the gateways whose signed contract records a
+verifier believes: a meter's own gateway can sign bytes shaped like a carbon result, and
+only a runner the trust file names makes them one.
 
 A chain's blocks count as committed when seals of at least `quorum` distinct
 replica keys verify (1 for a single hub, 2f+1 for PBFT replicas). Every key id
@@ -15,12 +20,17 @@ is checked against its key when the file is loaded.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from hub.certificates.document import DocumentError, load_json
-from protos.signing import KeyFileError, PublicKey, key_id, parse_public_key_pem, public_key_pem
+from protos.signing import (
+    KeyFileError,
+    PublicKey,
+    key_id,
+    parse_public_key_pem,
+    public_key_pem,
+)
 
 TRUST_FORMAT = "gridtrace/trust/v1"
 
@@ -39,6 +49,7 @@ class ChainTrust:
 class Trust:
     gateways: dict[str, dict[str, PublicKey]]  # gateway id -> key id -> key
     chains: dict[str, ChainTrust]
+    contracts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # contract -> runner gateway ids
 
 
 def _key(entry: object, where: str) -> tuple[str, PublicKey]:
@@ -74,7 +85,16 @@ def parse_trust(doc: object, source: str = "trust file") -> Trust:
         if not isinstance(quorum, int) or isinstance(quorum, bool) or not 1 <= quorum <= len(replicas):
             raise TrustError(f"{where}: quorum must be an integer from 1 to {len(replicas)}, got {quorum!r}")
         chains[chain_id] = ChainTrust(quorum, replicas)
-    return Trust(gateways, chains)
+    contracts = doc.get("contracts", {})
+    if not isinstance(contracts, dict):
+        raise TrustError(f"{source}: contracts must be an object keyed by contract (e.g. carbon-flow/1)")
+    for contract, runners in contracts.items():
+        if not isinstance(runners, list) or not all(isinstance(r, str) for r in runners):
+            raise TrustError(f"{source}: contracts.{contract} must be a list of gateway ids")
+        unknown = [r for r in runners if r not in gateways]
+        if unknown:
+            raise TrustError(f"{source}: contracts.{contract} names {', '.join(unknown)}, not in gateways")
+    return Trust(gateways, chains, {c: tuple(r) for c, r in contracts.items()})
 
 
 def load_trust(path: Path) -> Trust:
@@ -90,9 +110,10 @@ def load_trust(path: Path) -> Trust:
 def trust_document(
     gateways: dict[str, list[PublicKey]],
     chains: dict[str, tuple[int, list[tuple[str, PublicKey]]]],
+    contracts: dict[str, list[str]] | None = None,
 ) -> dict:
     """The JSON document for the given keys (what `gridtrace hub trust` writes)."""
-    return {
+    doc = {
         "format": TRUST_FORMAT,
         "gateways": {
             gw: [{"key_id": key_id(k), "public_key": public_key_pem(k)} for k in keys]
@@ -108,3 +129,6 @@ def trust_document(
             for chain_id, (quorum, replicas) in sorted(chains.items())
         },
     }
+    if contracts:
+        doc["contracts"] = {c: sorted(r) for c, r in sorted(contracts.items())}
+    return doc

@@ -19,6 +19,7 @@ from hub.certificates.document import (
     Obj,
     batch_header_from_json,
     block_header_from_json,
+    contract_record_from_json,
     gap_from_json,
     reading_from_json,
 )
@@ -32,11 +33,21 @@ from protos.canonical import (
     encode_batch_header,
     encode_block_header,
     encode_commit,
+    encode_contract_record,
     encode_gap,
     encode_issue,
     encode_reading,
 )
-from protos.records import BatchHeader, BlockHeader, Gap, IssueStatement, Reading, RecordError
+from protos.records import (
+    BatchHeader,
+    BlockHeader,
+    ContractRecord,
+    Entry,
+    Gap,
+    IssueStatement,
+    Reading,
+    RecordError,
+)
 from protos.signing import verify_signature
 
 
@@ -74,6 +85,8 @@ class Summary:
     gateways: tuple[str, ...]
     clock: dict[str, int] = field(default_factory=dict)
     quality: dict[str, int] = field(default_factory=dict)
+    # Results contracts computed for the meter (carbon per interval, ...), by contract, kind and time.
+    contract_records: tuple[ContractRecord, ...] = ()
 
     def counter(self, name: str) -> QuantitySpan | None:
         return next((c for c in self.counters if c.name == name), None)
@@ -114,7 +127,7 @@ def _verify(doc: Any, trust: Trust) -> Summary:
     blocks = _verify_blocks(top.get("blocks", list), chain_id, chain)
     _verify_consistency(top.get("consistency", list), blocks)
     batches = _verify_batches(top.get("batches", list), blocks, trust)
-    entries = _verify_entries(top.get("entries", list), batches, meter_id, from_ns, to_ns)
+    entries = _verify_entries(top.get("entries", list), batches, meter_id, from_ns, to_ns, trust)
 
     # Every batch and block present must be used, so nothing rides along unchecked.
     used_batches = {b for b, _, _ in entries}
@@ -142,7 +155,7 @@ def _verify(doc: Any, trust: Trust) -> Summary:
     return _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks)
 
 
-def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:  # noqa: ANN001
+def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:
     blocks: dict[int, BlockHeader] = {}
     last_height = 0
     for i, item in enumerate(items):
@@ -248,23 +261,38 @@ def _verify_batches(items: list, blocks: dict[int, BlockHeader], trust: Trust) -
     return out
 
 
+_ENTRY_KINDS = {  # certificate key -> (from JSON, canonical bytes)
+    "reading": (reading_from_json, encode_reading),
+    "gap": (gap_from_json, encode_gap),
+    "contract_record": (contract_record_from_json, encode_contract_record),
+}
+
+
+def _describe(record: Entry) -> str:
+    if isinstance(record, Reading):
+        return f"reading seq {record.seq} of meter {record.meter_id}"
+    if isinstance(record, ContractRecord):
+        return f"{record.contract} {record.kind} record of {record.subject}"
+    return f"gap of meter {record.meter_id}"
+
+
 def _verify_entries(
-    items: list, batches: list[tuple[BatchHeader, int]], meter_id: str, from_ns: int, to_ns: int
-) -> list[tuple[int, bytes, Reading | Gap]]:
+    items: list, batches: list[tuple[BatchHeader, int]], meter_id: str, from_ns: int, to_ns: int, trust: Trust
+) -> list[tuple[int, bytes, Entry]]:
     out = []
     positions: set[tuple[int, int]] = set()
     for i, item in enumerate(items):
         path = f"certificate.entries[{i}]"
         if not isinstance(item, dict):
             raise _fail(path, "expected an object")
-        kind = "reading" if "reading" in item else "gap"
+        kinds = [k for k in _ENTRY_KINDS if k in item]
+        if len(kinds) != 1:
+            raise _fail(path, f"needs exactly one of {', '.join(_ENTRY_KINDS)}")
+        kind = kinds[0]
         o = Obj(item, path, {"batch", "index", "proof", kind})
-        if kind == "reading":
-            record: Reading | Gap = reading_from_json(o.get("reading", dict), f"{path}.reading")
-            body = encode_reading(record)
-        else:
-            record = gap_from_json(o.get("gap", dict), f"{path}.gap")
-            body = encode_gap(record)
+        from_json, encode = _ENTRY_KINDS[kind]
+        record = from_json(o.get(kind, dict), f"{path}.{kind}")
+        body = encode(record)
         b, index = o.get("batch", int), o.get("index", int)
         if not 0 <= b < len(batches):
             raise _fail(f"{path}.batch", f"no batch {b} in this certificate")
@@ -273,12 +301,16 @@ def _verify_entries(
             raise _fail(f"{path}.index", f"two entries at position {index} of batch {b}")
         positions.add((b, index))
         if not merkle.verify_inclusion(merkle.leaf_hash(body), index, header.entry_count, _hexes(o, "proof"), header.entries_root):
-            what = f"reading seq {record.seq}" if isinstance(record, Reading) else "gap"
-            raise _fail(f"{path}.proof", f"{what} of meter {record.meter_id} is not entry {index} of its signed batch (value changed?)")
+            raise _fail(f"{path}.proof", f"{_describe(record)} is not entry {index} of its signed batch (value changed?)")
         if record.meter_id != meter_id:
-            raise _fail(f"{path}.{kind}.meter_id", f"entry of meter {record.meter_id}, certificate of {meter_id}")
+            raise _fail(f"{path}.{kind}", f"entry of {record.meter_id}, certificate of {meter_id}")
         if not from_ns <= record.timestamp_ns < to_ns:
             raise _fail(f"{path}.{kind}", "outside the certificate's period")
+        if isinstance(record, ContractRecord) and header.gateway_id not in trust.contracts.get(record.contract, ()):
+            # Any gateway can sign bytes that look like a contract's result; only the runners the
+            # trust file names for that contract are believed.
+            raise _fail(f"{path}.contract_record", f"signed by gateway {header.gateway_id}, which the trust file "
+                        f"does not name as a runner of contract {record.contract}")
         out.append((b, body, record))
     readings = sorted((r.seq, i) for i, (_, _, r) in enumerate(out) if isinstance(r, Reading))
     for (s1, _), (s2, i2) in zip(readings, readings[1:]):
@@ -291,7 +323,7 @@ def _verify_entries(
     return out
 
 
-def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> Summary:  # noqa: ANN001
+def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> Summary:
     # By sequence number: the meter's own order, which a stepped clock cannot disturb.
     readings = sorted((r for _, _, r in entries if isinstance(r, Reading)), key=lambda r: r.seq)
     gaps = tuple(sorted((g for _, _, g in entries if isinstance(g, Gap)), key=lambda g: g.from_ns))
@@ -320,4 +352,7 @@ def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> 
         gateways=tuple(sorted({h.gateway_id for h, _ in batches})),
         clock=dict(sorted(clock.items())),
         quality=dict(sorted(quality.items())),
+        contract_records=tuple(sorted(
+            (c for _, _, c in entries if isinstance(c, ContractRecord)), key=lambda c: (c.contract, c.kind, c.from_ns)
+        )),
     )

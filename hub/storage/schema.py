@@ -150,4 +150,5 @@ chain_state = Table(
 
 ENTRY_READING = 0
 ENTRY_GAP = 1
+ENTRY_CONTRACT = 2  # a contract record (protos.records.ContractRecord); kinds are read from the bytes, not stored
 HOUR_NS = 3_600_000_000_000

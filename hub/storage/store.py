@@ -25,6 +25,7 @@ from hub.storage.engine import Checkpointer, StoreError, engine_for, sqlite_url
 from hub.storage.payload import PayloadError, Span, spans_of, unpack_idxs, unpack_payload
 from protos.entrypack import EntryPack
 from hub.storage.schema import (
+    ENTRY_CONTRACT,
     ENTRY_GAP,
     ENTRY_READING,
     HOUR_NS,
@@ -41,7 +42,7 @@ from hub.storage.schema import (
 )
 from protos.canonical import CanonicalError, decode_entry
 from protos.merkle import CompactRange
-from protos.records import Reading, RecordError
+from protos.records import Gap, Reading, RecordError
 
 __all__ = [
     "EntryRow", "NewBatch", "Store", "StoreError", "StoredBatch", "StoredBlock", "StoredEntry",
@@ -184,7 +185,7 @@ def _entry_fields(body: bytes, where: str) -> tuple[str, int, int | None, int]:
         raise PayloadError(f"{where}: stored entry does not decode: {exc}") from exc
     if isinstance(e, Reading):
         return e.meter_id, ENTRY_READING, e.seq, e.timestamp_ns
-    return e.meter_id, ENTRY_GAP, None, e.timestamp_ns
+    return e.meter_id, ENTRY_GAP if isinstance(e, Gap) else ENTRY_CONTRACT, None, e.timestamp_ns
 
 
 def _batch(row) -> StoredBatch:  # noqa: ANN001

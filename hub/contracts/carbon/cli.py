@@ -69,6 +69,44 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _outsourcing_arguments(itv)
     itv.set_defaults(func=cmd_interval)
 
+    ini = add_command(
+        carbon_sub, "runner-init", "create the carbon contract runner's key and config",
+        "gridtrace carbon runner-init carbon --id carbon.sub-a --hub 127.0.0.1:7700 --hub-key hub/hub.pub.pem \\\n"
+        "    --hub-ca hub/tls/ca.pem --model model.json --hub-config hub/hub.toml\n"
+        "gridtrace hub gateway add carbon.sub-a --public-key carbon/runner.pub.pem --config hub/hub.toml",
+    )
+    ini.add_argument("dir", type=Path)
+    ini.add_argument("--id", required=True, help="the runner's gateway id, registered at the hub like a gateway's")
+    ini.add_argument("--hub", required=True, metavar="HOST:PORT")
+    ini.add_argument("--hub-key", type=Path, required=True, metavar="FILE", help="the hub's hub.pub.pem (receipts)")
+    ini.add_argument("--hub-ca", type=Path, metavar="FILE", help="the CA of the hub's TLS certificate")
+    ini.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
+    ini.add_argument("--model", type=Path, required=True, metavar="FILE", help="written by gridtrace carbon model")
+    ini.add_argument("--hub-config", type=Path, required=True, metavar="FILE", help="the hub's hub.toml (its database)")
+    ini.add_argument("--interval", type=int, default=900, metavar="SECONDS", help="settlement interval (default 900)")
+    ini.set_defaults(func=cmd_runner_init)
+
+    run = add_command(
+        carbon_sub, "run", "compute every settlement interval from sealed readings and publish the results to the chain",
+        "gridtrace carbon run --config carbon/carbon.toml\ngridtrace carbon run --config carbon/carbon.toml --once",
+    )
+    run.add_argument("--config", type=Path, required=True, metavar="FILE", help="written by gridtrace carbon runner-init")
+    run.add_argument("--once", action="store_true", help="publish the intervals that are due, wait for receipts, exit")
+    run.set_defaults(func=cmd_run)
+
+    aud = add_command(
+        carbon_sub, "audit", "recompute the published intervals from the chain and compare them with what was published",
+        "gridtrace carbon audit --model model.json --config hub/hub.toml --runner carbon.sub-a",
+    )
+    aud.add_argument("--model", type=Path, required=True, metavar="FILE")
+    adb = aud.add_mutually_exclusive_group(required=True)
+    adb.add_argument("--config", type=Path, metavar="FILE", help="the hub's hub.toml (its database)")
+    adb.add_argument("--database", metavar="URL")
+    aud.add_argument("--runner", required=True, metavar="GATEWAY", help="the runner's gateway id")
+    aud.add_argument("--from", dest="from_", default=None, help="first interval start (default: all)")
+    aud.add_argument("--to", default=None, help="end, exclusive (default: all)")
+    aud.set_defaults(func=cmd_audit)
+
     rep = add_command(
         carbon_sub, "report", "print a trace's totals and its largest emitters, or one load's sources",
         "gridtrace carbon report trace.json\ngridtrace carbon report trace.json --load load:12\n"
@@ -162,24 +200,17 @@ def _write(path: Path, text: str) -> None:
 
 
 def cmd_interval(args: argparse.Namespace) -> int:
-    import hashlib
-
     from hub.certificates.document import parse_time
+    from hub.compute.outsource import OutsourcingError
     from hub.config import load_hub_config
-    from hub.contracts.carbon.document import canonical_json, load_units, trace_document
-    from hub.contracts.carbon.flow import CarbonFlowError, carbon_flow
-    from hub.contracts.carbon.interval import (
-        IntervalError,
-        interval_digest,
-        meter_power,
-        network_for_interval,
-    )
+    from hub.contracts.carbon.compute import compute_interval
+    from hub.contracts.carbon.document import canonical_json
+    from hub.contracts.carbon.flow import CarbonFlowError
+    from hub.contracts.carbon.interval import IntervalError
     from hub.contracts.carbon.model import ModelError, read_model
-    from hub.contracts.carbon.powerflow import NetworkError, solve
-    from hub.contracts.carbon.tracing import trace
+    from hub.contracts.carbon.powerflow import NetworkError
     from hub.storage.engine import StoreError
     from hub.storage.store import Store
-    from protos.canonical import decode_entry
 
     try:
         from_ns, to_ns = parse_time(args.from_), parse_time(args.to)
@@ -187,49 +218,118 @@ def cmd_interval(args: argparse.Namespace) -> int:
         return _fail(f"--from/--to: {exc}")
     if to_ns <= from_ns:
         return _fail("--to must be after --from")
-    from hub.compute.outsource import OutsourcingError
-
     try:
         model = read_model(args.model)
         outsourcer, solver = _outsourcer(args)  # opens no connection yet: nothing to close on failure
         store = Store(args.database or load_hub_config(args.config).database_url)
     except (ModelError, StoreError, ValueError) as exc:
         return _fail(str(exc))
-    readings = hashlib.sha256()
-    powers = {}
-    unsealed = 0
     try:
-        sealed: dict[int, bool] = {}
-        for meter in sorted(model.meters):
-            entries = []
-            for batch_id, row in store.meter_entries(meter, from_ns, to_ns):
-                if batch_id not in sealed:
-                    sealed[batch_id] = store.batch_by_id(batch_id).block_height is not None
-                if not sealed[batch_id]:
-                    unsealed += 1  # not yet in a block: not evidence yet
-                    continue
-                readings.update(len(row.body).to_bytes(4, "big") + row.body)
-                entries.append(decode_entry(row.body))
-            powers[meter] = meter_power(meter, entries)
-        net = network_for_interval(model, powers)
-        solved = solve(net, f"model:{model.version[:16]}")
-        flow = carbon_flow(solved.snapshot, model.factors, solver)
-        shares = None if args.no_shares else trace(flow, load_units(flow), solver)
+        doc = compute_interval(store, model, from_ns, to_ns, solver, shares=not args.no_shares)
     except (IntervalError, NetworkError, CarbonFlowError, OutsourcingError) as exc:
         return _fail(f"interval {args.from_} .. {args.to}: {exc}")
     finally:
         store.close()
         _close_outsourcer(args, outsourcer)
-    doc = trace_document(solved, model.factors, flow, shares)
     _add_outsourcing(doc, args, outsourcer)
-    doc["inputs"]["model_version"] = model.version
-    doc["interval"] = {"from_ns": from_ns, "to_ns": to_ns, "readings_sha256": readings.hexdigest(),
-                       "unsealed_readings_left_out": unsealed,
-                       "meters": {m: {"element": model.meters[m], **p.to_json()} for m, p in sorted(powers.items())}}
-    doc["inputs_sha256"] = interval_digest(model, from_ns, to_ns, powers, readings.hexdigest(), solved.snapshot.solution)
     _write(args.out, canonical_json(doc))
     _print_totals(doc, f"model {model.version[:16]}, {args.from_} .. {args.to}; written to {args.out}")
     return 0
+
+
+def cmd_runner_init(args: argparse.Namespace) -> int:
+    import shutil
+
+    from protos.records import RecordError, check_id
+    from protos.signing import KeyFileError, create_key_pair
+
+    try:
+        check_id("--id", args.id)
+    except RecordError as exc:
+        return _fail(str(exc))
+    if not args.insecure and args.hub_ca is None:
+        return _fail("--hub-ca is required unless --insecure (TLS is on by default)")
+    config = args.dir / "carbon.toml"
+    if config.exists():
+        return _fail(f"{config} exists; refusing to overwrite")
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        signer = create_key_pair(args.dir, "runner")
+        shutil.copyfile(args.hub_key, args.dir / "hub.pub.pem")
+        if args.hub_ca:
+            shutil.copyfile(args.hub_ca, args.dir / "hub-ca.pem")
+    except (KeyFileError, OSError) as exc:
+        return _fail(str(exc))
+    tls = "insecure_plaintext = true  # development only" if args.insecure else 'tls_ca = "hub-ca.pem"'
+    config.write_text(
+        "# The carbon-flow contract's runner: docs/carbon.md, \"On the chain\"\n"
+        f'[runner]\nid = "{args.id}"\nkey = "runner.key"\nqueue = "runner-queue.sqlite"\n\n'
+        f'[uplink]\nhub = "{args.hub}"\nhub_public_key = "hub.pub.pem"\n{tls}\n\n'
+        f'[carbon]\nmodel = "{args.model.resolve()}"\nhub_config = "{args.hub_config.resolve()}"\n'
+        f'results = "results"\ninterval_s = {args.interval}\nsettle_s = 60\ngive_up_s = 3600\n',
+        encoding="utf-8",
+    )
+    print(f"runner {args.id} (key {signer.key_id}) in {args.dir}; register it at the hub:\n"
+          f"  gridtrace hub gateway add {args.id} --public-key {args.dir / 'runner.pub.pem'} --config HUB.toml")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gridtrace.signals import stop_on_signals
+    from gridtrace.tomlconfig import ConfigError
+    from hub.compute.providers import ProvidersFileError
+    from hub.contracts.carbon.model import ModelError
+    from hub.contracts.carbon.runner import load_runner_config, run_carbon
+    from hub.storage.engine import StoreError
+    from protos.signing import KeyFileError
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        if not args.once:
+            stop_on_signals(stop)
+        return await run_carbon(cfg, stop, once=args.once)
+
+    try:
+        cfg = load_runner_config(args.config)
+        return asyncio.run(main())
+    except (ConfigError, ModelError, StoreError, KeyFileError, ProvidersFileError) as exc:
+        return _fail(str(exc))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hub.certificates.document import iso_ns, parse_time
+    from hub.config import load_hub_config
+    from hub.contracts.carbon.audit import audit_intervals
+    from hub.contracts.carbon.model import ModelError, read_model
+    from hub.storage.engine import StoreError
+    from hub.storage.store import Store
+
+    try:
+        from_ns = parse_time(args.from_) if args.from_ else -(1 << 63)
+        to_ns = parse_time(args.to) if args.to else (1 << 63) - 1
+        model = read_model(args.model)
+        store = Store(args.database or load_hub_config(args.config).database_url)
+    except (ModelError, StoreError, ValueError) as exc:
+        return _fail(str(exc))
+    try:
+        rows = audit_intervals(store, model, args.runner, from_ns, to_ns)
+    finally:
+        store.close()
+    table = Table(title=f"carbon intervals published by {args.runner}, recomputed from the chain")
+    for col in ("from", "to", "verdict", "detail"):
+        table.add_column(col)
+    for r in rows:
+        style = "red" if r.verdict == "differs" else ""
+        table.add_row(iso_ns(r.from_ns), iso_ns(r.to_ns), f"[{style}]{r.verdict}[/]" if style else r.verdict, r.detail)
+    Console().print(table)
+    bad = sum(r.verdict == "differs" for r in rows)
+    print(f"{len(rows)} intervals, {bad} differ")
+    return 1 if bad else 0
 
 
 def _report_meter_intervals(args: argparse.Namespace) -> int:

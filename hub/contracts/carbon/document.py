@@ -12,7 +12,6 @@ a branch end's power and carbon are what flows into the branch there.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from hub.contracts.carbon.emission import EmissionFactors
 from hub.contracts.carbon.flow import CarbonFlow
 from hub.contracts.carbon.powerflow import SolvedNetwork
 from hub.contracts.carbon.tracing import Shares
+from protos.records import canonical_json_bytes
 
 FORMAT = "gridtrace-carbon-trace/1"
 LOAD_TABLES = ("load:", "motor:", "storage:")  # consuming units traced to their sources
@@ -32,8 +32,8 @@ class TraceFileError(ValueError):
 
 
 def canonical_json(doc: object) -> str:
-    """The one JSON encoding of carbon documents: sorted keys, no spaces, exact floats, no NaN."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """The one JSON encoding of carbon documents (`protos.records.canonical_json_bytes`)."""
+    return canonical_json_bytes(doc).decode()
 
 
 def inputs_digest(network_sha256: str, factors: EmissionFactors, solution: str) -> str:
@@ -60,7 +60,7 @@ def trace_document(solved: SolvedNetwork, factors: EmissionFactors, flow: Carbon
         if p > 0:
             sources[name] = {"bus": bus, "p_mw": p, "emission_t_per_h": c, "intensity_t_per_mwh": c / p}
         elif p < 0:
-            entry = {"bus": bus, "p_mw": -p, "emission_t_per_h": -c, "intensity_t_per_mwh": f(w[s.unit_node[i]])}
+            entry = {"bus": bus, "p_mw": -p, "emission_t_per_h": f(-c), "intensity_t_per_mwh": f(w[s.unit_node[i]])}
             (loads if i in load_idx else other)[name] = entry
     branches: dict[str, dict] = {name: {"buses": [], "p_mw": [], "carbon_t_per_h": []} for name in s.branch_names}
     for t in range(len(s.terminal_branch)):

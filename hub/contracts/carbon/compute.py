@@ -1,0 +1,61 @@
+"""One interval of the carbon contract computed from a hub's store: the sealed readings of the
+model's meters, their powers, the power flow and the carbon emission flow, as the interval's
+result document (the format of `gridtrace carbon trace`, with `interval` and `inputs_sha256`).
+
+The shell around the pure parts (interval.py, flow.py, tracing.py, document.py), shared by
+`gridtrace carbon interval`, the contract runner and the audit, so that all three compute the
+same bytes from the same chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hub.contracts.carbon.document import load_units, trace_document
+from hub.contracts.carbon.flow import SystemSolver, carbon_flow
+from hub.contracts.carbon.interval import (
+    interval_digest,
+    meter_power,
+    network_for_interval,
+)
+from hub.contracts.carbon.model import NetworkModel
+from hub.contracts.carbon.powerflow import solve
+from hub.contracts.carbon.tracing import trace
+from hub.storage.store import Store
+from protos.canonical import decode_entry
+from protos.records import ContractRecord
+
+
+def compute_interval(store: Store, model: NetworkModel, from_ns: int, to_ns: int,
+                     solver: SystemSolver | None = None, shares: bool = True) -> dict:
+    """The interval's result document. Raises IntervalError, NetworkError, CarbonFlowError (or
+    OutsourcingError from an outsourcing `solver`) naming what is missing or wrong."""
+    readings = hashlib.sha256()
+    powers = {}
+    unsealed = 0
+    sealed: dict[int, bool] = {}
+    for meter in sorted(model.meters):
+        entries = []
+        for batch_id, row in store.meter_entries(meter, from_ns, to_ns):
+            if batch_id not in sealed:
+                sealed[batch_id] = store.batch_by_id(batch_id).block_height is not None
+            if not sealed[batch_id]:
+                unsealed += 1  # not yet in a block: not evidence yet
+                continue
+            entry = decode_entry(row.body)
+            if isinstance(entry, ContractRecord):  # a result recorded for the meter, not a measurement
+                continue
+            readings.update(len(row.body).to_bytes(4, "big") + row.body)
+            entries.append(entry)
+        powers[meter] = meter_power(meter, entries)
+    net = network_for_interval(model, powers)
+    solved = solve(net, f"model:{model.version[:16]}")
+    flow = carbon_flow(solved.snapshot, model.factors, solver)
+    traced = trace(flow, load_units(flow), solver) if shares else None
+    doc = trace_document(solved, model.factors, flow, traced)
+    doc["inputs"]["model_version"] = model.version
+    doc["interval"] = {"from_ns": from_ns, "to_ns": to_ns, "readings_sha256": readings.hexdigest(),
+                       "unsealed_readings_left_out": unsealed,
+                       "meters": {m: {"element": model.meters[m], **p.to_json()} for m, p in sorted(powers.items())}}
+    doc["inputs_sha256"] = interval_digest(model, from_ns, to_ns, powers, readings.hexdigest(), solved.snapshot.solution)
+    return doc
