@@ -55,7 +55,7 @@ def parse_runner(path: Path, doc: dict) -> RunnerIdentity:
 class Publisher:
     """Records in, receipted batches out. `publish` commits and seals at once (a contract's
     results are few and each set belongs together in one batch); `run` keeps the uplink
-    going until `stop`."""
+    going until `stop`, and `drain` runs it until every batch has its receipt."""
 
     def __init__(self, identity: RunnerIdentity, max_entries: int = 10_000) -> None:
         self.identity = identity
@@ -65,8 +65,11 @@ class Publisher:
         self.uplink = Uplink(identity.uplink, self.queue, identity.gateway_id)
 
     def publish(self, records: Sequence[ContractRecord]) -> None:
+        """Commit and seal (any thread); `wake` the uplink afterwards, from its event loop."""
         self.queue.append_records(records)
         self.sealer.seal_due(force=True)
+
+    def wake(self) -> None:
         self.uplink.wakeup.set()
 
     def last_timestamp(self, subject: str) -> int | None:

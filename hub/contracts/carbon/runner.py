@@ -260,9 +260,11 @@ async def run_carbon(cfg: CarbonRunnerConfig, stop: asyncio.Event, once: bool = 
         while not stop.is_set():
             try:
                 if not registered:
-                    await asyncio.to_thread(runner.register, time.time_ns())
+                    if await asyncio.to_thread(runner.register, time.time_ns()):
+                        publisher.wake()
                     registered = True
-                await asyncio.to_thread(runner.step, time.time_ns())
+                if await asyncio.to_thread(runner.step, time.time_ns()):
+                    publisher.wake()
             except Exception:  # the runner must not stop for a bad interval or a database hiccup
                 log.exception("carbon runner step failed; retrying in %.0f s", tick_s)
             with contextlib.suppress(TimeoutError):
