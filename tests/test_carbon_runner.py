@@ -489,3 +489,19 @@ def test_the_runner_as_a_service_publishes_what_falls_due_and_stops_cleanly(site
     finally:
         q.close()
 
+
+
+def test_an_interval_is_not_computed_where_only_some_entries_are_stored(site):
+    """At a custody replica (payload_copies) some sealed batches are held by header only: a
+    meter's readings there may be part of the chain's, so the interval is refused, not
+    computed short."""
+    from hub.contracts.carbon.compute import compute_interval
+    from hub.contracts.carbon.interval import IntervalError
+    from hub.contracts.carbon.model import read_model
+
+    class CustodyStore:
+        def header_only_batches(self, limit: int = 1000) -> list[object]:
+            return [object()]
+
+    with pytest.raises(IntervalError, match="by header only .* payload_copies"):
+        compute_interval(CustodyStore(), read_model(site[3]), T0_NS, T0_NS + INTERVAL_S * 10**9)

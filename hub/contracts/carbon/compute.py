@@ -14,6 +14,7 @@ import hashlib
 from hub.contracts.carbon.document import load_units, trace_document
 from hub.contracts.carbon.flow import SystemSolver, carbon_flow
 from hub.contracts.carbon.interval import (
+    IntervalError,
     interval_digest,
     meter_power,
     network_for_interval,
@@ -30,6 +31,13 @@ def compute_interval(store: Store, model: NetworkModel, from_ns: int, to_ns: int
                      solver: SystemSolver | None = None, shares: bool = True) -> dict:
     """The interval's result document. Raises IntervalError, NetworkError, CarbonFlowError (or
     OutsourcingError from an outsourcing `solver`) naming what is missing or wrong."""
+    if store.header_only_batches(limit=1):
+        # Some sealed batches' entries are stored at other replicas (custody), so this store's
+        # readings of a meter may be a part of the chain's: computed here, the interval would
+        # silently differ from the chain's.
+        raise IntervalError("this database holds some sealed batches by header only (their entries are at other "
+                            "replicas: payload_copies); compute intervals at a replica that stores every batch's "
+                            "entries, or once the missing entries have been fetched")
     readings = hashlib.sha256()
     powers = {}
     unsealed = 0
