@@ -107,7 +107,7 @@ def records(store: Store, subject: str, gateway: str = RUNNER, sealed: bool = Tr
 
 
 def test_every_interval_is_published_once_in_order_and_sealed(site):
-    _tmp, _chain, _cfg, model, conf, hub = site
+    _tmp, _chain, cfg, model, conf, hub = site
     store = hub.store()
     try:
         intervals = records(store, SUBJECT)
@@ -129,6 +129,8 @@ def test_every_interval_is_published_once_in_order_and_sealed(site):
             assert all(m.emission_t > 0 and m.intensity_t_per_mwh > 0 and m.model_version == version for m in mine)
     finally:
         store.close()
+    # the hub's own audit of every block, batch and entry takes contract records in its stride
+    assert main(["hub", "verify", "--config", str(cfg.path), "--deep"]) == 0
     # a second run finds nothing due and publishes nothing again (not the model either)
     assert main(["carbon", "run", "--config", str(conf), "--once"]) == 0
     store = hub.store()
