@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,8 +200,8 @@ def publish_carbon(site: Site, started_ns: int, ended_ns: int) -> str:
     first, end = -(-started_ns // interval) * interval, ended_ns // interval * interval
     conf = runner / "carbon.toml"
     # Every reading is sealed by now: no settling time, and only the run's whole intervals.
-    conf.write_text(conf.read_text().replace("settle_s = 60", "settle_s = 0")
-                    + f"start = {json.dumps(str(first))}\nend = {json.dumps(str(max(end, first + interval)))}\n")
+    text = re.sub(r"(?m)^start = .*$", f"start = {json.dumps(str(first))}", conf.read_text())
+    conf.write_text(text.replace("settle_s = 60", "settle_s = 0") + f"end = {json.dumps(str(max(end, first + interval)))}\n")
     run_cli("hub", "gateway", "add", CARBON_RUNNER, "--public-key", str(runner / "runner.pub.pem"),
             "--config", str(hub_toml))
     run_cli("carbon", "run", "--config", str(conf), "--once")

@@ -216,12 +216,16 @@ class ContractRecord:
             doc = json.loads(self.body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise RecordError(f"contract record body is not UTF-8 JSON: {exc}") from exc
+        except RecursionError as exc:  # nesting deeper than the parser goes: no result is shaped so
+            raise RecordError("contract record body is nested too deeply") from exc
         if not isinstance(doc, dict):
             raise RecordError("contract record body must be a JSON object")
         try:
             canonical = canonical_json_bytes(doc)
         except ValueError as exc:  # NaN or infinity, which json.loads accepts
             raise RecordError(f"contract record body: {exc}") from exc
+        except RecursionError as exc:
+            raise RecordError("contract record body is nested too deeply") from exc
         if canonical != self.body:
             raise RecordError("contract record body is not canonical JSON (sorted keys, no spaces, exact floats)")
 

@@ -822,6 +822,7 @@ def test_scan_entry_accepts_finite_values_whose_sum_overflows():
     (b'[1,2]', "must be a JSON object"),
     (b'{"a":"\xff"}', "not UTF-8 JSON"),
     (b"", "not UTF-8 JSON"),
+    (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
 ])
 def test_a_contract_record_body_must_be_one_canonical_json_object(body, says):
     """One result, one byte string: a body that parses but is not in canonical form is refused,

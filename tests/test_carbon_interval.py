@@ -70,7 +70,7 @@ def test_an_interval_sets_the_loads_from_the_meters_and_names_model_and_readings
         assert got["element"] == element and got["method"] == "energy" and got["mw"] == pytest.approx(mw)
         assert doc["loads"][element]["p_mw"] == pytest.approx(mw)
     assert doc["interval"]["meters"]["MTR-1"]["gaps"] == 1
-    assert doc["interval"]["unsealed_readings_left_out"] == 0
+    assert doc["interval"]["sealed_height"] == chain.block_heights[-1]
     assert doc["conservation"]["relative_residual"] < 1e-12
     code, stdout, _ = run(capsys, "report", tmp / "i.json", "--meter", "MTR-2")
     assert code == 0 and "load:1 at bus" in stdout

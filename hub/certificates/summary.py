@@ -40,6 +40,7 @@ def summary_json(s: Summary) -> dict:
              "body": c.document()}
             for c in s.contract_records
         ],
+        "unbelieved_contract_records": {"count": s.unbelieved_records, "gateways": list(s.unbelieved_runners)},
     }
 
 
@@ -99,6 +100,10 @@ def _print_contract_records(s: Summary, console: Console) -> None:
         console.print(t)
     for what, n in sorted(other.items()):
         console.print(f"  {n} {escape(what)} records")
+    if s.unbelieved_records:
+        console.print(f"[yellow]{s.unbelieved_records} contract records not shown[/]: signed by "
+                      f"{escape(', '.join(s.unbelieved_runners))}, which the trust file does not name as a runner "
+                      "of their contract")
 
 
 def _duration(ns: int) -> str:

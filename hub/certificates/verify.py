@@ -87,6 +87,9 @@ class Summary:
     quality: dict[str, int] = field(default_factory=dict)
     # Results contracts computed for the meter (carbon per interval, ...), by contract, kind and time.
     contract_records: tuple[ContractRecord, ...] = ()
+    # Contract records signed by gateways the trust file does not name as the contract's runners.
+    unbelieved_runners: tuple[str, ...] = ()
+    unbelieved_records: int = 0
 
     def counter(self, name: str) -> QuantitySpan | None:
         return next((c for c in self.counters if c.name == name), None)
@@ -152,7 +155,7 @@ def _verify(doc: Any, trust: Trust) -> Summary:
             "the issuing hub's signature over meter, period and entries does not verify",
         )
 
-    return _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks)
+    return _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks, trust.contracts)
 
 
 def _verify_blocks(items: list, chain_id: str, chain) -> dict[int, BlockHeader]:
@@ -306,11 +309,6 @@ def _verify_entries(
             raise _fail(f"{path}.{kind}", f"entry of {record.meter_id}, certificate of {meter_id}")
         if not from_ns <= record.timestamp_ns < to_ns:
             raise _fail(f"{path}.{kind}", "outside the certificate's period")
-        if isinstance(record, ContractRecord) and header.gateway_id not in trust.contracts.get(record.contract, ()):
-            # Any gateway can sign bytes that look like a contract's result; only the runners the
-            # trust file names for that contract are believed.
-            raise _fail(f"{path}.contract_record", f"signed by gateway {header.gateway_id}, which the trust file "
-                        f"does not name as a runner of contract {record.contract}")
         out.append((b, body, record))
     readings = sorted((r.seq, i) for i, (_, _, r) in enumerate(out) if isinstance(r, Reading))
     for (s1, _), (s2, i2) in zip(readings, readings[1:]):
@@ -323,7 +321,7 @@ def _verify_entries(
     return out
 
 
-def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> Summary:
+def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks, runners) -> Summary:
     # By sequence number: the meter's own order, which a stepped clock cannot disturb.
     readings = sorted((r for _, _, r in entries if isinstance(r, Reading)), key=lambda r: r.seq)
     gaps = tuple(sorted((g for _, _, g in entries if isinstance(g, Gap)), key=lambda g: g.from_ns))
@@ -333,6 +331,17 @@ def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> 
         for q in first.quantities:
             if q.unit == "kWh" and last.value(q.name) is not None:
                 counters.append(QuantitySpan(q.name, q.unit, q.value, last.value(q.name)))
+    # Any gateway can sign bytes shaped like a contract's result: only the runners the trust file
+    # names for that contract are believed. The others are proven entries all the same, so the
+    # certificate verifies; they are counted, not shown as results.
+    believed, unbelieved = [], Counter()
+    for b, _, c in entries:
+        if isinstance(c, ContractRecord):
+            gateway = batches[b][0].gateway_id
+            if gateway in runners.get(c.contract, ()):
+                believed.append(c)
+            else:
+                unbelieved[gateway] += 1
     clock = Counter(r.clock.name.lower() for r in readings)
     quality = Counter(name for r in readings for name in ([f.name.lower() for f in type(r.quality) if f and f in r.quality] or ["ok"]))
     return Summary(
@@ -352,7 +361,7 @@ def _summarise(meter_id, chain_id, from_ns, to_ns, entries, batches, blocks) -> 
         gateways=tuple(sorted({h.gateway_id for h, _ in batches})),
         clock=dict(sorted(clock.items())),
         quality=dict(sorted(quality.items())),
-        contract_records=tuple(sorted(
-            (c for _, _, c in entries if isinstance(c, ContractRecord)), key=lambda c: (c.contract, c.kind, c.from_ns)
-        )),
+        contract_records=tuple(sorted(believed, key=lambda c: (c.contract, c.kind, c.from_ns))),
+        unbelieved_runners=tuple(sorted(unbelieved)),
+        unbelieved_records=sum(unbelieved.values()),
     )

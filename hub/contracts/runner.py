@@ -63,6 +63,9 @@ class Publisher:
         self.queue = DurableQueue(identity.queue, identity.gateway_id)
         self.sealer = Sealer(self.queue, self.signer, identity.gateway_id, max_entries, max_age_s=1.0)
         self.uplink = Uplink(identity.uplink, self.queue, identity.gateway_id)
+        # Records committed by a process that died before sealing them: sealed now, or they
+        # would wait for the next publish (forever, once a model's runner has reached its end).
+        self.sealer.seal_due(force=True)
 
     def publish(self, records: Sequence[ContractRecord]) -> None:
         """Commit and seal (any thread); `wake` the uplink afterwards, from its event loop."""

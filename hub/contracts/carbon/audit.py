@@ -35,7 +35,6 @@ from protos.canonical import decode_entry
 from protos.records import ContractRecord
 
 OUTSOURCED_RTOL = 1e-9
-_FIGURES = ("intensity_t_per_mwh", "emission_t_per_h", "emission_t")
 
 
 @dataclass(frozen=True)
@@ -59,45 +58,70 @@ def published(store: Store, gateway_id: str, subject: str, from_ns: int, to_ns: 
                 yield record
 
 
-def _close(a: float, b: float, rtol: float) -> bool:
-    return a == b or math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12 if rtol else 0.0)
+# Compared last (as bytes), or for an outsourced interval not at all: a hash over every last bit,
+# and what only the runner's solve produced (its residual, its providers' records).
+_NOT_COMPARED = {"result_sha256"}
+_NOT_COMPARED_OUTSOURCED = {"result_sha256", "outsourcing", "conservation"}
+
+
+def _difference(a: object, b: object, rtol: float, path: str) -> str | None:
+    """The first place where published `a` and recomputed `b` differ, numbers within `rtol`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key in (_NOT_COMPARED_OUTSOURCED if rtol else _NOT_COMPARED):
+                continue
+            if key not in a or key not in b:
+                return f"{path}{key}: {'missing on the chain' if key not in a else 'not in the recomputed result'}"
+            why = _difference(a[key], b[key], rtol, f"{path}{key}.")
+            if why:
+                return why
+        return None
+    if isinstance(a, float) and isinstance(b, float) and not isinstance(a, bool):
+        if a == b or (rtol and math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12)):
+            return None
+        return f"{path.rstrip('.')} {a!r} published, {b!r} recomputed"
+    return None if a == b else f"{path.rstrip('.')} {a!r} published, {b!r} recomputed"
 
 
 def _compare(chain: list[ContractRecord], again: list[ContractRecord], outsourced: bool) -> str | None:
     """Why the published records differ from the recomputed ones (None: they agree). A meter's
     figures are compared first, as they say more than a differing hash."""
-    pub = {(r.subject, r.kind): r for r in chain}
+    pub: dict[tuple[str, str], ContractRecord] = {}
+    for r in chain:
+        if (r.subject, r.kind) in pub:  # a second result beside the first: certificates would count both
+            return f"{r.subject}: {r.kind} record published twice for this interval"
+        pub[(r.subject, r.kind)] = r
+    extra = set(pub) - {(r.subject, r.kind) for r in again}
+    if extra:
+        return f"{min(extra)[0]}: a record for a meter the model does not have"
     rtol = OUTSOURCED_RTOL if outsourced else 0.0
-    pairs = []
-    for r in again:
+    for r in sorted(again, key=lambda r: r.kind == KIND_INTERVAL):
         p = pub.get((r.subject, r.kind))
         if p is None:
             return f"no {r.kind} record for {r.subject} on the chain"
+        if p.body == r.body:
+            continue
         a, b = p.document(), r.document()
         if a.get("inputs_sha256") != b.get("inputs_sha256"):
             return (f"{r.subject}: inputs differ (inputs_sha256 {str(a.get('inputs_sha256'))[:16]} on the chain, "
                     f"{b['inputs_sha256'][:16]} from the chain's readings and model)")
-        if r.kind == KIND_METER:
-            wrong = [f"{f} {a.get(f)} published, {b[f]} recomputed" for f in _FIGURES
-                     if not isinstance(a.get(f), float) or not _close(a[f], b[f], rtol)]
-            if wrong:
-                return f"{r.subject}: {'; '.join(wrong)}"
-        pairs.append((p, r))
-    if outsourced:
-        itv = next((p for p, _ in pairs if p.kind == KIND_INTERVAL), None)
-        residual = itv.document().get("conservation", {}).get("relative_residual", math.inf) if itv else math.inf
+        why = _difference(a, b, rtol, "")
+        if why is not None:
+            return f"{r.subject}: {why}"
+    if not outsourced:
+        for r in again:
+            if pub[(r.subject, r.kind)].body != r.body:
+                return f"{r.subject}: {r.kind} record differs from the recomputed one (same figures, other bytes)"
+    else:
+        residual = pub[(SUBJECT, KIND_INTERVAL)].document().get("conservation", {}).get("relative_residual", math.inf)
         if not residual <= OUTSOURCED_RTOL:
             return f"conservation residual {residual} is over {OUTSOURCED_RTOL:g}"
-        return None
-    for p, r in pairs:
-        if p.body != r.body:
-            return f"{r.subject}: {r.kind} record differs from the recomputed one (same figures, other bytes)"
     return None
 
 
 def audit_intervals(store: Store, model: NetworkModel, gateway_id: str, from_ns: int, to_ns: int) -> list[AuditRow]:
     from hub.compute.outsource import OutsourcingError
-    from hub.contracts.carbon.compute import compute_interval
+    from hub.contracts.carbon.compute import IncompleteStore, compute_interval
     from hub.contracts.carbon.flow import CarbonFlowError
     from hub.contracts.carbon.interval import IntervalError
     from hub.contracts.carbon.powerflow import NetworkError
@@ -113,8 +137,15 @@ def audit_intervals(store: Store, model: NetworkModel, gateway_id: str, from_ns:
             continue
         shares = any("sources_t_per_h" in r.document() for m in model.meters
                      for r in published(store, gateway_id, m, itv.from_ns, itv.from_ns + 1) if r.to_ns == itv.to_ns)
+        height = body.get("sealed_height")
+        if not isinstance(height, int):
+            rows.append(AuditRow(itv.from_ns, itv.to_ns, "differs", "the record does not say up to which block it read"))
+            continue
         try:
-            doc = compute_interval(store, model, itv.from_ns, itv.to_ns, shares=shares)
+            doc = compute_interval(store, model, itv.from_ns, itv.to_ns, shares=shares, sealed_height=height).doc
+        except IncompleteStore as exc:
+            rows.append(AuditRow(itv.from_ns, itv.to_ns, "not-recomputable", str(exc)))
+            continue
         except (IntervalError, NetworkError, CarbonFlowError, OutsourcingError) as exc:
             if "error" in body:
                 rows.append(AuditRow(itv.from_ns, itv.to_ns, "failed-as-recorded", body["error"]))
@@ -129,9 +160,10 @@ def audit_intervals(store: Store, model: NetworkModel, gateway_id: str, from_ns:
         if outsourced:
             doc["outsourcing"] = body["outsourcing"]  # part of the published interval record, not recomputable
         again = interval_records(doc)
-        chain = [itv] + [r for m in sorted(model.meters)
-                         for r in published(store, gateway_id, m, itv.from_ns, itv.from_ns + 1)
-                         if r.kind == KIND_METER and r.to_ns == itv.to_ns]
+        chain = [r for r in published(store, gateway_id, SUBJECT, itv.from_ns, itv.from_ns + 1)
+                 if r.kind == KIND_INTERVAL and r.to_ns == itv.to_ns]
+        chain += [r for m in sorted(model.meters) for r in published(store, gateway_id, m, itv.from_ns, itv.from_ns + 1)
+                  if r.kind == KIND_METER and r.to_ns == itv.to_ns]
         why = _compare(chain, again, outsourced)
         if why is not None:
             rows.append(AuditRow(itv.from_ns, itv.to_ns, "differs", why))

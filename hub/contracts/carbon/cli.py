@@ -225,15 +225,19 @@ def cmd_interval(args: argparse.Namespace) -> int:
     except (ModelError, StoreError, ValueError) as exc:
         return _fail(str(exc))
     try:
-        doc = compute_interval(store, model, from_ns, to_ns, solver, shares=not args.no_shares)
+        computed = compute_interval(store, model, from_ns, to_ns, solver, shares=not args.no_shares)
     except (IntervalError, NetworkError, CarbonFlowError, OutsourcingError) as exc:
         return _fail(f"interval {args.from_} .. {args.to}: {exc}")
     finally:
         store.close()
         _close_outsourcer(args, outsourcer)
+    doc = computed.doc
     _add_outsourcing(doc, args, outsourcer)
     _write(args.out, canonical_json(doc))
-    _print_totals(doc, f"model {model.version[:16]}, {args.from_} .. {args.to}; written to {args.out}")
+    _print_totals(doc, f"model {model.version[:16]}, {args.from_} .. {args.to}, sealed up to block "
+                       f"{doc['interval']['sealed_height']}; written to {args.out}")
+    if computed.left_out:
+        print(f"{computed.left_out} entries of the period are not sealed yet and were left out")
     return 0
 
 
@@ -261,12 +265,20 @@ def cmd_runner_init(args: argparse.Namespace) -> int:
     except (KeyFileError, OSError) as exc:
         return _fail(str(exc))
     tls = "insecure_plaintext = true  # development only" if args.insecure else 'tls_ca = "hub-ca.pem"'
+    # The first interval is the one running now: written down, so that every later start of the
+    # runner (until it has published one) begins there too.
+    import time
+
+    from hub.certificates.document import iso_ns
+
+    interval_ns = args.interval * 1_000_000_000
+    start = iso_ns(time.time_ns() // interval_ns * interval_ns)
     config.write_text(
         "# The carbon-flow contract's runner: docs/carbon.md, \"On the chain\"\n"
         f'[runner]\nid = "{args.id}"\nkey = "runner.key"\nqueue = "runner-queue.sqlite"\n\n'
         f'[uplink]\nhub = "{args.hub}"\nhub_public_key = "hub.pub.pem"\n{tls}\n\n'
         f'[carbon]\nmodel = "{args.model.resolve()}"\nhub_config = "{args.hub_config.resolve()}"\n'
-        f'results = "results"\ninterval_s = {args.interval}\nsettle_s = 60\ngive_up_s = 3600\n',
+        f'results = "results"\ninterval_s = {args.interval}\nsettle_s = 60\ngive_up_s = 3600\nstart = "{start}"\n',
         encoding="utf-8",
     )
     print(f"runner {args.id} (key {signer.key_id}) in {args.dir}; register it at the hub:\n"
@@ -277,12 +289,14 @@ def cmd_runner_init(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from edge.queue import QueueError
     from gridtrace.signals import stop_on_signals
     from gridtrace.tomlconfig import ConfigError
     from hub.compute.providers import ProvidersFileError
     from hub.contracts.carbon.model import ModelError
     from hub.contracts.carbon.runner import load_runner_config, run_carbon
     from hub.storage.engine import StoreError
+    from hub.storage.payload import PayloadError
     from protos.signing import KeyFileError
 
     async def main() -> int:
@@ -294,7 +308,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_runner_config(args.config)
         return asyncio.run(main())
-    except (ConfigError, ModelError, StoreError, KeyFileError, ProvidersFileError) as exc:
+    except (ConfigError, ModelError, StoreError, KeyFileError, ProvidersFileError, QueueError, PayloadError,
+            OSError) as exc:
         return _fail(str(exc))
 
 
@@ -307,6 +322,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from hub.contracts.carbon.audit import audit_intervals
     from hub.contracts.carbon.model import ModelError, read_model
     from hub.storage.engine import StoreError
+    from hub.storage.payload import PayloadError
     from hub.storage.store import Store
 
     try:
@@ -318,6 +334,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         rows = audit_intervals(store, model, args.runner, from_ns, to_ns)
+    except (StoreError, PayloadError) as exc:
+        return _fail(str(exc))
     finally:
         store.close()
     table = Table(title=f"carbon intervals published by {args.runner}, recomputed from the chain")

@@ -65,8 +65,10 @@ def model_record(model: NetworkModel, registered_ns: int) -> ContractRecord:
     return _record(MODEL_SUBJECT, registered_ns, registered_ns, KIND_MODEL, body)
 
 
-def failed_interval_record(model: NetworkModel, from_ns: int, to_ns: int, error: str) -> ContractRecord:
-    return _record(SUBJECT, from_ns, to_ns, KIND_INTERVAL, {"model_version": model.version, "error": error})
+def failed_interval_record(model: NetworkModel, from_ns: int, to_ns: int, sealed_height: int,
+                           error: str) -> ContractRecord:
+    return _record(SUBJECT, from_ns, to_ns, KIND_INTERVAL,
+                   {"model_version": model.version, "sealed_height": sealed_height, "error": error})
 
 
 def interval_records(doc: dict) -> list[ContractRecord]:
@@ -85,7 +87,7 @@ def interval_records(doc: dict) -> list[ContractRecord]:
     interval = {
         **common,
         "readings_sha256": itv["readings_sha256"],
-        "unsealed_readings_left_out": itv["unsealed_readings_left_out"],
+        "sealed_height": itv["sealed_height"],
         "meters": len(itv["meters"]),
         "totals": doc["totals"],
         "conservation": doc["conservation"],

@@ -11,16 +11,23 @@ the results to the chain (hub/contracts/runner.py), in interval order, none skip
     interval_s = 900
     settle_s = 60                   # wait after an interval ends before computing it
     give_up_s = 3600                # then record an interval that cannot be computed as failed
-    start = "2026-11-23T00:00:00Z"  # first interval (default: the one running at first start)
+    start = "2026-11-23T00:00:00Z"  # the first interval (runner-init writes the one running then)
     end = "2027-01-01T00:00:00Z"    # optional: no interval from here on (the model is replaced)
     providers = "providers.json"    # optional: outsource the linear algebra (gridtrace compute)
     provider_book = "book.json"
 
 Progress is the queue's: an interval's records and the runner's place are committed in one
 transaction, so a restart neither repeats nor skips an interval. An interval that fails
-(a meter without readings, say) is retried every tick until `give_up_s` after its end, and
-then recorded with its error; later intervals wait for it, so the chain's intervals stay in
-order and without holes.
+(a meter without readings, say) is retried every tick until `give_up_s` after its end (and
+for at least `give_up_s` by this process, so a runner catching up after an outage does not give
+up on its first try), then recorded with its error; later intervals wait for it, so the
+chain's intervals stay in order and without holes. A database that holds some batches by
+header only (a custody replica) is retried without end: that says nothing about the interval.
+
+An interval's inputs are the readings sealed in blocks up to the chain's height when it is
+computed; the height is in the result, so an audit later computes from the same readings.
+Changing `interval_s` under a running model would cut intervals that overlap or skip: start a
+new runner (its own queue) at the next boundary instead.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ class CarbonRunnerConfig:
     interval_ns: int
     settle_ns: int
     give_up_ns: int
-    start_ns: int | None
+    start_ns: int
     end_ns: int | None
     providers: Path | None
     provider_book: Path | None
@@ -87,7 +94,9 @@ def load_runner_config(path: Path) -> CarbonRunnerConfig:
     if interval_s < 10:
         raise c.fail("interval_s", f"is {interval_s}; an interval needs at least 10 s of readings")
     start_ns, end_ns = _time(c, "start", parse_time), _time(c, "end", parse_time)
-    if start_ns is not None and end_ns is not None and end_ns <= start_ns:
+    if start_ns is None:
+        raise c.fail("start", 'missing: the first interval to compute, e.g. start = "2026-11-23T00:00:00Z"')
+    if end_ns is not None and end_ns <= start_ns:
         raise c.fail("end", "must be after start")
     settle_s, give_up_s = c.get("settle_s", float, 60.0), c.positive("give_up_s", float, 3600.0)
     if settle_s < 0 or give_up_s < settle_s:
@@ -110,15 +119,10 @@ def _time(c: Section, key: str, parse: Callable[[str], int]) -> int | None:
         raise c.fail(key, str(exc)) from exc
 
 
-def next_interval(last_from_ns: int | None, start_ns: int | None, interval_ns: int, now_ns: int) -> tuple[int, int]:
-    """The interval after the last one published; without one, the configured start or the
-    interval running now. Intervals are aligned to the epoch (UTC), so every runner of a
-    model cuts time the same way."""
-    if last_from_ns is not None:
-        first = last_from_ns + interval_ns
-    else:
-        first = start_ns if start_ns is not None else now_ns
-        first -= first % interval_ns
+def next_interval(last_from_ns: int | None, start_ns: int, interval_ns: int) -> tuple[int, int]:
+    """The interval after the last one published, or the one holding `start`. Intervals are
+    aligned to the epoch (UTC), so every runner of a model cuts time the same way."""
+    first = last_from_ns + interval_ns if last_from_ns is not None else start_ns - start_ns % interval_ns
     return first, first + interval_ns
 
 
@@ -136,6 +140,7 @@ class CarbonRunner:
         self.model = model
         self.publisher = publisher
         self.store = store
+        self._failing_since: dict[int, int] = {}  # interval start -> when this process first failed it
         self.outsourcer = None
         if cfg.providers is not None:
             from hub.compute.outsource import Outsourcer
@@ -167,7 +172,7 @@ class CarbonRunner:
         done = []
         while True:
             from_ns, to_ns = next_interval(self.publisher.last_timestamp(SUBJECT), self.cfg.start_ns,
-                                           self.cfg.interval_ns, now_ns)
+                                           self.cfg.interval_ns)
             if now_ns < to_ns + self.cfg.settle_ns or (self.cfg.end_ns is not None and from_ns >= self.cfg.end_ns):
                 return done
             outcome = self._interval(from_ns, to_ns, now_ns)
@@ -177,7 +182,7 @@ class CarbonRunner:
 
     def _interval(self, from_ns: int, to_ns: int, now_ns: int) -> Outcome | None:
         from hub.compute.outsource import OutsourcingError
-        from hub.contracts.carbon.compute import compute_interval
+        from hub.contracts.carbon.compute import IncompleteStore, compute_interval
         from hub.contracts.carbon.flow import CarbonFlowError
         from hub.contracts.carbon.interval import IntervalError
         from hub.contracts.carbon.powerflow import NetworkError
@@ -188,26 +193,37 @@ class CarbonRunner:
             outsourcer = self.outsourcer
             solver = lambda a, b: outsourcer.solve(a, b, cycle)
             before = len(outsourcer.records)
+        head = self.store.head()
+        height = 0 if head is None else head.height
         try:
-            doc = compute_interval(self.store, self.model, from_ns, to_ns, solver, self.cfg.shares)
+            computed = compute_interval(self.store, self.model, from_ns, to_ns, solver, self.cfg.shares, height)
+        except IncompleteStore as exc:
+            log.error("interval from %d: %s; retrying", from_ns, exc)
+            return None
         except (IntervalError, NetworkError, CarbonFlowError, OutsourcingError) as exc:
-            if now_ns < to_ns + self.cfg.give_up_ns:
+            first = self._failing_since.setdefault(from_ns, now_ns)
+            if now_ns < to_ns + self.cfg.give_up_ns or now_ns - first < self.cfg.give_up_ns:
                 log.warning("interval from %d: %s; retrying", from_ns, exc)
                 return None
             log.error("interval from %d: %s; recorded as failed", from_ns, exc)
-            self.publisher.publish([failed_interval_record(self.model, from_ns, to_ns, str(exc))])
+            self.publisher.publish([failed_interval_record(self.model, from_ns, to_ns, height, str(exc))])
+            self._failing_since.pop(from_ns, None)
             return Outcome(from_ns, to_ns, None, str(exc))
         finally:
             self._keep_book()
+        self._failing_since.pop(from_ns, None)
+        doc = computed.doc
         if self.outsourcer is not None:
             doc["outsourcing"] = {"cycle": cycle, "records": [r.to_json() for r in self.outsourcer.records[before:]],
                                   "provider_book": self.outsourcer.book.to_json()}
+            del self.outsourcer.records[:]  # published with this interval: a service must not keep them all
         digest = result_sha256(doc)
         self._write_result(digest, doc)  # before the records that name it: never a hash without its document
         self.publisher.publish(interval_records(doc))
         total = doc["totals"]["load_emission_t_per_h"] * (to_ns - from_ns) / 3.6e12
-        log.info("interval from %d published: %d meters, %.6g tCO2 to loads, result %s",
-                 from_ns, len(doc["interval"]["meters"]), total, digest[:16])
+        log.info("interval from %d published: %d meters, %.6g tCO2 to loads, result %s, sealed up to block %d%s",
+                 from_ns, len(doc["interval"]["meters"]), total, digest[:16], doc["interval"]["sealed_height"],
+                 f" ({computed.left_out} entries not sealed yet left out)" if computed.left_out else "")
         return Outcome(from_ns, to_ns, digest)
 
     def _keep_book(self) -> None:
