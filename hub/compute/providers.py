@@ -10,13 +10,12 @@ Paths are relative to the file. A provider without `tls_ca` must say `"insecure"
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridtrace.jsonfile import read_json
+from gridtrace.jsonfile import read_json, write_durably
 from hub.compute.book import ProviderBook
-from hub.compute.outsource import ProviderEndpoint
+from hub.compute.outsource import Outsourcer, ProviderEndpoint
 from protos.signing import KeyFileError, load_public_key
 
 
@@ -71,15 +70,11 @@ def load_book(path: Path) -> ProviderBook:
 
 def save_book(path: Path, book: ProviderBook) -> None:
     """Durably: a blacklisting must survive a crash right after it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(book.dumps() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durably(path, book.dumps() + "\n")
+
+
+def outsourcer_from_files(providers: Path, book: Path | None) -> Outsourcer:
+    """An outsourcer for the providers file, with the book kept at `book` (None: a fresh book)."""
+    pf = load_providers(providers)
+    return Outsourcer(pf.providers, load_book(book) if book else None, timeout_s=pf.timeout_s,
+                      data_centre_cost=pf.data_centre_cost)

@@ -135,8 +135,9 @@ def audit_intervals(store: Store, model: NetworkModel, gateway_id: str, from_ns:
             rows.append(AuditRow(itv.from_ns, itv.to_ns, "not-recomputable",
                                  f"model {body.get('model_version', '?')[:16]}, not the given {model.version[:16]}"))
             continue
-        shares = any("sources_t_per_h" in r.document() for m in model.meters
-                     for r in published(store, gateway_id, m, itv.from_ns, itv.from_ns + 1) if r.to_ns == itv.to_ns)
+        meters = [r for m in sorted(model.meters) for r in published(store, gateway_id, m, itv.from_ns, itv.from_ns + 1)
+                  if r.kind == KIND_METER and r.to_ns == itv.to_ns]
+        shares = any("sources_t_per_h" in r.document() for r in meters)
         height = body.get("sealed_height")
         if not isinstance(height, int):
             rows.append(AuditRow(itv.from_ns, itv.to_ns, "differs", "the record does not say up to which block it read"))
@@ -162,8 +163,7 @@ def audit_intervals(store: Store, model: NetworkModel, gateway_id: str, from_ns:
         again = interval_records(doc)
         chain = [r for r in published(store, gateway_id, SUBJECT, itv.from_ns, itv.from_ns + 1)
                  if r.kind == KIND_INTERVAL and r.to_ns == itv.to_ns]
-        chain += [r for m in sorted(model.meters) for r in published(store, gateway_id, m, itv.from_ns, itv.from_ns + 1)
-                  if r.kind == KIND_METER and r.to_ns == itv.to_ns]
+        chain += meters
         why = _compare(chain, again, outsourced)
         if why is not None:
             rows.append(AuditRow(itv.from_ns, itv.to_ns, "differs", why))

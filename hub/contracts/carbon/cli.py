@@ -194,9 +194,9 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    from gridtrace.jsonfile import write_durably
+
+    write_durably(path, text + "\n")
 
 
 def cmd_interval(args: argparse.Namespace) -> int:
@@ -396,14 +396,11 @@ def _report_meter_intervals(args: argparse.Namespace) -> int:
 
 def _outsourcer(args: argparse.Namespace) -> tuple[Outsourcer | None, SystemSolver | None]:
     """The outsourcer `--providers` asks for, and the solver that uses it (None, None: solve here)."""
-    from hub.compute.outsource import Outsourcer
-    from hub.compute.providers import load_book, load_providers
+    from hub.compute.providers import outsourcer_from_files
 
     if not args.providers:
         return None, None
-    pf = load_providers(args.providers)
-    book = load_book(args.provider_book) if args.provider_book else None
-    out = Outsourcer(pf.providers, book, timeout_s=pf.timeout_s, data_centre_cost=pf.data_centre_cost)
+    out = outsourcer_from_files(args.providers, args.provider_book)
     return out, lambda a, b: out.solve(a, b, args.cycle)
 
 

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridtrace.jsonfile import write_durably
 from gridtrace.tomlconfig import Section, read_toml
 from hub.contracts.carbon.document import canonical_json
 from hub.contracts.carbon.model import NetworkModel
@@ -143,12 +144,9 @@ class CarbonRunner:
         self._failing_since: dict[int, int] = {}  # interval start -> when this process first failed it
         self.outsourcer = None
         if cfg.providers is not None:
-            from hub.compute.outsource import Outsourcer
-            from hub.compute.providers import load_book, load_providers
+            from hub.compute.providers import outsourcer_from_files
 
-            pf = load_providers(cfg.providers)
-            book = load_book(cfg.provider_book) if cfg.provider_book else None
-            self.outsourcer = Outsourcer(pf.providers, book, timeout_s=pf.timeout_s, data_centre_cost=pf.data_centre_cost)
+            self.outsourcer = outsourcer_from_files(cfg.providers, cfg.provider_book)
 
     def registered(self) -> bool:
         """This runner has put this model version in the hub's store already."""
@@ -192,7 +190,7 @@ class CarbonRunner:
         if self.outsourcer is not None:
             outsourcer = self.outsourcer
             solver = lambda a, b: outsourcer.solve(a, b, cycle)
-            before = len(outsourcer.records)
+            outsourcer.records.clear()  # this interval's only: a service must not keep them all
         head = self.store.head()
         height = 0 if head is None else head.height
         try:
@@ -214,9 +212,8 @@ class CarbonRunner:
         self._failing_since.pop(from_ns, None)
         doc = computed.doc
         if self.outsourcer is not None:
-            doc["outsourcing"] = {"cycle": cycle, "records": [r.to_json() for r in self.outsourcer.records[before:]],
+            doc["outsourcing"] = {"cycle": cycle, "records": [r.to_json() for r in self.outsourcer.records],
                                   "provider_book": self.outsourcer.book.to_json()}
-            del self.outsourcer.records[:]  # published with this interval: a service must not keep them all
         digest = result_sha256(doc)
         self._write_result(digest, doc)  # before the records that name it: never a hash without its document
         self.publisher.publish(interval_records(doc))
@@ -233,16 +230,8 @@ class CarbonRunner:
             save_book(self.cfg.provider_book, self.outsourcer.book)
 
     def _write_result(self, digest: str, doc: dict) -> None:
-        import os
-
         self.cfg.results.mkdir(parents=True, exist_ok=True)
-        path = self.cfg.results / f"{digest}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(canonical_json(doc) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        write_durably(self.cfg.results / f"{digest}.json", canonical_json(doc) + "\n")
 
     def close(self) -> None:
         if self.outsourcer is not None:
